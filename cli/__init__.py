@@ -1,0 +1,1 @@
+"""The ``sdediff`` command line (installed as the ``sdediff_cli`` package)."""

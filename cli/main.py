@@ -1,0 +1,55 @@
+"""``sdediff``: the command-line face of sde-diffusion (click + rich)."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+import sde_diffusion as sd
+
+console = Console()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(sd.__version__, prog_name="sdediff")
+def main() -> None:
+    """Score-based generative modelling with SDEs: samplers, models, benchmarks."""
+
+
+@main.command()
+@click.option(
+    "--kind",
+    type=click.Choice(["sde", "ode"]),
+    default=None,
+    help="Only solvers of the reverse SDE or of the probability-flow ODE.",
+)
+def solvers(kind: str | None) -> None:
+    """List the registered solvers.
+
+    Example: sdediff solvers --kind ode
+    """
+    table = Table(title="sde-diffusion solvers")
+    for column in ("name", "aliases", "kind", "order", "NFE/step", "stochastic"):
+        table.add_column(
+            column, no_wrap=column == "name", style="bold" if column == "name" else None
+        )
+    table.add_column("summary", ratio=1, overflow="fold")
+    for info in sd.list_solvers():
+        if kind and info.kind != kind:
+            continue
+        nfe = "adaptive" if info.adaptive else str(info.nfe_per_step)
+        table.add_row(
+            info.name,
+            ", ".join(info.aliases),
+            info.kind,
+            f"{info.order:g}",
+            nfe,
+            "yes" if info.stochastic else "no",
+            info.summary,
+        )
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

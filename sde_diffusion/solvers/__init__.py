@@ -1,0 +1,38 @@
+"""Solvers for the reverse SDE and the probability-flow ODE, one module per method.
+
+Importing this package registers every built-in method.
+"""
+
+from . import (  # noqa: F401  (imported to register)
+    ancestral,
+    ddim,
+    dpmpp_2m,
+    euler,
+    euler_maruyama,
+    heun,
+    heun_sde,
+    lms,
+    pc,
+    scipy_ivp,
+    torchsde_methods,
+)
+from .base import Solver, SolverInfo
+from .registry import (
+    SolverOptionError,
+    UnknownSolverError,
+    get_solver,
+    list_solvers,
+    register_solver,
+    solver_names,
+)
+
+__all__ = [
+    "Solver",
+    "SolverInfo",
+    "SolverOptionError",
+    "UnknownSolverError",
+    "get_solver",
+    "list_solvers",
+    "register_solver",
+    "solver_names",
+]

@@ -1,0 +1,128 @@
+"""The solver registry: one name (plus aliases) per method.
+
+Lookup ignores case and treats ``-`` and ``_`` alike.  Other packages add
+methods by importing ``register_solver`` and decorating a ``Solver`` subclass.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+
+from .base import Solver, SolverInfo
+
+__all__ = [
+    "SolverOptionError",
+    "UnknownSolverError",
+    "get_solver",
+    "list_solvers",
+    "register_solver",
+    "solver_names",
+]
+
+_REGISTRY: dict[str, type[Solver]] = {}  # canonical name -> class
+_LOOKUP: dict[str, str] = {}  # normalised name or alias -> canonical name
+
+S = TypeVar("S", bound=type[Solver])
+
+
+class UnknownSolverError(ValueError):
+    """A solver name that is not registered."""
+
+
+class SolverOptionError(ValueError):
+    """An option a solver does not take."""
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def register_solver(
+    name: str,
+    *,
+    kind: Literal["sde", "ode"],
+    order: float,
+    nfe_per_step: int,
+    stochastic: bool,
+    aliases: tuple[str, ...] = (),
+    summary: str | None = None,
+    reference: str = "",
+    adaptive: bool = False,
+) -> Callable[[S], S]:
+    """Class decorator: register a ``Solver`` subclass under ``name`` and ``aliases``.
+
+    The summary defaults to the first line of the class docstring.  A name or
+    alias already taken raises ``ValueError``.
+    """
+    if kind not in ("sde", "ode"):
+        raise ValueError(f"kind must be 'sde' or 'ode', got {kind!r}")
+
+    def decorate(cls: S) -> S:
+        if not (isinstance(cls, type) and issubclass(cls, Solver)):
+            raise TypeError(f"register_solver decorates Solver subclasses, got {cls!r}")
+        keys = [_normalise(n) for n in (name, *aliases)]
+        for key in keys:
+            if key in _LOOKUP:
+                raise ValueError(f"solver name {key!r} is already registered (by {_LOOKUP[key]!r})")
+        text = summary or (inspect.getdoc(cls) or "").split("\n")[0]
+        cls.info = SolverInfo(
+            name=keys[0],
+            kind=kind,
+            order=order,
+            nfe_per_step=nfe_per_step,
+            stochastic=stochastic,
+            summary=text,
+            reference=reference,
+            aliases=tuple(keys[1:]),
+            adaptive=adaptive,
+        )
+        _REGISTRY[keys[0]] = cls
+        _LOOKUP.update(dict.fromkeys(keys, keys[0]))
+        return cls
+
+    return decorate
+
+
+def solver_names() -> list[str]:
+    """Canonical names of the registered solvers, sorted."""
+    return sorted(_REGISTRY)
+
+
+def list_solvers() -> list[SolverInfo]:
+    """Metadata of every registered solver, sorted by name."""
+    return [_REGISTRY[n].info for n in solver_names()]
+
+
+def solver_class(name: str) -> type[Solver]:
+    """The class registered under ``name`` or one of its aliases."""
+    key = _normalise(name)
+    if key not in _LOOKUP:
+        close = difflib.get_close_matches(key, list(_LOOKUP), n=1)
+        hint = f"did you mean {_LOOKUP[close[0]]!r}? " if close else ""
+        raise UnknownSolverError(
+            f"unknown solver {name!r}; {hint}valid solvers: {', '.join(solver_names())}"
+        )
+    return _REGISTRY[_LOOKUP[key]]
+
+
+def get_solver(name: str, **options: Any) -> Solver:
+    """A solver instance by registry name, with its options checked."""
+    cls = solver_class(name)
+    accepted = solver_options(cls)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        takes = ", ".join(accepted) if accepted else "no options"
+        raise SolverOptionError(
+            f"solver {cls.info.name!r} does not take option(s) "
+            f"{', '.join(unknown)}; it takes: {takes}"
+        )
+    return cls(**options)
+
+
+def solver_options(cls: type[Solver]) -> list[str]:
+    """Names of the keyword options a solver class takes."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return [p.name for p in params if p.name != "self" and p.kind is not p.VAR_KEYWORD]
