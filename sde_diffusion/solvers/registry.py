@@ -125,4 +125,5 @@ def get_solver(name: str, **options: Any) -> Solver:
 def solver_options(cls: type[Solver]) -> list[str]:
     """Names of the keyword options a solver class takes."""
     params = inspect.signature(cls.__init__).parameters.values()
-    return [p.name for p in params if p.name != "self" and p.kind is not p.VAR_KEYWORD]
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return [p.name for p in params if p.name != "self" and p.kind not in variadic]

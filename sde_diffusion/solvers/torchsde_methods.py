@@ -42,18 +42,20 @@ class TorchSDESolver(Solver):
 
     method: ClassVar[str]
     sde_type: ClassVar[str] = "ito"
-    levy_area: ClassVar[str] = "none"
+    levy_areas: ClassVar[tuple[str, ...]] = ("none", "space-time", "davie", "foster")
 
     def init(self, process, grid, x, noise):
         if isinstance(noise, BrownianNoise):
-            if noise.interval.levy_area_approximation != self.levy_area:
+            if noise.interval.levy_area_approximation not in self.levy_areas:
                 raise ValueError(
                     f"solver {self.info.name!r} needs a BrownianNoise built with "
-                    f"levy_area_approximation={self.levy_area!r}"
+                    f"levy_area_approximation in {self.levy_areas}"
                 )
             bm = noise.interval
         else:
-            seed = int(torch.randint(2**31 - 1, (), generator=getattr(noise, "generator", None)))
+            gen = getattr(noise, "generator", None)
+            device = gen.device if gen is not None else "cpu"
+            seed = int(torch.randint(2**31 - 1, (), generator=gen, device=device))  # once a run
             bm = torchsde.BrownianInterval(
                 t0=-grid[0],
                 t1=-grid[-1],
@@ -61,7 +63,7 @@ class TorchSDESolver(Solver):
                 dtype=x.dtype,
                 device=x.device,
                 entropy=seed,
-                levy_area_approximation=self.levy_area,
+                levy_area_approximation=self.levy_areas[0],
             )
         sde = _ReverseTimeSDE(process, x.shape, self.sde_type)
         y0 = x.flatten(1)
@@ -86,6 +88,12 @@ class TorchSDESolver(Solver):
 
     def step(self, process, t0, t1, x, state, noise):
         solver, extra = state
+        if t1 == 0.0:  # start point only: an Euler–Maruyama step on the same path
+            increment = solver.bm(
+                torch.tensor(-t0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
+            ).reshape(x.shape)
+            x = x + process.drift(x, t0) * (t1 - t0) + process.diffusion(t0) * increment
+            return x, state
         u0, u1 = (torch.tensor(-t, dtype=torch.float64) for t in (t0, t1))
         y, extra = solver.step(u0, u1, x.flatten(1), extra)
         return y.reshape(x.shape), (solver, extra)
@@ -106,7 +114,7 @@ class StochasticRungeKutta(TorchSDESolver):
     """
 
     method = "srk"
-    levy_area = "space-time"
+    levy_areas = ("space-time", "davie", "foster")
 
 
 @register_solver(

@@ -1,0 +1,59 @@
+"""Shared problems for the solver tests: exact scores, reference solutions, slopes."""
+
+import math
+
+import numpy as np
+import torch
+
+import sde_diffusion as sd
+from sde_diffusion.solvers.registry import solver_class
+
+
+def small_mixture() -> sd.GaussianMixture:
+    """Three overlapping, correlated 2-D components with unequal weights."""
+    means = torch.tensor([[-2.0, 0.5], [1.5, -1.0], [0.0, 2.5]], dtype=torch.float64)
+    covs = torch.tensor(
+        [[[0.5, 0.2], [0.2, 0.3]], [[0.2, -0.1], [-0.1, 0.4]], [[0.1, 0.0], [0.0, 0.6]]],
+        dtype=torch.float64,
+    )
+    return sd.GaussianMixture(means, covs, [0.2, 0.5, 0.3])
+
+
+def gaussian_score(sde: sd.SDE, data_std: float = 0.7):
+    """Exact score of p_t for data N(0, data_std^2 I), for any event shape."""
+
+    def score_fn(x, t):
+        var = sde.alpha(t) ** 2 * data_std**2 + sde.sigma(t) ** 2
+        return -x / sd.append_dims(var.to(x), x.ndim)
+
+    return score_fn
+
+
+def info(name: str) -> sd.SolverInfo:
+    return solver_class(name).info
+
+
+def names(predicate=lambda i: True) -> list[str]:
+    return [n for n in sd.solver_names() if predicate(info(n))]
+
+
+def rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).flatten(1).pow(2).sum(1).mean().sqrt())
+
+
+def fitted_order(steps: list[int], errors: list[float]) -> float:
+    """Minus the least-squares slope of log(error) against log(steps)."""
+    return -float(np.polyfit(np.log(steps), np.log(errors), 1)[0])
+
+
+def moment_bounds(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, k: float = 4.5):
+    """Largest |error| / standard error over the mean and covariance entries."""
+    n = x.shape[0]
+    m = x.mean(0)
+    c = x - m
+    products = c[:, :, None] * c[:, None, :]
+    se_mean = x.std(0) / math.sqrt(n)
+    se_cov = products.std(0) / math.sqrt(n)
+    z_mean = ((m - mean).abs() / se_mean).max()
+    z_cov = ((products.mean(0) - cov).abs() / se_cov).max()
+    return float(z_mean), float(z_cov)

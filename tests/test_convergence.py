@@ -1,0 +1,95 @@
+"""Measured convergence order, asserted against each solver's declared order.
+
+ODE methods: endpoint error against a DOP853 solution at rtol = atol = 1e-10 of
+the same PF-ODE from the same noise.  SDE methods: strong error on one
+Brownian path replayed at every step size, against a fine solution on it.
+"""
+
+import pytest
+import torch
+from helpers import fitted_order, names, rms, small_mixture
+
+import sde_diffusion as sd
+
+ODE_FIXED = names(lambda i: i.kind == "ode" and not i.adaptive and not i.stochastic)
+# Langevin corrector noise and EDM churn noise are not Brownian increments: no strong order.
+NO_STRONG_ORDER = {"pc": "Langevin corrector noise", "heun_sde": "EDM churn noise"}
+SDE_FIXED = names(lambda i: i.kind == "sde" and not i.adaptive)
+
+# (sde, schedule, step counts) in each method's asymptotic range
+ODE_PROBLEMS = {
+    "edm-karras": (sd.EDMSDE, "karras", [128, 256, 512]),
+    "vp-logsnr": (sd.VPSDE, "logsnr", [64, 128, 256]),
+}
+
+
+def _ode_errors(solver, problem, **options):
+    make, schedule, steps = ODE_PROBLEMS[problem]
+    sde = make()
+    score = small_mixture().score_fn(sde)
+    x_T = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = sd.solve(score, sde, x_T, sd.timesteps(sde, 1), "dop853", rtol=1e-10, atol=1e-10)
+    solver = sd.get_solver(solver, **options)
+    errors = [
+        rms(sd.solve(score, sde, x_T, sd.timesteps(sde, n, schedule), solver), ref) for n in steps
+    ]
+    return solver, steps, errors
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("problem", list(ODE_PROBLEMS))
+@pytest.mark.parametrize("name", ODE_FIXED)
+def test_ode_order(name, problem):
+    solver, steps, errors = _ode_errors(name, problem)
+    measured = fitted_order(steps, errors)
+    assert abs(measured - solver.order) <= 0.3, f"{name}: order {measured:.2f}, errors {errors}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order", [1, 2, 3])  # 4, the default, is in test_ode_order
+def test_lms_order_option(order):
+    _, steps, errors = _ode_errors("lms", "edm-karras", order=order)
+    assert abs(fitted_order(steps, errors) - order) <= 0.3, errors
+
+
+@pytest.fixture(scope="module")
+def strong_problem():
+    """One Brownian path on the VP reverse SDE from t = 1 to 0.3 and a fine SRK solution on it
+    (a window where one path's errors are in the asymptotic range)."""
+    sde, t_end = sd.VPSDE(), 0.3
+    score = small_mixture().score_fn(sde)
+    x_T = sde.prior_sample(
+        (256, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    noise = sd.BrownianNoise(x_T, sde.T, t_end, seed=3, levy_area_approximation="space-time")
+
+    def grid(n):
+        return torch.linspace(sde.T, t_end, n + 1, dtype=torch.float64)
+
+    ref = sd.solve(score, sde, x_T, grid(1024), "srk", noise=noise)
+    return sde, score, x_T, noise, grid, ref
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SDE_FIXED)
+def test_sde_strong_order(name, strong_problem):
+    if name in NO_STRONG_ORDER:
+        pytest.skip(f"{name}: {NO_STRONG_ORDER[name]} is not a Brownian increment")
+    sde, score, x_T, noise, grid, ref = strong_problem
+    solver = sd.get_solver(name)
+    steps = [16, 32, 64, 128]
+    errors = [rms(sd.solve(score, sde, x_T, grid(n), solver, noise=noise), ref) for n in steps]
+    measured = fitted_order(steps, errors)
+    assert abs(measured - solver.order) <= 0.3, f"{name}: strong order {measured:.2f}, {errors}"
+
+
+@pytest.mark.parametrize("name", names(lambda i: i.adaptive))
+def test_adaptive_error_follows_tolerance(name):
+    sde = sd.EDMSDE()
+    score = small_mixture().score_fn(sde)
+    x_T = sde.prior_sample((32, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ts = sd.timesteps(sde, 1)
+    ref = sd.solve(score, sde, x_T, ts, "dop853", rtol=1e-11, atol=1e-11)
+    loose = rms(sd.solve(score, sde, x_T, ts, name, rtol=1e-3, atol=1e-3), ref)
+    tight = rms(sd.solve(score, sde, x_T, ts, name, rtol=1e-8, atol=1e-8), ref)
+    assert tight < 1e-5 and tight < loose / 100

@@ -1,0 +1,90 @@
+"""The solver registry: lookup, errors, and registration from another package."""
+
+import dataclasses
+
+import pytest
+
+import sde_diffusion as sd
+from sde_diffusion.solvers.registry import solver_class
+
+
+@sd.register_solver("explicit_midpoint", kind="ode", order=2, nfe_per_step=2, stochastic=False)
+class ExplicitMidpoint(sd.Solver):
+    """Explicit midpoint rule on the PF-ODE (defined outside the package); Euler to t = 0."""
+
+    def step(self, process, t0, t1, x, state, noise):
+        h = t1 - t0
+        if t1 == 0.0:
+            return x + h * process.velocity(x, t0), state
+        x_half = x + 0.5 * h * process.velocity(x, t0)
+        return x + h * process.velocity(x_half, t0 + 0.5 * h), state
+
+
+def test_outside_solver_is_registered_and_usable():
+    assert "explicit_midpoint" in sd.solver_names()
+    sde = sd.EDMSDE()
+    res = sd.sample(sd.eight_gaussians().score_fn(sde), sde, (16, 2), "explicit-midpoint", 5)
+    assert res.nfe == 10 and res.x.shape == (16, 2)
+    assert solver_class("explicit_midpoint").info.summary.startswith("Explicit midpoint")
+
+
+def test_duplicate_names_and_aliases_raise():
+    with pytest.raises(ValueError, match="'heun' is already registered"):
+        sd.register_solver("Heun", kind="ode", order=2, nfe_per_step=2, stochastic=False)(
+            ExplicitMidpoint
+        )
+    with pytest.raises(ValueError, match="'em' is already registered"):
+        sd.register_solver(
+            "fresh_name", aliases=("EM",), kind="sde", order=1, nfe_per_step=1, stochastic=True
+        )(ExplicitMidpoint)
+    assert "fresh_name" not in sd.solver_names()
+
+
+def test_lookup_ignores_case_and_dashes_and_knows_aliases():
+    assert type(sd.get_solver("DPMPP-2M")) is type(sd.get_solver("dpmpp_2m"))
+    assert type(sd.get_solver("EM")).__name__ == "EulerMaruyama"
+    assert sd.get_solver("Linear-Multistep", order=3).order == 3
+
+
+def test_unknown_name_suggests_and_lists():
+    with pytest.raises(sd.UnknownSolverError) as err:
+        sd.get_solver("huen")
+    assert isinstance(err.value, ValueError)
+    message = str(err.value)
+    assert "did you mean 'heun'?" in message
+    for name in sd.solver_names():
+        assert name in message
+
+
+def test_unknown_option_lists_accepted_ones():
+    with pytest.raises(sd.SolverOptionError, match=r"'ddim' does not take option.*takes: eta"):
+        sd.get_solver("ddim", order=2)
+    with pytest.raises(sd.SolverOptionError, match="takes: no options"):
+        sd.get_solver("euler", eta=0.5)
+
+
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("lms", dict(order=5), "order must be 1, 2, 3 or 4"),
+        ("ddim", dict(eta=1.5), r"eta must lie in \[0, 1\]"),
+        ("pc", dict(predictor="heun"), "predictor must be a fixed-step reverse-SDE solver"),
+        ("pc", dict(predictor="nope"), "unknown solver 'nope'"),
+        ("pc", dict(snr=-1.0), "snr must be positive"),
+        ("pc", dict(corrector_steps=-1), "corrector_steps must be >= 0"),
+        ("ancestral", dict(variance="wide"), "variance must be one of"),
+        ("heun_sde", dict(churn=-1.0), "need churn >= 0"),
+        ("rk45", dict(rtol=0.0), "rtol and atol must be positive"),
+    ],
+)
+def test_bad_option_values_raise(name, options, message):
+    with pytest.raises(ValueError, match=message):
+        sd.get_solver(name, **options)
+
+
+def test_infos_are_frozen_and_complete():
+    for info in sd.list_solvers():
+        assert info.kind in ("sde", "ode") and info.order > 0 and info.nfe_per_step >= 1
+        assert info.summary
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            info.order = 99

@@ -1,0 +1,131 @@
+"""Registry-driven checks: every registered solver gets each of these automatically."""
+
+import pytest
+import torch
+from helpers import gaussian_score, info, moment_bounds, names, small_mixture
+
+import sde_diffusion as sd
+
+ALL = names()
+FIXED = names(lambda i: not i.adaptive)
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("event", [(2,), (3, 4), (2, 3, 4, 4)], ids=["rank1", "rank2", "rank4"])
+def test_any_event_rank(name, event):
+    sde = sd.VPSDE()
+    x_T = sde.prior_sample((3, *event), generator=torch.Generator().manual_seed(0))
+    x = sd.solve(gaussian_score(sde), sde, x_T, sd.timesteps(sde, 4), name)
+    assert x.shape == x_T.shape and torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtype_follows_input(name, dtype):
+    sde = sd.EDMSDE()
+    res = sd.sample(gaussian_score(sde), sde, (8, 2), name, steps=5, dtype=dtype)
+    assert res.x.dtype == dtype and torch.isfinite(res.x).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_seeded_runs_reproduce(name):
+    sde = sd.EDMSDE()
+    score = small_mixture().score_fn(sde)
+    a = sd.sample(score, sde, (32, 2), name, steps=6, seed=7, dtype=torch.float64)
+    b = sd.sample(score, sde, (32, 2), name, steps=6, seed=7, dtype=torch.float64)
+    c = sd.sample(score, sde, (32, 2), name, steps=6, seed=8, dtype=torch.float64)
+    torch.testing.assert_close(a.x, b.x, rtol=0, atol=0)
+    assert not torch.allclose(a.x, c.x)
+
+
+@pytest.mark.parametrize("name", names(lambda i: i.stochastic))
+def test_stochastic_solvers_draw_noise(name):
+    """Same x_T, different noise: different samples."""
+    sde = sd.EDMSDE()
+    x_T = sde.prior_sample((32, 2), generator=torch.Generator().manual_seed(0))
+    score, ts = small_mixture().score_fn(sde), sd.timesteps(sde, 6, "karras")
+    a = sd.solve(score, sde, x_T, ts, name, generator=torch.Generator().manual_seed(1))
+    b = sd.solve(score, sde, x_T, ts, name, generator=torch.Generator().manual_seed(2))
+    assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("name", FIXED)
+@pytest.mark.parametrize("to_zero", [False, True], ids=["to_t_min", "to_zero"])
+def test_counted_nfe_matches_declared(name, to_zero):
+    sde, steps = sd.EDMSDE(), 7
+    res = sd.sample(gaussian_score(sde), sde, (4, 2), name, steps=steps, to_zero=to_zero)
+    solver = sd.get_solver(name)
+    assert res.nfe == solver.expected_nfe(res.ts.tolist())
+    if not to_zero and not name.startswith(("srk", "milstein")):  # torchsde probes once more
+        assert res.nfe == steps * info(name).nfe_per_step
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_never_evaluates_the_model_at_zero(name):
+    sde = sd.EDMSDE()
+    exact = gaussian_score(sde)
+
+    def score_fn(x, t):
+        if bool((t == 0).any()):
+            raise AssertionError("the model was evaluated at t = 0")
+        return exact(x, t)
+
+    ts = sd.timesteps(sde, 6, "karras", to_zero=True)
+    x = sd.solve(score_fn, sde, sde.prior_sample((4, 2)), ts, name)
+    assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("name", names(lambda i: i.adaptive))
+def test_adaptive_nfe_is_counted_and_follows_tolerance(name):
+    sde = sd.EDMSDE()
+    score = small_mixture().score_fn(sde)
+    loose = sd.sample(score, sde, (16, 2), name, steps=1, rtol=1e-3, atol=1e-3)
+    tight = sd.sample(score, sde, (16, 2), name, steps=1, rtol=1e-8, atol=1e-8)
+    assert 0 < loose.nfe < tight.nfe
+
+
+def _exact_moment_check(name, sde, schedule, n=20000):
+    """Start from exact p_T samples; the end law must be p_{t_min} (mean and covariance).
+
+    A generous grid: 100 steps for methods of order >= 1.5, 400 for first order.
+    """
+    steps = 100 if sd.get_solver(name).order >= 1.5 else 400
+    gmm = small_mixture()
+    g = torch.Generator().manual_seed(11)
+    x_T = gmm.marginal(sde, sde.T).sample(n, generator=g, dtype=torch.float64)
+    ts = sd.timesteps(sde, steps, schedule)
+    x = sd.solve(gmm.score_fn(sde), sde, x_T, ts, name, generator=g)
+    target = gmm.marginal(sde, sde.t_min)
+    z_mean, z_cov = moment_bounds(x, target.mean(), target.covariance())
+    assert z_mean < 4.5, f"mean off by {z_mean:.1f} standard errors"
+    assert z_cov < 4.5, f"covariance off by {z_cov:.1f} standard errors"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_exact_score_reproduces_the_data_law_edm(name):
+    _exact_moment_check(name, sd.EDMSDE(), "karras")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("make", [sd.VPSDE, sd.SubVPSDE], ids=["vp", "subvp"])
+def test_exact_score_reproduces_the_data_law(name, make):
+    _exact_moment_check(name, make(), "logsnr")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["pc", "ancestral", "euler_maruyama", "heun", "dpmpp_2m"])
+def test_exact_score_reproduces_the_data_law_ve(name):
+    """VE's classic samplers (Euler in t needs ~1000 steps here: sigma grows like e^t)."""
+    _exact_moment_check(name, sd.VESDE(), "karras")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ALL)
+def test_runs_on_cuda_unchanged(name):
+    sde = sd.EDMSDE()
+    gmm = small_mixture()
+    res = sd.sample(gmm.score_fn(sde), sde, (256, 2), name, steps=8, device="cuda")
+    assert res.x.device.type == "cuda" and torch.isfinite(res.x).all()
+    cpu = sd.sample(gmm.score_fn(sde), sde, (256, 2), name, steps=8, device="cpu")
+    assert res.nfe == cpu.nfe
