@@ -114,14 +114,16 @@ class SDE(ABC):
         Accelerator tensors are not checked (that would synchronise the host);
         the sampling driver validates its whole grid once instead.
         """
-        t = as_time(t)
-        if (
-            t.device.type == "cpu"
-            and t.numel()
-            and bool(((t < 0) | (t > self.T * (1 + 1e-6))).any())
-        ):
-            bad = t[(t < 0) | (t > self.T * (1 + 1e-6))].flatten()[0].item()
-            raise ValueError(f"time t={bad!r} is outside [0, T] = [0, {self.T!r}] for {self!r}")
+        upper = self.T * (1 + 1e-6)
+        if not isinstance(t, Tensor):
+            if not 0.0 <= t <= upper:
+                raise ValueError(f"time t={t!r} is outside [0, T] = [0, {self.T!r}] for {self!r}")
+            return torch.tensor(float(t), dtype=torch.float64)
+        if t.device.type == "cpu" and t.numel():
+            outside = (t < 0) | (t > upper)
+            if bool(outside.any()):
+                bad = t[outside].flatten()[0].item()
+                raise ValueError(f"time t={bad!r} is outside [0, T] = [0, {self.T!r}] for {self!r}")
         return t
 
     def marginal(self, x0: Tensor, t: Time) -> tuple[Tensor, Tensor]:

@@ -3,31 +3,23 @@
 from __future__ import annotations
 
 import numpy as np
-from numpy.polynomial import polynomial as P
 
 from .base import Solver
 from .registry import register_solver
 
 
 def adams_bashforth_weights(times: list[float], t1: float) -> list[float]:
-    """Weights ``w_j = int_{t_0}^{t_1} l_j(tau) d tau`` of the Lagrange basis on
-    ``times`` (newest first, ``times[0] = t_0``): ``x_1 = x_0 + sum_j w_j d_j``.
+    """Weights with ``x_1 = x_0 + sum_j w_j d_j`` exact for polynomial ``d`` of degree < k.
 
-    Computed in the scaled variable ``u = (tau - t_0) / (t_1 - t_0)`` on [0, 1].
+    ``times`` are the ``k`` history times, newest first (``times[0] = t_0``).  In the
+    scaled variable ``u = (tau - t_0) / (t_1 - t_0)`` the weights solve the moment
+    (Vandermonde) system ``sum_j w_j u_j^m = h / (m + 1)``, ``m = 0..k-1``: the integral
+    of the Lagrange interpolant of the velocities over ``[t_0, t_1]``.
     """
     h = t1 - times[0]
-    nodes = [(tau - times[0]) / h for tau in times]
-    weights = []
-    for j, node in enumerate(nodes):
-        others = [m for i, m in enumerate(nodes) if i != j]
-        basis = (
-            P.polyfromroots(others) / np.prod([node - m for m in others])
-            if others
-            else np.array([1.0])
-        )
-        antiderivative = P.polyint(basis)
-        weights.append(h * float(P.polyval(1.0, antiderivative) - P.polyval(0.0, antiderivative)))
-    return weights
+    nodes = (np.asarray(times) - times[0]) / h
+    powers = np.arange(len(times))
+    return (h * np.linalg.solve(nodes[None, :] ** powers[:, None], 1.0 / (powers + 1))).tolist()
 
 
 @register_solver(

@@ -1,0 +1,88 @@
+"""Exact identities of individual methods (each against a closed form or another method)."""
+
+import pytest
+import torch
+from helpers import small_mixture
+
+import sde_diffusion as sd
+from sde_diffusion.solvers.ancestral import posterior_coefficients
+from sde_diffusion.solvers.lms import adams_bashforth_weights
+
+CLASSICAL_AB = {
+    1: [1],
+    2: [3 / 2, -1 / 2],
+    3: [23 / 12, -16 / 12, 5 / 12],
+    4: [55 / 24, -59 / 24, 37 / 24, -9 / 24],
+}
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_adams_bashforth_weights_on_a_uniform_grid_are_classical(k):
+    h = -0.05
+    times = [1.0 - h * j for j in range(k)]  # newest first, uniform spacing
+    weights = adams_bashforth_weights(times, 1.0 + h)
+    assert weights == pytest.approx([h * c for c in CLASSICAL_AB[k]], rel=1e-12)
+
+
+def test_adams_bashforth_weights_integrate_cubics_exactly_on_uneven_steps():
+    times, t1 = [0.9, 1.3, 2.0, 3.5], 0.4
+    weights = adams_bashforth_weights(times, t1)
+    for m in range(4):  # integral of tau^m from t0 to t1
+        exact = (t1 ** (m + 1) - times[0] ** (m + 1)) / (m + 1)
+        assert sum(w * tau**m for w, tau in zip(weights, times, strict=True)) == pytest.approx(
+            exact
+        )
+
+
+def test_ancestral_posterior_is_consistent_with_the_marginals(any_sde):
+    """Averaging q(x_s | x_t, x0) over x_t ~ p(x_t | x0) gives p(x_s | x0)."""
+    t, s = 0.6 * any_sde.T, 0.25 * any_sde.T
+    w_x, w_x0, post_var, _ = posterior_coefficients(any_sde, t, s)
+    alpha_t, sigma_t = any_sde.alpha(t), any_sde.sigma(t)
+    alpha_s, sigma_s = any_sde.alpha(s), any_sde.sigma(s)
+    assert float(w_x * alpha_t + w_x0) == pytest.approx(float(alpha_s), rel=1e-12)
+    assert float(w_x**2 * sigma_t**2 + post_var) == pytest.approx(float(sigma_s**2), rel=1e-12)
+
+
+def test_heun_sde_without_churn_is_heun_on_edm():
+    sde = sd.EDMSDE()
+    score = small_mixture().score_fn(sde)
+    x_T = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ts = sd.timesteps(sde, 12, "karras", to_zero=True)
+    churnless = sd.solve(score, sde, x_T, ts, "heun_sde", churn=0.0)
+    torch.testing.assert_close(churnless, sd.solve(score, sde, x_T, ts, "heun"))
+
+
+def test_pc_without_corrector_is_its_predictor():
+    sde = sd.VESDE()
+    score = small_mixture().score_fn(sde)
+    x_T = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ts = sd.timesteps(sde, 10, "karras")
+    a = sd.solve(
+        score, sde, x_T, ts, "pc", corrector_steps=0, generator=torch.Generator().manual_seed(5)
+    )
+    b = sd.solve(score, sde, x_T, ts, "ancestral", generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_milstein_is_euler_maruyama_on_additive_noise():
+    """g depends on t only, so Milstein's correction vanishes: same path, same result."""
+    sde = sd.VPSDE()
+    score = small_mixture().score_fn(sde)
+    x_T = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ts = sd.timesteps(sde, 20)
+    noise = sd.BrownianNoise(x_T, sde.T, sde.t_min, seed=1)
+    torch.testing.assert_close(
+        sd.solve(score, sde, x_T, ts, "milstein", noise=noise),
+        sd.solve(score, sde, x_T, ts, "euler_maruyama", noise=noise),
+    )
+
+
+def test_ddim_eta_one_is_ancestral_posterior_sampling():
+    sde = sd.VPSDE()
+    score = small_mixture().score_fn(sde)
+    x_T = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ts = sd.timesteps(sde, 10)
+    a = sd.solve(score, sde, x_T, ts, "ddim", eta=1.0, generator=torch.Generator().manual_seed(2))
+    b = sd.solve(score, sde, x_T, ts, "ancestral", generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(a, b)
