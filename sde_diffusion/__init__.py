@@ -7,6 +7,7 @@ res = sd.sample(gmm.score_fn(sde), sde, shape=(1024, 2), solver="heun", steps=32
 """
 
 from .analytic import GaussianMixture, eight_gaussians, high_dim_mixture
+from .likelihood import LikelihoodResult, bits_per_dim, log_likelihood
 from .noise import BrownianNoise, GeneratorNoise, NoiseSource
 from .reverse import ProbabilityFlowODE, ReverseProcess, ReverseSDE, ScoreFn
 from .sampling import CountingScore, NonFiniteError, SampleResult, StepInfo, sample, solve
@@ -35,6 +36,7 @@ __all__ = [
     "CountingScore",
     "GaussianMixture",
     "GeneratorNoise",
+    "LikelihoodResult",
     "NoiseSource",
     "NonFiniteError",
     "ProbabilityFlowODE",
@@ -50,10 +52,12 @@ __all__ = [
     "UnknownSolverError",
     "__version__",
     "append_dims",
+    "bits_per_dim",
     "eight_gaussians",
     "get_solver",
     "high_dim_mixture",
     "list_solvers",
+    "log_likelihood",
     "register_solver",
     "sample",
     "solve",
