@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 from .sdes import SDE, Time, append_dims
