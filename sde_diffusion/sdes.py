@@ -26,12 +26,15 @@ from torch import Tensor
 __all__ = [
     "EDMSDE",
     "SDE",
+    "SDE_TYPES",
     "VESDE",
     "VPSDE",
     "SubVPSDE",
     "append_dims",
     "as_time",
     "broadcast_coefficient",
+    "sde_config",
+    "sde_from_config",
 ]
 
 Time = float | Tensor
@@ -314,3 +317,28 @@ class EDMSDE(SDE):
 
     def _params(self) -> dict[str, float]:
         return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+
+SDE_TYPES: dict[str, type[SDE]] = {
+    "vp": VPSDE,
+    "subvp": SubVPSDE,
+    "ve": VESDE,
+    "edm": EDMSDE,
+}
+
+
+def sde_config(sde: SDE) -> dict[str, object]:
+    """A JSON-ready description of a built-in SDE (for checkpoints)."""
+    for name, cls in SDE_TYPES.items():
+        if type(sde) is cls:
+            return {"type": name, **sde._params()}
+    raise ValueError(f"only built-in SDEs can be saved, got {type(sde).__name__}")
+
+
+def sde_from_config(config: dict[str, object]) -> SDE:
+    """Rebuild an SDE from :func:`sde_config` output or a name (``vp``, ``ve``, ...)."""
+    options = dict(config)
+    name = str(options.pop("type", "")).lower()
+    if name not in SDE_TYPES:
+        raise ValueError(f"unknown SDE {name!r}; choose one of {', '.join(SDE_TYPES)}")
+    return SDE_TYPES[name](**options)

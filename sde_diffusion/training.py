@@ -1,0 +1,242 @@
+"""Training a score model by denoising score matching.
+
+``Trainer`` runs AdamW with linear warm-up and gradient clipping, keeps an EMA of
+the weights through ``torch.optim.swa_utils``, optionally autocasts to bf16, shows
+a rich progress bar, and writes checkpoints (model, EMA, optimiser, RNG states)
+that resume bit for bit on CPU.  Under ``torchrun`` it trains data-parallel
+(DDP): each rank draws its own batches, rank 0 writes.  Ctrl-C saves a checkpoint
+before it stops.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from .checkpoint import load_checkpoint, prefixed, save_checkpoint
+from .data import Dataset
+from .losses import DenoisingScoreMatching
+from .networks import build_network
+from .parametrization import ScoreModel
+from .sdes import sde_config, sde_from_config
+
+__all__ = ["TrainConfig", "Trainer", "load_score_model"]
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    loss_weighting: str = "sigma2"
+    bf16: bool = False
+    seed: int = 0
+    checkpoint_every: int = 1000
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or self.warmup < 0 or not 0 <= self.ema_decay < 1:
+            raise ValueError(
+                f"need lr > 0, warmup >= 0 and 0 <= ema_decay < 1, got lr={self.lr}, "
+                f"warmup={self.warmup}, ema_decay={self.ema_decay}"
+            )
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Trainer:
+    """Trains ``model`` on ``data`` (a ``Dataset``) under ``config``."""
+
+    def __init__(self, model: ScoreModel, data: Dataset, config: TrainConfig):
+        self.model, self.data, self.config = model, data, config
+        self.device = torch.device(config.device)
+        self.model.to(self.device)
+        self.rank, self.world = _world()
+        self.loss = DenoisingScoreMatching(model.sde, config.loss_weighting)
+        self.net = self.model.net
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(model.net)
+            self.model.net = self.net
+        self.optimizer = torch.optim.AdamW(
+            model.net.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.ema = AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
+        )
+        self.step = 0
+        self.generator = torch.Generator(device=self.device).manual_seed(
+            config.seed * 1000 + self.rank
+        )
+        self.history: list[dict[str, float]] = []
+
+    # -- the loop ---------------------------------------------------------------
+
+    def learning_rate(self, step: int) -> float:
+        return self.config.lr * min(1.0, (step + 1) / max(1, self.config.warmup))
+
+    def train_step(self) -> float:
+        x = self.data.x
+        idx = torch.randint(
+            len(x), (self.config.batch_size,), generator=self.generator, device=self.device
+        ).cpu()
+        batch = x[idx].to(self.device)
+        extra = (self.data.labels[idx].to(self.device),) if self._conditional else ()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(self.step)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+            loss = self.loss(self.model, batch, *extra, generator=self.generator).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.net.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.ema.update_parameters(self.model)
+        self.step += 1
+        return float(loss.detach())
+
+    @property
+    def _conditional(self) -> bool:
+        return self.data.labels is not None and bool(
+            getattr(self._bare_net, "config", {}).get("num_classes")
+        )
+
+    @property
+    def _bare_net(self) -> torch.nn.Module:
+        return self.net.module if self.world > 1 else self.net
+
+    def train(
+        self, steps: int | None = None, checkpoint: str | Path | None = None, progress: bool = True
+    ) -> list[dict[str, float]]:
+        """Run until ``steps`` (default ``config.steps``) total steps; returns the loss log."""
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        target = self.config.steps if steps is None else steps
+        show = progress and self.rank == 0
+        columns = (
+            TextColumn("[bold]train"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("{task.fields[rate]:.1f} it/s"),
+            TimeRemainingColumn(),
+        )
+        start, first = time.perf_counter(), self.step
+        try:
+            with Progress(*columns, disable=not show, transient=False) as bar:
+                task = bar.add_task(
+                    "train", total=target, completed=self.step, loss=float("nan"), rate=0.0
+                )
+                while self.step < target:
+                    loss = self.train_step()
+                    self.history.append({"step": self.step, "loss": loss})
+                    rate = (self.step - first) / (time.perf_counter() - start)
+                    bar.update(task, completed=self.step, loss=loss, rate=rate)
+                    if checkpoint and self.step % self.config.checkpoint_every == 0:
+                        self.save(checkpoint)
+        except KeyboardInterrupt:
+            if checkpoint:
+                self.save(checkpoint)
+            raise
+        if checkpoint:
+            self.save(checkpoint)
+        return self.history
+
+    # -- checkpoints ------------------------------------------------------------
+
+    def model_config(self) -> dict[str, Any]:
+        return {
+            "network": self._bare_net.config,
+            "sde": sde_config(self.model.sde),
+            "parametrization": self.model.parametrization,
+            "sigma_data": self.model.sigma_data,
+            "data": self.data.config(),
+            "train": asdict(self.config),
+            "step": self.step,
+        }
+
+    def save(self, path: str | Path) -> Path | None:
+        """Write model, EMA, optimiser and RNG states (rank 0 only)."""
+        if self.rank != 0:
+            return None
+        tensors = {f"model/{k}": v for k, v in self._bare_net.state_dict().items()}
+        tensors |= {f"ema/{k}": v for k, v in self._ema_net_state().items()}
+        tensors["ema_n_averaged"] = self.ema.n_averaged
+        optim = self.optimizer.state_dict()
+        for index, state in optim["state"].items():
+            tensors |= {f"optim/{index}/{k}": v for k, v in state.items()}
+        tensors["rng/generator"] = self.generator.get_state()
+        tensors["rng/torch"] = torch.get_rng_state()
+        config = self.model_config() | {"optimizer_groups": optim["param_groups"]}
+        return save_checkpoint(path, tensors, config)
+
+    def _ema_net_state(self) -> dict[str, Tensor]:
+        prefix = "module.net.module." if self.world > 1 else "module.net."
+        return {
+            k[len(prefix) :]: v for k, v in self.ema.state_dict().items() if k.startswith(prefix)
+        }
+
+    def resume(self, path: str | Path) -> None:
+        """Restore everything :meth:`save` wrote; training continues exactly."""
+        tensors, config = load_checkpoint(path, self.device)
+        self._bare_net.load_state_dict(prefixed(tensors, "model"))
+        ema_prefix = "module.net.module." if self.world > 1 else "module.net."
+        ema_state = {ema_prefix + k: v for k, v in prefixed(tensors, "ema").items()}
+        ema_state["n_averaged"] = tensors["ema_n_averaged"]
+        self.ema.load_state_dict(ema_state, strict=False)
+        optim_state: dict[int, dict[str, Tensor]] = {}
+        for key, value in prefixed(tensors, "optim").items():
+            index, name = key.split("/", 1)
+            optim_state.setdefault(int(index), {})[name] = value
+        self.optimizer.load_state_dict(
+            {"state": optim_state, "param_groups": config["optimizer_groups"]}
+        )
+        self.generator.set_state(tensors["rng/generator"].cpu())
+        torch.set_rng_state(tensors["rng/torch"].cpu())
+        self.step = int(config["step"])
+
+
+def load_score_model(
+    path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[ScoreModel, dict[str, Any]]:
+    """Rebuild the ``ScoreModel`` a checkpoint describes (EMA weights by default)."""
+    tensors, config = load_checkpoint(path, device)
+    try:
+        net = build_network(config["network"])
+        model = ScoreModel(
+            net, sde_from_config(config["sde"]), config["parametrization"], config["sigma_data"]
+        )
+        net.load_state_dict(prefixed(tensors, "ema" if ema else "model"))
+    except (KeyError, TypeError, RuntimeError, ValueError) as err:
+        from .checkpoint import CheckpointError
+
+        raise CheckpointError(f"{path}: cannot rebuild the model it describes ({err})") from None
+    return model.to(device).eval(), config
+
+
+def init_distributed() -> bool:
+    """Join the process group ``torchrun`` sets up (gloo on CPU, nccl on CUDA)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return True
