@@ -219,6 +219,12 @@ class _LinearBetaSDE(SDE):
     def drift(self, x: Tensor, t: Time) -> Tensor:
         return -0.5 * broadcast_coefficient(self.beta(t), x) * x
 
+    def t_from_log_alpha(self, log_alpha: Tensor) -> Tensor:
+        """Root of ``(bmax - bmin) t^2 / 4 + bmin t / 2 + log alpha = 0`` in ``[0, T]``."""
+        a, b = 0.25 * (self.beta_max - self.beta_min), 0.5 * self.beta_min
+        t = (-b + torch.sqrt(b**2 - 4 * a * log_alpha)) / (2 * a)
+        return t.clamp(0.0, self.T)
+
     def _params(self) -> dict[str, float]:
         return {"beta_min": self.beta_min, "beta_max": self.beta_max, "t_min": self.t_min}
 
@@ -235,6 +241,11 @@ class VPSDE(_LinearBetaSDE):
     def sigma(self, t: Time) -> Tensor:
         return torch.sqrt(-torch.expm1(2 * self.log_alpha(t)))
 
+    def t_from_log_snr(self, lam: Tensor | float) -> Tensor:
+        """Closed form: ``alpha^2 = sigmoid(2 lambda)``."""
+        lam = as_time(lam).to(torch.float64)
+        return self.t_from_log_alpha(-0.5 * torch.nn.functional.softplus(-2 * lam))
+
 
 class SubVPSDE(_LinearBetaSDE):
     """Sub-variance preserving SDE, Song et al. 2021 eq. 29.
@@ -247,6 +258,12 @@ class SubVPSDE(_LinearBetaSDE):
 
     def sigma(self, t: Time) -> Tensor:
         return -torch.expm1(2 * self.log_alpha(t))
+
+    def t_from_log_snr(self, lam: Tensor | float) -> Tensor:
+        """Closed form: ``alpha / (1 - alpha^2) = e^lambda`` is a quadratic in alpha."""
+        lam = as_time(lam).to(torch.float64)
+        alpha = 2 / (torch.sqrt(1 + 4 * torch.exp(2 * lam)) + 1) * torch.exp(lam)
+        return self.t_from_log_alpha(torch.log(alpha))
 
 
 class VESDE(SDE):

@@ -187,6 +187,13 @@ class Trainer:
         config = self.model_config() | {"optimizer_groups": optim["param_groups"]}
         return save_checkpoint(path, tensors, config)
 
+    def export(self, path: str | Path) -> Path | None:
+        """Write the EMA weights and the model config only (a small file to ship)."""
+        if self.rank != 0:
+            return None
+        tensors = {f"ema/{k}": v for k, v in self._ema_net_state().items()}
+        return save_checkpoint(path, tensors, self.model_config())
+
     def _ema_net_state(self) -> dict[str, Tensor]:
         prefix = "module.net.module." if self.world > 1 else "module.net."
         return {

@@ -1,0 +1,64 @@
+"""The shipped models, and the package as a user installs it."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import sde_diffusion as sd
+from sde_diffusion.data import toy_2d
+from sde_diffusion.metrics import noise_floor, sliced_wasserstein
+from sde_diffusion.pretrained import available, load_pretrained
+
+
+def test_shipped_moons_model_is_within_three_noise_floors():
+    assert "moons" in available()
+    model, config = load_pretrained("moons")
+    assert config["data"]["name"] == "moons" and config["metrics"]["ratio"] < 3
+    with torch.no_grad():
+        res = sd.sample(model, model.sde, (4000, 2), "heun", steps=50, schedule="karras", seed=1)
+    sw = sliced_wasserstein(
+        res.x, toy_2d("moons", 4000, seed=99), generator=torch.Generator().manual_seed(0)
+    )
+    floor = noise_floor(lambda n, s: toy_2d("moons", n, seed=1000 + s), 4000)
+    assert sw < 3 * floor, (sw, floor)
+
+
+def test_unknown_pretrained_name():
+    with pytest.raises(ValueError, match="no shipped model 'cats'; available: moons"):
+        load_pretrained("cats")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("editable", [False, True], ids=["install", "editable"])
+def test_fresh_virtualenv_install_gives_a_working_sdediff(tmp_path, editable):
+    """pip install [-e] . into a new virtualenv (its build backend from the registry, the
+    dependencies from this interpreter's site-packages)."""
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    args = ["-e", str(root)] if editable else [str(root)]
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", *args], check=True, cwd=tmp_path
+    )
+    out = subprocess.run(
+        [str(venv / "bin" / "sdediff"), "solvers"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    assert "dpmpp_2m" in out.stdout
+    probe = (
+        "import sde_diffusion, sde_diffusion.networks as n, sdediff_cli; "
+        "from sde_diffusion.pretrained import available; "
+        "print(sde_diffusion.__file__, available())"
+    )
+    out = subprocess.run(
+        [str(python), "-c", probe], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
+    assert "moons" in out.stdout
+    inside_venv = str(venv) in out.stdout
+    assert inside_venv != editable  # a real install copies the package into the venv
