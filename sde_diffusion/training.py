@@ -72,15 +72,14 @@ class Trainer:
         self.model.to(self.device)
         self.rank, self.world = _world()
         self.loss = DenoisingScoreMatching(model.sde, config.loss_weighting)
-        self.net = self.model.net
-        if self.world > 1:
-            self.net = torch.nn.parallel.DistributedDataParallel(model.net)
-            self.model.net = self.net
-        self.optimizer = torch.optim.AdamW(
-            model.net.parameters(), lr=config.lr, weight_decay=config.weight_decay
-        )
+        self.net = self.model.net  # the bare network: saved, averaged, exported
         self.ema = AveragedModel(
             model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
+        )
+        if self.world > 1:  # the loss runs through the wrapper, which all-reduces gradients
+            self.model.net = torch.nn.parallel.DistributedDataParallel(self.net)
+        self.optimizer = torch.optim.AdamW(
+            self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
         self.step = 0
         self.generator = torch.Generator(device=self.device).manual_seed(
@@ -106,7 +105,7 @@ class Trainer:
             loss = self.loss(self.model, batch, *extra, generator=self.generator).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.net.parameters(), self.config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.ema.update_parameters(self.model)
         self.step += 1
@@ -115,12 +114,8 @@ class Trainer:
     @property
     def _conditional(self) -> bool:
         return self.data.labels is not None and bool(
-            getattr(self._bare_net, "config", {}).get("num_classes")
+            getattr(self.net, "config", {}).get("num_classes")
         )
-
-    @property
-    def _bare_net(self) -> torch.nn.Module:
-        return self.net.module if self.world > 1 else self.net
 
     def train(
         self, steps: int | None = None, checkpoint: str | Path | None = None, progress: bool = True
@@ -163,7 +158,7 @@ class Trainer:
 
     def model_config(self) -> dict[str, Any]:
         return {
-            "network": self._bare_net.config,
+            "network": self.net.config,
             "sde": sde_config(self.model.sde),
             "parametrization": self.model.parametrization,
             "sigma_data": self.model.sigma_data,
@@ -176,7 +171,7 @@ class Trainer:
         """Write model, EMA, optimiser and RNG states (rank 0 only)."""
         if self.rank != 0:
             return None
-        tensors = {f"model/{k}": v for k, v in self._bare_net.state_dict().items()}
+        tensors = {f"model/{k}": v for k, v in self.net.state_dict().items()}
         tensors |= {f"ema/{k}": v for k, v in self._ema_net_state().items()}
         tensors["ema_n_averaged"] = self.ema.n_averaged
         optim = self.optimizer.state_dict()
@@ -195,7 +190,7 @@ class Trainer:
         return save_checkpoint(path, tensors, self.model_config())
 
     def _ema_net_state(self) -> dict[str, Tensor]:
-        prefix = "module.net.module." if self.world > 1 else "module.net."
+        prefix = "module.net."
         return {
             k[len(prefix) :]: v for k, v in self.ema.state_dict().items() if k.startswith(prefix)
         }
@@ -203,8 +198,8 @@ class Trainer:
     def resume(self, path: str | Path) -> None:
         """Restore everything :meth:`save` wrote; training continues exactly."""
         tensors, config = load_checkpoint(path, self.device)
-        self._bare_net.load_state_dict(prefixed(tensors, "model"))
-        ema_prefix = "module.net.module." if self.world > 1 else "module.net."
+        self.net.load_state_dict(prefixed(tensors, "model"))
+        ema_prefix = "module.net."
         ema_state = {ema_prefix + k: v for k, v in prefixed(tensors, "ema").items()}
         ema_state["n_averaged"] = tensors["ema_n_averaged"]
         self.ema.load_state_dict(ema_state, strict=False)

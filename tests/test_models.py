@@ -164,3 +164,21 @@ def test_edm_times_follow_the_log_normal():
 def test_unknown_weighting():
     with pytest.raises(ValueError, match="unknown loss weighting 'l1'"):
         DenoisingScoreMatching(sd.VPSDE(), "l1")
+
+
+def test_unet_moves_dtype_and_trains():
+    """A U-Net score model converts to float64 and its loss falls over a few steps."""
+    from sde_diffusion.data import digits
+    from sde_diffusion.training import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    net = UNet(channels=8, channel_mult=(1, 2), num_res_blocks=1, image_size=8, num_classes=10)
+    model = ScoreModel(net, sd.VPSDE(), "edm").double().float()
+    trainer = Trainer(
+        model,
+        digits("train"),
+        TrainConfig(steps=60, batch_size=32, lr=3e-3, warmup=5, loss_weighting="edm"),
+    )
+    assert trainer._conditional
+    history = trainer.train(progress=False)
+    assert sum(h["loss"] for h in history[-10:]) < sum(h["loss"] for h in history[:10])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -14,7 +15,8 @@ __all__ = ["UNet"]
 
 
 def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, channels // 4) or 1, channels)
+    """GroupNorm with up to 32 groups that divide ``channels``."""
+    return nn.GroupNorm(math.gcd(channels, 32), channels)
 
 
 class ResBlock(nn.Module):
@@ -139,7 +141,7 @@ class UNet(nn.Module):
             layers.append(Attention(cout))
         return nn.ModuleList(layers)
 
-    def _apply(self, layer: nn.Module, h: Tensor, emb: Tensor) -> Tensor:
+    def _run(self, layer: nn.Module, h: Tensor, emb: Tensor) -> Tensor:
         if isinstance(layer, nn.ModuleList):
             for sub in layer:
                 h = sub(h, emb) if isinstance(sub, ResBlock) else sub(h)
@@ -162,12 +164,12 @@ class UNet(nn.Module):
         h = self.inp(x)
         skips = [h]
         for layer in self.down:
-            h = self._apply(layer, h, emb)
+            h = self._run(layer, h, emb)
             skips.append(h)
         for layer in self.mid:
-            h = self._apply(layer, h, emb)
+            h = self._run(layer, h, emb)
         for layer in self.up:
             if isinstance(layer, nn.ModuleList):
                 h = torch.cat([h, skips.pop()], dim=1)
-            h = self._apply(layer, h, emb)
+            h = self._run(layer, h, emb)
         return self.out(h)
