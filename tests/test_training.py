@@ -208,4 +208,4 @@ def test_data_parallel_training_under_torchrun(tmp_path):
     assert ranks[0][1] == ranks[1][1]  # parameters in sync after 8 all-reduced steps
     assert ranks[0][2] != ranks[1][2]  # each rank drew its own first batch
     model, config = load_score_model(tmp_path / "ddp.safetensors")
-    assert config["step"] == 8
+    assert config["step"] == 8 and isinstance(model.net, ResidualMLP)
