@@ -38,11 +38,11 @@ def save_checkpoint(path: str | Path, tensors: dict[str, Tensor], config: dict[s
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; keep the usual mode
     try:
         save_file(contiguous, tmp, metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; give it the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -1,5 +1,7 @@
 """Data loading, checkpoints and the trainer."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -103,6 +105,9 @@ def test_checkpoint_rebuilds_an_identical_score_model(tmp_path):
     trainer = _trainer()
     trainer.train(progress=False)
     path = trainer.save(tmp_path / "m.safetensors")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's 0600
     for ema in (True, False):
         model, config = load_score_model(path, ema=ema)
         reference = trainer.ema.module if ema else trainer.model
