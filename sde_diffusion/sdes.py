@@ -73,12 +73,15 @@ def _positive(name: str, value: float) -> float:
     return value
 
 
-def _ordered(low_name: str, low: float, high_name: str, high: float) -> None:
+def _positive_range(low_name: str, low: float, high_name: str, high: float) -> tuple[float, float]:
+    """``(low, high)`` checked to be positive, finite and ``low < high``."""
+    low, high = _positive(low_name, low), _positive(high_name, high)
     if low >= high:
         raise ValueError(
             f"{low_name} must be smaller than {high_name}, got {low_name}={low!r} "
             f"and {high_name}={high!r}"
         )
+    return low, high
 
 
 class SDE(ABC):
@@ -198,11 +201,8 @@ class _LinearBetaSDE(SDE):
     """Shared schedule of VP and sub-VP: ``beta(t) = beta_min + t (beta_max - beta_min)``."""
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float = 1e-3):
-        self.beta_min = _positive("beta_min", beta_min)
-        self.beta_max = _positive("beta_max", beta_max)
-        _ordered("beta_min", self.beta_min, "beta_max", self.beta_max)
-        self.t_min = _positive("t_min", t_min)
-        _ordered("t_min", self.t_min, "T", self.T)
+        self.beta_min, self.beta_max = _positive_range("beta_min", beta_min, "beta_max", beta_max)
+        self.t_min = _positive_range("t_min", t_min, "T", self.T)[0]
 
     def beta(self, t: Time) -> Tensor:
         t = self.check_time(t)
@@ -274,11 +274,10 @@ class VESDE(SDE):
     """
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, *, t_min: float = 1e-5):
-        self.sigma_min = _positive("sigma_min", sigma_min)
-        self.sigma_max = _positive("sigma_max", sigma_max)
-        _ordered("sigma_min", self.sigma_min, "sigma_max", self.sigma_max)
-        self.t_min = _positive("t_min", t_min)
-        _ordered("t_min", self.t_min, "T", self.T)
+        self.sigma_min, self.sigma_max = _positive_range(
+            "sigma_min", sigma_min, "sigma_max", sigma_max
+        )
+        self.t_min = _positive_range("t_min", t_min, "T", self.T)[0]
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
 
     def drift(self, x: Tensor, t: Time) -> Tensor:
@@ -310,9 +309,9 @@ class EDMSDE(SDE):
     """
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
-        self.sigma_min = _positive("sigma_min", sigma_min)
-        self.sigma_max = _positive("sigma_max", sigma_max)
-        _ordered("sigma_min", self.sigma_min, "sigma_max", self.sigma_max)
+        self.sigma_min, self.sigma_max = _positive_range(
+            "sigma_min", sigma_min, "sigma_max", sigma_max
+        )
         self.T = self.sigma_max
         self.t_min = self.sigma_min
 
