@@ -88,7 +88,8 @@ def _grid(x: torch.Tensor, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tiles = x[:, 0].reshape(10, 10, 8, 8).permute(0, 2, 1, 3).reshape(80, 80)
+    padded = torch.nn.functional.pad(x[:, 0], (1, 1, 1, 1), value=-1.0)  # a dark border
+    tiles = padded.reshape(10, 10, 10, 10).permute(0, 2, 1, 3).reshape(100, 100)
     plt.imsave(path, tiles.numpy(), cmap="gray", vmin=-1, vmax=1)
 
 

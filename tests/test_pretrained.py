@@ -26,7 +26,7 @@ def test_shipped_moons_model_is_within_three_noise_floors():
 
 
 def test_unknown_pretrained_name():
-    with pytest.raises(ValueError, match="no shipped model 'cats'; available: moons"):
+    with pytest.raises(ValueError, match="no shipped model 'cats'; available: digits, moons"):
         load_pretrained("cats")
 
 
@@ -62,3 +62,20 @@ def test_fresh_virtualenv_install_gives_a_working_sdediff(tmp_path, editable):
     assert "moons" in out.stdout
     inside_venv = str(venv) in out.stdout
     assert inside_venv != editable  # a real install copies the package into the venv
+
+
+def test_shipped_digits_model_meets_its_quality_bar():
+    """digits-FID within 3x the train/test FID, >= 90% recognised with max softmax >= 0.9."""
+    from sde_diffusion.data import digits
+    from sde_diffusion.digits_eval import confident_fraction, digits_fid
+
+    model, config = load_pretrained("digits")
+    with torch.no_grad():
+        res = sd.sample(
+            model, model.sde, (1000, 1, 8, 8), "heun", steps=25, schedule="karras", seed=1
+        )
+    samples = res.x.clamp(-1, 1)
+    floor = digits_fid(digits("train").x, digits("test").x)
+    assert digits_fid(samples, digits("test").x) < 3 * floor
+    assert confident_fraction(samples) >= 0.9
+    assert config["metrics"]["nfe"] == res.nfe == 50

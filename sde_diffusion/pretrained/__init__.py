@@ -1,8 +1,10 @@
 """Small score models shipped with the package, each trained by a documented command.
 
 ``moons``: a residual MLP (EDM preconditioning, VP SDE) on the 2-D moons set, trained by
-``python benchmarks/train_toy_model.py``; its metrics are in ``moons.json`` and
-``docs/benchmarks.md``.
+``python benchmarks/train_toy_model.py``.  ``digits``: a small U-Net on sklearn's 8x8
+digits, trained by ``python benchmarks/train_digits_model.py``.  Their metrics are in
+``<name>.json`` and ``docs/benchmarks.md``.  ``digits_classifier.safetensors`` is the
+evaluator behind digits-FID (``python benchmarks/train_digits_classifier.py``).
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ __all__ = ["available", "load_pretrained", "pretrained_path"]
 
 
 def available() -> list[str]:
-    """Names of the shipped models."""
-    folder = resources.files(__name__)
+    """Names of the shipped score models (each a ``.safetensors`` with a metrics ``.json``)."""
+    names = {p.name for p in resources.files(__name__).iterdir()}
     return sorted(
-        p.name.removesuffix(".safetensors")
-        for p in folder.iterdir()
-        if p.name.endswith(".safetensors")
+        n.removesuffix(".json")
+        for n in names
+        if n.endswith(".json") and n.replace(".json", ".safetensors") in names
     )
 
 
