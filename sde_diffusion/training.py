@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,10 +45,14 @@ class TrainConfig:
     bf16: bool = False
     seed: int = 0
     checkpoint_every: int = 1000
+    sample_every: int = 0  # 0: no evaluation samples
+    sample_count: int = 64
+    sample_solver: str = "heun"
+    sample_steps: int = 18
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "checkpoint_every"):
+        for name in ("steps", "batch_size", "checkpoint_every", "sample_count", "sample_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or self.warmup < 0 or not 0 <= self.ema_decay < 1:
@@ -117,10 +122,35 @@ class Trainer:
             getattr(self.net, "config", {}).get("num_classes")
         )
 
+    @torch.no_grad()
+    def evaluation_samples(self) -> Tensor:
+        """``sample_count`` samples of the EMA model (seeded, so runs are comparable)."""
+        from .sampling import sample
+
+        shape = (self.config.sample_count, *self.data.x.shape[1:])
+        res = sample(
+            self.ema.module,
+            self.model.sde,
+            shape,
+            self.config.sample_solver,
+            self.config.sample_steps,
+            seed=self.config.seed,
+            device=self.device,
+        )
+        return res.x
+
     def train(
-        self, steps: int | None = None, checkpoint: str | Path | None = None, progress: bool = True
+        self,
+        steps: int | None = None,
+        checkpoint: str | Path | None = None,
+        progress: bool = True,
+        on_samples: Callable[[int, Tensor], None] | None = None,
     ) -> list[dict[str, float]]:
-        """Run until ``steps`` (default ``config.steps``) total steps; returns the loss log."""
+        """Run until ``steps`` (default ``config.steps``) total steps; returns the loss log.
+
+        Every ``config.sample_every`` steps, ``on_samples(step, samples)`` receives
+        :meth:`evaluation_samples` (rank 0 only).
+        """
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         target = self.config.steps if steps is None else steps
@@ -146,6 +176,9 @@ class Trainer:
                     bar.update(task, completed=self.step, loss=loss, rate=rate)
                     if checkpoint and self.step % self.config.checkpoint_every == 0:
                         self.save(checkpoint)
+                    every = self.config.sample_every
+                    if on_samples and every and self.step % every == 0 and self.rank == 0:
+                        on_samples(self.step, self.evaluation_samples())
         except KeyboardInterrupt:
             if checkpoint:
                 self.save(checkpoint)

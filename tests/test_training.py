@@ -214,3 +214,13 @@ def test_data_parallel_training_under_torchrun(tmp_path):
     assert ranks[0][2] != ranks[1][2]  # each rank drew its own first batch
     model, config = load_score_model(tmp_path / "ddp.safetensors")
     assert config["step"] == 8 and isinstance(model.net, ResidualMLP)
+
+
+def test_periodic_evaluation_samples_and_bf16():
+    trainer = _trainer(steps=20, sample_every=10, sample_count=16, sample_steps=4, bf16=True)
+    seen = {}
+    history = trainer.train(progress=False, on_samples=lambda step, x: seen.update({step: x}))
+    assert sorted(seen) == [10, 20]
+    assert seen[20].shape == (16, 2) and torch.isfinite(seen[20]).all()
+    assert all(np.isfinite(h["loss"]) for h in history)
+    torch.testing.assert_close(trainer.evaluation_samples(), seen[20])  # seeded
