@@ -162,9 +162,8 @@ def _integrate(
     counter = CountingScore(score_fn)
     process = (ReverseSDE if solver.info.kind == "sde" else ProbabilityFlowODE)(sde, counter)
     noise = noise if noise is not None else GeneratorNoise(generator)
-    solve_loop = getattr(solver, "solve", None)
-    if solve_loop is not None:  # adaptive methods own their loop
-        x, trajectory = solve_loop(process, grid, x_T, noise, return_trajectory)
+    if solver.info.adaptive:  # adaptive methods own their loop
+        x, trajectory = solver.solve(process, grid, x_T, noise, return_trajectory)
         _raise_if_not_finite(x, solver, None)
     else:
         x, trajectory = _fixed_grid_loop(

@@ -91,6 +91,9 @@ class Trainer:
             config.seed * 1000 + self.rank
         )
         self.history: list[dict[str, float]] = []
+        # the data sets here are small: keep them on the device, index there (no host sync)
+        self._x = data.x.to(self.device)
+        self._labels = data.labels.to(self.device) if data.labels is not None else None
 
     # -- the loop ---------------------------------------------------------------
 
@@ -98,12 +101,11 @@ class Trainer:
         return self.config.lr * min(1.0, (step + 1) / max(1, self.config.warmup))
 
     def train_step(self) -> float:
-        x = self.data.x
         idx = torch.randint(
-            len(x), (self.config.batch_size,), generator=self.generator, device=self.device
-        ).cpu()
-        batch = x[idx].to(self.device)
-        extra = (self.data.labels[idx].to(self.device),) if self._conditional else ()
+            len(self._x), (self.config.batch_size,), generator=self.generator, device=self.device
+        )
+        batch = self._x[idx]
+        extra = (self._labels[idx],) if self._conditional else ()
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):

@@ -88,3 +88,16 @@ def test_infos_are_frozen_and_complete():
         assert info.summary
         with pytest.raises(dataclasses.FrozenInstanceError):
             info.order = 99
+
+
+def test_adaptive_solver_must_own_its_loop():
+    with pytest.raises(TypeError, match="must define solve"):
+        sd.register_solver(
+            "adaptive_without_loop",
+            kind="ode",
+            order=1,
+            nfe_per_step=1,
+            stochastic=False,
+            adaptive=True,
+        )(ExplicitMidpoint)
+    assert "adaptive_without_loop" not in sd.solver_names()

@@ -31,7 +31,7 @@ class PredictorCorrector(Solver):
 
     def __init__(self, predictor: str = "ancestral", snr: float = 0.16, corrector_steps: int = 1):
         self.predictor = get_solver(predictor)
-        if self.predictor.info.kind != "sde" or getattr(self.predictor, "solve", None):
+        if self.predictor.info.kind != "sde" or self.predictor.info.adaptive:
             raise ValueError(
                 f"the predictor must be a fixed-step reverse-SDE solver, got {predictor!r}"
             )
