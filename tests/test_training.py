@@ -195,15 +195,14 @@ def test_bad_training_config(bad):
 @pytest.mark.slow
 def test_data_parallel_training_under_torchrun(tmp_path):
     """Two CPU processes (gloo): weights stay identical, batches differ, rank 0 saves."""
-    import shutil
     import subprocess
+    import sys
     from pathlib import Path
 
     worker = Path(__file__).with_name("ddp_worker.py")
-    torchrun = shutil.which("torchrun")
-    assert torchrun is not None
+    launcher = [sys.executable, "-m", "torch.distributed.run"]  # what `torchrun` runs
     subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node=2", str(worker), str(tmp_path)],
+        [*launcher, "--standalone", "--nproc_per_node=2", str(worker), str(tmp_path)],
         check=True,
         capture_output=True,
         timeout=300,
