@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 import sde_diffusion as sd
 
-console = Console()
+from .bench import bench
+from .common import console
+from .info import info as info_command
+from .likelihood import likelihood
+from .sample import sample
+from .train import train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(sd.__version__, prog_name="sdediff")
-def main() -> None:
-    """Score-based generative modelling with SDEs: samplers, models, benchmarks."""
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Score-based generative modelling with SDEs: samplers, models, benchmarks.
+
+    \b
+    Start with:
+      sdediff sample --solver heun       # 64 digits from the shipped model -> samples.png
+      sdediff solvers                    # every registered solver
+      sdediff bench --model gmm8         # solvers side by side at equal NFE
+    """
+    ctx.obj = {"debug": debug}
 
 
 @main.command()
@@ -50,6 +64,9 @@ def solvers(kind: str | None) -> None:
         )
     console.print(table)
 
+
+for command in (sample, train, bench, likelihood, info_command):
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()

@@ -7,8 +7,8 @@ res = sd.sample(gmm.score_fn(sde), sde, shape=(1024, 2), solver="heun", steps=32
 """
 
 from .analytic import GaussianMixture, eight_gaussians, high_dim_mixture
-from .likelihood import LikelihoodResult, bits_per_dim, log_likelihood
-from .noise import BrownianNoise, GeneratorNoise, NoiseSource
+from .likelihood import ELBOResult, LikelihoodResult, bits_per_dim, elbo, log_likelihood
+from .noise import BrownianNoise, GeneratorNoise, NoiseSource, PerSampleNoise
 from .reverse import ProbabilityFlowODE, ReverseProcess, ReverseSDE, ScoreFn
 from .sampling import CountingScore, NonFiniteError, SampleResult, StepInfo, sample, solve
 from .sdes import EDMSDE, SDE, VESDE, VPSDE, SubVPSDE, append_dims
@@ -34,11 +34,13 @@ __all__ = [
     "VPSDE",
     "BrownianNoise",
     "CountingScore",
+    "ELBOResult",
     "GaussianMixture",
     "GeneratorNoise",
     "LikelihoodResult",
     "NoiseSource",
     "NonFiniteError",
+    "PerSampleNoise",
     "ProbabilityFlowODE",
     "ReverseProcess",
     "ReverseSDE",
@@ -54,6 +56,7 @@ __all__ = [
     "append_dims",
     "bits_per_dim",
     "eight_gaussians",
+    "elbo",
     "get_solver",
     "high_dim_mixture",
     "list_solvers",

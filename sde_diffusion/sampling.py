@@ -227,6 +227,7 @@ def sample(
     *,
     seed: int | None = 0,
     generator: torch.Generator | None = None,
+    noise: NoiseSource | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     denoise: bool = False,
@@ -239,11 +240,13 @@ def sample(
     """Draw ``x_T`` from the prior and solve down to the data side.
 
     The grid is ``timesteps(sde, steps, schedule, rho=rho, to_zero=to_zero)``.
-    Randomness comes from ``generator`` or else from ``torch.Generator`` seeded
-    with ``seed``: a seeded call is reproducible.  ``res.nfe`` is counted.
+    Randomness (``x_T`` included) comes from ``noise`` if given, else from
+    ``generator``, else from a ``torch.Generator`` seeded with ``seed``: a
+    seeded call is reproducible.  With ``noise=PerSampleNoise(seed)`` each
+    sample is also independent of the batch size.  ``res.nfe`` is counted.
     """
     device = torch.device(device)
-    if generator is None:
+    if noise is None and generator is None:
         generator = torch.Generator(device=device)
         if seed is not None:
             generator.manual_seed(seed)
@@ -251,7 +254,11 @@ def sample(
             generator.seed()
     solver = _resolve(solver, options)
     ts = timesteps(sde, steps, schedule, rho=rho, to_zero=to_zero, device=device)
-    x_T = sde.prior_sample(tuple(shape), generator=generator, device=device, dtype=dtype)
+    if noise is None:
+        noise = GeneratorNoise(generator)
+        x_T = sde.prior_sample(tuple(shape), generator=generator, device=device, dtype=dtype)
+    else:
+        x_T = noise.fresh(torch.empty(tuple(shape), device=device, dtype=dtype)) * sde.prior_std
     start = time.perf_counter()
     x, nfe, trajectory = _integrate(
         score_fn,
@@ -259,8 +266,8 @@ def sample(
         x_T,
         ts,
         solver,
-        generator=generator,
-        noise=None,
+        generator=None,
+        noise=noise,
         callback=callback,
         denoise=denoise,
         return_trajectory=return_trajectory,

@@ -1,0 +1,188 @@
+"""What every ``sdediff`` command shares: error handling, devices, dtypes, outputs.
+
+Exit statuses: 0 success, 2 usage errors (a bad name, value or path), 1 runtime
+errors (a damaged checkpoint, a model that fails in the chosen dtype, a solver
+that diverges), 130 after Ctrl-C.  Errors are one sentence; ``sdediff --debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+import torch
+from rich.console import Console
+
+import sde_diffusion as sd
+from sde_diffusion.checkpoint import CheckpointError
+from sde_diffusion.data import DataError
+from sde_diffusion.problems import ProblemError
+from sde_diffusion.sampling import NonFiniteError
+from sde_diffusion.solvers import SolverOptionError, UnknownSolverError
+from sde_diffusion.solvers.registry import solver_class, solver_options
+
+console = Console()
+err_console = Console(stderr=True)
+
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+INTERRUPTED = 130
+
+# bad input the user can fix on the command line: exit status 2
+USAGE_ERRORS = (UnknownSolverError, SolverOptionError, ProblemError)
+# failures while running: exit status 1
+RUNTIME_ERRORS = (CheckpointError, DataError, NonFiniteError, RuntimeError, OSError, ValueError)
+
+
+def debug_enabled() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("debug"))
+
+
+@contextmanager
+def friendly_errors(what: str) -> Iterator[None]:
+    """Turn library exceptions into one-line click errors (tracebacks with --debug)."""
+    try:
+        yield
+    except click.ClickException:
+        raise
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]interrupted[/]: {what} stopped; nothing half-written is left.")
+        raise SystemExit(INTERRUPTED) from None
+    except USAGE_ERRORS as err:
+        if debug_enabled():
+            raise
+        raise click.UsageError(str(err)) from None
+    except RUNTIME_ERRORS as err:
+        if debug_enabled():
+            raise
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise click.ClickException(f"{what} failed: {message}") from None
+
+
+def parse_device(value: str) -> torch.device:
+    """A device that exists here, or a usage error naming what does."""
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise click.BadParameter(
+            f"{value!r} is not a device; use cpu, cuda or cuda:N", param_hint="--device"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise click.BadParameter(
+                "CUDA is not available on this machine; use --device cpu", param_hint="--device"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise click.BadParameter(
+                f"{value} does not exist: this machine has {count} CUDA device(s)",
+                param_hint="--device",
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise click.BadParameter("MPS is not available on this machine", param_hint="--device")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise click.BadParameter(
+            f"unsupported device {value!r}; use cpu, cuda or cuda:N", param_hint="--device"
+        )
+    return device
+
+
+def writable_output(path: Path, hint: str = "--out", suffixes: tuple[str, ...] = ()) -> Path:
+    """Check before any work that ``path`` can be written (folders are created)."""
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise click.BadParameter(f"{path} must end in {' or '.join(suffixes)}", param_hint=hint)
+    if path.is_dir():
+        raise click.BadParameter(f"{path} is a folder, not a file", param_hint=hint)
+    existing = path.parent
+    while not existing.exists():
+        existing = existing.parent
+    try:  # the real test: create (and remove) a file where the output will go
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise click.BadParameter(
+            f"cannot write to {path.parent}: {err.strerror or err}", param_hint=hint
+        ) from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise click.BadParameter(f"cannot overwrite {path}: permission denied", param_hint=hint)
+    return path
+
+
+def comma_list(value: str, convert=str, name: str = "value") -> list:
+    """``"a,b,c"`` -> ``[a, b, c]`` with each item converted; a usage error otherwise."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise click.BadParameter(f"expected a comma-separated list of {name}s")
+    try:
+        return [convert(v) for v in items]
+    except ValueError:
+        raise click.BadParameter(
+            f"expected a comma-separated list of {name}s, got {value!r}"
+        ) from None
+
+
+def _solver_option_specs() -> dict[str, tuple[type, object]]:
+    """Every keyword option of every registered solver: ``name -> (type, default)``."""
+    specs: dict[str, tuple[type, object]] = {}
+    for info in sd.list_solvers():
+        cls = solver_class(info.name)
+        for param in inspect.signature(cls.__init__).parameters.values():
+            if param.name in solver_options(cls) and param.name not in specs:
+                specs[param.name] = (type(param.default), param.default)
+    return specs
+
+
+def solver_option_flags(command):
+    """Add ``--eta``, ``--order``, ``--snr``, ``--churn``, ``--rtol``... (one per solver option)."""
+    specs = _solver_option_specs()
+    for name in sorted(specs, reverse=True):
+        kind, _ = specs[name]
+        takers = [i.name for i in sd.list_solvers() if name in solver_options(solver_class(i.name))]
+        command = click.option(
+            f"--{name.replace('_', '-')}",
+            name,
+            type=kind,
+            default=None,
+            help=f"Solver option ({', '.join(takers)}).",
+        )(command)
+    return command
+
+
+def build_solver(name: str, values: dict[str, object]) -> sd.Solver:
+    """The solver with the options given on the command line; bad ones are usage errors."""
+    options = {k: v for k, v in values.items() if v is not None}
+    try:
+        return sd.get_solver(name, **options)
+    except (UnknownSolverError, SolverOptionError, ValueError, TypeError) as err:
+        raise click.UsageError(str(err)) from None
+
+
+class SolverName(click.ParamType):
+    """A registry name or alias (case and dashes ignored), listed in ``--help``."""
+
+    name = "solver"
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "[" + "|".join(sd.solver_names()) + "]"
+
+    def convert(self, value, param, ctx):
+        try:
+            return solver_class(value).info.name
+        except UnknownSolverError as err:
+            self.fail(str(err), param, ctx)
+
+
+def solver_option_values(kwargs: dict) -> dict[str, object]:
+    """Pop the solver options out of a command's keyword arguments."""
+    return {name: kwargs.pop(name) for name in _solver_option_specs() if name in kwargs}

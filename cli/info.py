@@ -1,0 +1,63 @@
+"""``sdediff info``: what a checkpoint holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from sde_diffusion.checkpoint import load_checkpoint, prefixed
+from sde_diffusion.pretrained import available, pretrained_path
+from sde_diffusion.sdes import sde_from_config
+
+from .common import console, friendly_errors
+
+
+@click.command()
+@click.argument("checkpoint")
+@click.option("--json", "as_json", is_flag=True, help="Print the full config as JSON.")
+def info(checkpoint: str, as_json: bool) -> None:
+    """Show a checkpoint's config, SDE, parameter count and training steps.
+
+    CHECKPOINT is a .safetensors path or a shipped model name (digits, moons).
+
+    \b
+    Example:
+      sdediff info digits
+    """
+    path = pretrained_path(checkpoint) if checkpoint in available() else Path(checkpoint)
+    if not path.exists():
+        raise click.BadParameter(f"no checkpoint at {checkpoint}", param_hint="CHECKPOINT")
+    with friendly_errors("reading the checkpoint"):
+        tensors, config = load_checkpoint(path)
+        weights = prefixed(tensors, "ema") or prefixed(tensors, "model")
+        sde = sde_from_config(config["sde"]) if "sde" in config else None
+    if as_json:
+        click.echo(json.dumps(config, indent=2))
+        return
+    table = Table(title=str(path), show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    network = dict(config.get("network", {}))
+    train = config.get("train", {})
+    data = config.get("data", {})
+    rows = {
+        "network": f"{network.pop('type', '?')} "
+        + ", ".join(f"{k}={v}" for k, v in network.items()),
+        "parameters": f"{sum(v.numel() for v in weights.values()):,}",
+        "SDE": repr(sde),
+        "parametrization": f"{config.get('parametrization')} "
+        f"(sigma_data={config.get('sigma_data')})",
+        "data": f"{data.get('name')} {data.get('event_shape')} "
+        f"(x_model = (x - {data.get('shift')}) / {data.get('scale')})",
+        "training steps": f"{config.get('step', '?')} of {train.get('steps', '?')}",
+        "loss weighting": str(train.get("loss_weighting")),
+        "batch size, lr, EMA": f"{train.get('batch_size')}, {train.get('lr')}, "
+        f"{train.get('ema_decay')}",
+        "resumable": "yes" if prefixed(tensors, "optim") else "no (weights only)",
+    }
+    for key, value in rows.items():
+        table.add_row(key, value)
+    console.print(table)

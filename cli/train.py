@@ -1,0 +1,192 @@
+"""``sdediff train``: train a score model by denoising score matching."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import torch
+
+from sde_diffusion.data import load_data
+from sde_diffusion.losses import WEIGHTINGS
+from sde_diffusion.networks import ResidualMLP, UNet
+from sde_diffusion.parametrization import PARAMETRIZATIONS, ScoreModel
+from sde_diffusion.plotting import save_samples
+from sde_diffusion.problems import SDE_NAMES
+from sde_diffusion.training import TrainConfig, Trainer
+
+from .common import (
+    INTERRUPTED,
+    console,
+    err_console,
+    friendly_errors,
+    parse_device,
+    writable_output,
+)
+from .sample import device_option, seed_option
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def read_config(ctx: click.Context, param: click.Parameter, path: Path | None) -> Path | None:
+    """Load ``--config FILE.toml`` into the defaults, so flags given explicitly win."""
+    if path is None:
+        return None
+    try:
+        values = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise click.BadParameter(f"cannot read {path}: {err}", ctx, param) from None
+    values = values.get("train", values)  # a [train] table or top-level keys
+    names = {p.name for p in ctx.command.params if p.name not in ("config", "help")}
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise click.BadParameter(
+            f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}",
+            ctx,
+            param,
+        )
+    ctx.default_map = {**(ctx.default_map or {}), **values}
+    return path
+
+
+def build_model(data, sde_name: str, network: str, width: int | None, parametrization: str):
+    """An EDM-preconditioned score model sized for ``data`` (MLP for vectors, U-Net for images)."""
+    event = tuple(data.x.shape[1:])
+    if network == "auto":
+        network = "unet" if len(event) == 3 else "mlp"
+    if network == "mlp":
+        if len(event) != 1:
+            raise click.UsageError(f"--network mlp needs vector data, got events of shape {event}")
+        net = ResidualMLP(event[0], width=width or 128, depth=3, emb_dim=64)
+    else:
+        if len(event) != 3:
+            raise click.UsageError(f"--network unet needs images (C, H, W), got shape {event}")
+        net = UNet(event[0], channels=width or 16, num_res_blocks=1, image_size=event[-1])
+    sigma_data = float(data.x.std())
+    return ScoreModel(net, SDE_NAMES[sde_name](), parametrization, sigma_data=sigma_data)
+
+
+@click.command()
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    callback=read_config,
+    is_eager=True,
+    expose_value=False,
+    help="A TOML file of these options (a [train] table or top-level keys); flags override it.",
+)
+@click.option(
+    "--data", default="moons", show_default=True, help="A toy name, digits, .npy/.npz or a folder."
+)
+@click.option("--sde", type=click.Choice(list(SDE_NAMES)), default="vp", show_default=True)
+@click.option(
+    "--network", type=click.Choice(["auto", "mlp", "unet"]), default="auto", show_default=True
+)
+@click.option(
+    "--width", type=click.IntRange(min=1), default=None, help="MLP width / U-Net channels."
+)
+@click.option(
+    "--parametrization", type=click.Choice(PARAMETRIZATIONS), default="edm", show_default=True
+)
+@click.option("--loss-weighting", type=click.Choice(WEIGHTINGS), default="edm", show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
+@click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.999, show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option(
+    "--sample-every",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Save a sample picture every N steps.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("runs/model.safetensors"),
+    show_default=True,
+)
+@click.option(
+    "--resume",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Continue from this checkpoint (weights, EMA, optimiser, RNG).",
+)
+@seed_option
+@device_option
+def train(
+    data,
+    sde,
+    network,
+    width,
+    parametrization,
+    loss_weighting,
+    steps,
+    batch_size,
+    lr,
+    ema,
+    checkpoint_every,
+    sample_every,
+    out,
+    resume,
+    seed,
+    device,
+):
+    """Train a score model; checkpoints are atomic and resumable.
+
+    \b
+    Examples:
+      sdediff train --data moons --steps 2000 --out runs/moons.safetensors
+      sdediff train --config train.toml --steps 500      # flags override the file
+      sdediff train --resume runs/moons.safetensors --steps 4000
+    """
+    source = click.get_current_context().get_parameter_source("out")
+    if resume is not None and source == click.core.ParameterSource.DEFAULT:
+        out = resume  # continue in place unless --out says otherwise
+    writable_output(out, suffixes=(".safetensors",))
+    device = parse_device(device)
+    with friendly_errors("training"):
+        dataset = load_data(data, 20000, seed)
+        torch.manual_seed(seed)
+        model = build_model(dataset, sde, network, width, parametrization)
+        config = TrainConfig(
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            ema_decay=ema,
+            loss_weighting=loss_weighting,
+            seed=seed,
+            checkpoint_every=checkpoint_every,
+            sample_every=sample_every,
+            device=str(device),
+        )
+        trainer = Trainer(model, dataset, config)
+        if resume is not None:
+            trainer.resume(resume)
+            console.print(f"resumed from {resume} at step {trainer.step}")
+        params = sum(p.numel() for p in model.parameters())
+        console.print(
+            f"training a {params:,}-parameter {model.net.config['type']} on {dataset.name} "
+            f"{tuple(dataset.x.shape)} under {model.sde!r}"
+        )
+
+        def on_samples(step: int, x: torch.Tensor) -> None:
+            picture = out.with_name(f"{out.stem}_samples_{step:06d}.png")
+            data_units = x if x.ndim == 4 else dataset.to_data_units(x)
+            save_samples(data_units.float().cpu(), picture, f"step {step}")
+
+        try:
+            history = trainer.train(checkpoint=out, on_samples=on_samples)
+        except KeyboardInterrupt:
+            err_console.print(
+                f"[yellow]interrupted[/] at step {trainer.step}: checkpoint saved to {out}; "
+                f"continue with --resume {out}"
+            )
+            raise SystemExit(INTERRUPTED) from None
+    last = history[-1]["loss"] if history else float("nan")
+    console.print(f"[bold green]done[/]: step {trainer.step}, last loss {last:.4f} -> {out}")

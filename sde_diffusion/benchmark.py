@@ -1,0 +1,153 @@
+"""Solvers side by side at equal NFE: the code behind ``sdediff bench`` and ``benchmarks/``.
+
+Every solver starts from the same prior draw (``PerSampleNoise(seed)``) on the
+same kind of grid, with the step count that spends the NFE budget.  Quality is
+measured two ways:
+
+- ``error``: endpoint RMS per dimension against a tight DOP853 solution of the
+  same PF-ODE from the same ``x_T`` (deterministic solvers; by default only
+  where the score is exact, i.e. analytic problems);
+- ``quality``: the problem's metric (sliced W2 to fresh data, digits-FID).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .noise import PerSampleNoise
+from .problems import Problem
+from .sampling import sample, solve
+from .solvers.registry import get_solver, solver_class
+from .timesteps import timesteps
+
+__all__ = [
+    "compare_solvers",
+    "convergence_slope",
+    "ends_at_zero",
+    "median_time",
+    "reference_endpoints",
+    "steps_for_nfe",
+]
+
+
+def ends_at_zero(problem: Problem) -> bool:
+    """Grids end at t = 0 where the SDE allows it (sigma(0) = 0), as EDM's do."""
+    return float(problem.sde.sigma(0.0)) == 0.0
+
+
+def steps_for_nfe(solver: str, nfe: int, to_zero: bool = True) -> int:
+    """The most steps whose NFE fits ``nfe`` (a last step to t = 0 costs one evaluation)."""
+    per_step = solver_class(solver).info.nfe_per_step
+    steps = (nfe - 1) // per_step + 1 if to_zero else nfe // per_step
+    return max(2 if to_zero else 1, steps)
+
+
+def _prior_draw(problem: Problem, n: int, seed: int, device, dtype) -> Tensor:
+    z = PerSampleNoise(seed).normal((n, *problem.event_shape), device, dtype)
+    return z * problem.sde.prior_std
+
+
+def reference_endpoints(
+    problem: Problem, n: int, seed: int, to_zero: bool, device, tol: float = 1e-10
+) -> Tensor:
+    """DOP853 at ``rtol = atol = tol`` in float64 from the benchmark's ``x_T``."""
+    x_T = _prior_draw(problem, n, seed, device, torch.float64)
+    ts = timesteps(problem.sde, 2, "uniform", to_zero=to_zero, device=device)
+    with torch.inference_mode():
+        return solve(problem.score_fn, problem.sde, x_T, ts, "dop853", rtol=tol, atol=tol)
+
+
+def compare_solvers(
+    problem: Problem,
+    solvers: Sequence[str],
+    nfes: Sequence[int],
+    *,
+    num_samples: int = 2048,
+    seed: int = 0,
+    schedule: str = "karras",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    endpoint_error: bool | None = None,
+    solver_options: dict[str, dict[str, Any]] | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per (solver, NFE budget): steps, counted NFE, error, quality, speed.
+
+    Adaptive solvers (no fixed NFE) are skipped.  ``endpoint_error`` defaults to
+    ``True`` for analytic problems, whose exact score makes the DOP853 endpoint
+    the ground truth of each solver's own path.
+    """
+    to_zero = ends_at_zero(problem)
+    if endpoint_error is None:
+        endpoint_error = problem.mixture is not None
+    reference = (
+        reference_endpoints(problem, num_samples, seed, to_zero, device) if endpoint_error else None
+    )
+    rows = []
+    for name in solvers:
+        info = solver_class(name).info
+        if info.adaptive:
+            continue
+        options = (solver_options or {}).get(info.name, {})
+        for budget in nfes:
+            steps = steps_for_nfe(info.name, budget, to_zero)
+            solver = get_solver(info.name, **options)
+            with torch.inference_mode():
+                res = sample(
+                    problem.score_fn,
+                    problem.sde,
+                    (num_samples, *problem.event_shape),
+                    solver,
+                    steps,
+                    schedule,
+                    noise=PerSampleNoise(seed),
+                    device=device,
+                    dtype=dtype,
+                    to_zero=to_zero,
+                )
+            error = float("nan")
+            if reference is not None and not info.stochastic:
+                diff = res.x.double() - reference
+                error = float(diff.pow(2).mean().sqrt())
+            row = {
+                "solver": info.name,
+                "kind": info.kind,
+                "nfe_budget": budget,
+                "steps": steps,
+                "nfe": res.nfe,
+                "error": error,
+                "metric": problem.metric_name,
+                "quality": problem.quality(res.x, seed),
+                "wall_time": res.wall_time,
+                "samples_per_s": num_samples / res.wall_time,
+            }
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+    return rows
+
+
+def convergence_slope(nfe: Sequence[float], error: Sequence[float]) -> float:
+    """Least-squares slope of ``log error`` against ``log NFE`` (minus the order)."""
+    pts = np.array([(n, e) for n, e in zip(nfe, error, strict=True) if e > 0], dtype=float)
+    if len(pts) < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(pts[:, 0]), np.log(pts[:, 1]), 1)[0])
+
+
+def median_time(fn: Callable[[], Any], repeats: int = 5) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs, after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

@@ -1,0 +1,121 @@
+"""Pictures: sample grids for images, scatter plots for points, error-vs-NFE plots.
+
+Every figure is written atomically (``atomic_path``) with matplotlib's Agg
+backend, so it works without a display.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .atomic import atomic_path
+
+__all__ = ["image_grid", "save_error_plot", "save_image_grid", "save_samples", "save_scatter"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path, **kwargs: Any) -> Path:
+    plt = _pyplot()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
+    plt.close(fig)
+    return Path(path)
+
+
+def image_grid(x: Tensor, low: float = -1.0, high: float = 1.0) -> Tensor:
+    """Tile images ``(N, C, H, W)`` into one ``(rows*(H+2), cols*(W+2), C)`` array in [0, 1].
+
+    Tiles are laid out row-major on a near-square grid, each with a dark border.
+    """
+    x = ((x.detach().float().cpu() - low) / (high - low)).clamp(0, 1)
+    n, c, h, w = x.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    x = torch.cat([x, x.new_zeros(rows * cols - n, c, h, w)])
+    x = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    x = x.reshape(rows, cols, c, h + 2, w + 2).permute(0, 3, 1, 4, 2)
+    return x.reshape(rows * (h + 2), cols * (w + 2), c)
+
+
+def save_image_grid(x: Tensor, path: str | Path, low: float = -1.0, high: float = 1.0) -> Path:
+    """A PNG grid of images ``(N, C, H, W)`` whose values span ``[low, high]``."""
+    plt = _pyplot()
+    grid = image_grid(x, low, high)
+    scale = max(1, 512 // grid.shape[0])
+    fig = plt.figure(figsize=(grid.shape[1] * scale / 100, grid.shape[0] * scale / 100), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.axis("off")
+    image = grid[..., 0].numpy() if grid.shape[-1] == 1 else grid.numpy()
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    return _save(fig, path)
+
+
+def save_scatter(
+    panels: Sequence[tuple[str, Tensor]], path: str | Path, title: str | None = None
+) -> Path:
+    """Side-by-side scatter plots of the first two coordinates of each ``(title, x)``."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.5 * len(panels), 4.5), sharex=True, sharey=True, squeeze=False
+    )
+    for ax, (name, x) in zip(axes[0], panels, strict=True):
+        x = x.detach().float().cpu().flatten(1)
+        ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.5)
+        ax.set_title(name)
+        ax.set_aspect("equal")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path, dpi=110)
+
+
+def save_samples(
+    x: Tensor, path: str | Path, title: str | None = None, reference: Tensor | None = None
+) -> Path:
+    """Images as a grid, anything else as a scatter (beside ``reference`` if given)."""
+    if x.ndim == 4:
+        return save_image_grid(x, path)
+    panels = [("data", reference)] if reference is not None else []
+    return save_scatter([*panels, ("samples", x)], path, title)
+
+
+def save_error_plot(
+    rows: Sequence[dict[str, Any]],
+    path: str | Path,
+    y: str = "error",
+    ylabel: str = "endpoint RMS error per dimension",
+    title: str | None = None,
+) -> Path:
+    """Log-log ``y`` against ``nfe``, one line per ``solver`` (rows are dicts)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for solver in dict.fromkeys(r["solver"] for r in rows):
+        pts = sorted(
+            (r["nfe"], r[y]) for r in rows if r["solver"] == solver and math.isfinite(r[y])
+        )
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=solver)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE (network evaluations)")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path, dpi=110)

@@ -1,0 +1,157 @@
+"""Named sampling problems: analytic mixtures, shipped models and checkpoints.
+
+A ``Problem`` bundles what a sampler needs (``score_fn``, ``sde``, the event
+shape) with what judging its samples needs (reference data and a quality
+metric).  ``load_problem`` resolves a name the command line accepts:
+
+- ``gmm8`` (the 2-D eight-Gaussians ring) and ``gmm64`` (a 64-D mixture with
+  full covariances): exact scores, no network, under any of the four SDEs;
+- a shipped model (``moons``, ``digits``: see ``sde_diffusion.pretrained``);
+- a path to a checkpoint written by ``Trainer``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .analytic import GaussianMixture, eight_gaussians, high_dim_mixture
+from .reverse import ScoreFn
+from .sdes import EDMSDE, SDE, VESDE, VPSDE, SubVPSDE
+
+__all__ = ["ANALYTIC_PROBLEMS", "SDE_NAMES", "Problem", "ProblemError", "load_problem"]
+
+ANALYTIC_PROBLEMS: dict[str, Callable[[], GaussianMixture]] = {
+    "gmm8": eight_gaussians,
+    "gmm64": high_dim_mixture,
+}
+SDE_NAMES: dict[str, Callable[[], SDE]] = {
+    "edm": EDMSDE,
+    "vp": VPSDE,
+    "subvp": SubVPSDE,
+    "ve": VESDE,
+}
+
+
+class ProblemError(ValueError):
+    """A model name or path that names no problem we can build."""
+
+
+@dataclass
+class Problem:
+    """A score function with the means to judge its samples."""
+
+    name: str
+    score_fn: ScoreFn
+    sde: SDE
+    event_shape: tuple[int, ...]
+    reference: Callable[[int, int], Tensor] | None  # (n, seed) -> data, model units
+    mixture: GaussianMixture | None = None
+    to_data_units: Callable[[Tensor], Tensor] = field(default=lambda x: x)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_digits(self) -> bool:
+        return tuple(self.event_shape) == (1, 8, 8)
+
+    @property
+    def metric_name(self) -> str:
+        return "digits-FID" if self.is_digits else "sliced-W2"
+
+    def quality(self, x: Tensor, seed: int = 0) -> float:
+        """digits-FID for 8x8 digits, else sliced W2 to fresh reference samples."""
+        from .digits_eval import digits_fid
+        from .metrics import sliced_wasserstein
+
+        if self.reference is None:
+            return float("nan")
+        real = self.reference(len(x), seed + 1)
+        x = x.detach().float().cpu()
+        if self.is_digits:
+            return digits_fid(x.clamp(-1, 1), real)
+        generator = torch.Generator().manual_seed(seed)
+        return sliced_wasserstein(x.flatten(1), real.flatten(1).float(), generator=generator)
+
+
+def _analytic(name: str, sde_name: str) -> Problem:
+    mixture = ANALYTIC_PROBLEMS[name]()
+    sde = SDE_NAMES[sde_name]()
+
+    def reference(n: int, seed: int) -> Tensor:
+        return mixture.sample(n, generator=torch.Generator().manual_seed(seed))
+
+    return Problem(
+        name,
+        mixture.score_fn(sde),
+        sde,
+        (mixture.dim,),
+        reference,
+        mixture,
+        config={"problem": name, "sde": sde_name, "mixture": repr(mixture)},
+    )
+
+
+def _reference_data(data: dict[str, Any]) -> Callable[[int, int], Tensor] | None:
+    from .data import TOY_DATASETS, digits, toy_2d
+
+    name = data.get("name")
+    if name == "digits":
+        test = digits("test").x
+        return lambda n, seed: test
+    if name in TOY_DATASETS:
+        scale, shift = data.get("scale", 1.0), data.get("shift", 0.0)
+        return lambda n, seed: (toy_2d(name, n, seed=1000 + seed) - shift) / scale
+    return None
+
+
+def _trained(name: str, path: Path | None, device, dtype) -> Problem:
+    from .pretrained import load_pretrained
+    from .training import load_score_model
+
+    model, config = load_score_model(path, device=device) if path else load_pretrained(name, device)
+    model = model.to(dtype)
+    data = config.get("data", {})
+    scale, shift = float(data.get("scale", 1.0)), float(data.get("shift", 0.0))
+    return Problem(
+        name,
+        model,
+        model.sde,
+        tuple(data.get("event_shape", ())),
+        _reference_data(data),
+        to_data_units=lambda x: x * scale + shift,
+        config=config,
+    )
+
+
+def load_problem(
+    spec: str,
+    *,
+    sde: str = "edm",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Problem:
+    """Resolve ``spec``: an analytic name, a shipped model, or a checkpoint path.
+
+    ``sde`` (``edm``, ``vp``, ``subvp``, ``ve``) applies to analytic problems
+    only; trained models carry their SDE in their config.
+    """
+    from .pretrained import available
+
+    if spec in ANALYTIC_PROBLEMS:
+        if sde not in SDE_NAMES:
+            raise ProblemError(f"unknown SDE {sde!r}; choose one of {', '.join(SDE_NAMES)}")
+        return _analytic(spec, sde)
+    if spec in available():
+        return _trained(spec, None, device, dtype)
+    path = Path(spec)
+    if path.suffix == ".safetensors" or path.exists() or "/" in spec:
+        return _trained(path.stem, path, device, dtype)
+    names = [*ANALYTIC_PROBLEMS, *available()]
+    raise ProblemError(
+        f"unknown model {spec!r}: not a checkpoint path nor one of {', '.join(names)}"
+    )
