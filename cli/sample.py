@@ -132,6 +132,11 @@ def sample(
     writable_output(out, suffixes=OUT_SUFFIXES)
     solver = build_solver(solver, solver_option_values(kwargs))
     problem, device = open_problem(model, sde, device, dtype)
+    console.print(
+        f"sampling {num_samples} from {model} ({problem.sde!r}) with {solver.info.name}, "
+        f"{steps} {schedule} steps",
+        highlight=False,
+    )
     with friendly_errors("sampling"):
         start = time.perf_counter()
         results = list(

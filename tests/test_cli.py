@@ -1,39 +1,337 @@
-"""The sdediff command line."""
+"""The sdediff command line: every subcommand through CliRunner, the entry point for real."""
 
+import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+import torch
 from click.testing import CliRunner
 from sdediff_cli.main import main
 
 import sde_diffusion as sd
+from sde_diffusion.checkpoint import load_checkpoint
+
+
+def run(*args, cwd=None):
+    runner = CliRunner()
+    if cwd is None:
+        return runner.invoke(main, list(args))
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return runner.invoke(main, list(args))
+    finally:
+        os.chdir(old)
+
+
+# -- solvers, info ------------------------------------------------------------------
 
 
 def test_solvers_table_lists_the_registry():
-    result = CliRunner().invoke(main, ["solvers"])
+    result = run("solvers")
     assert result.exit_code == 0
     for name in sd.solver_names():
         assert name in result.output
 
 
 def test_solvers_kind_filter():
-    result = CliRunner().invoke(main, ["solvers", "--kind", "ode"])
+    result = run("solvers", "--kind", "ode")
     assert result.exit_code == 0
     assert "dpmpp_2m" in result.output and "euler_maruyama" not in result.output
 
 
-def test_usage_error_exits_2():
-    result = CliRunner().invoke(main, ["solvers", "--kind", "banana"])
-    assert result.exit_code == 2
+def test_info_shows_a_shipped_model():
+    result = run("info", "moons")
+    assert result.exit_code == 0, result.output
+    assert "VPSDE" in result.output and "3500 of 3500" in result.output
+    params = sum(v.numel() for k, v in load_checkpoint(sd_path("moons"))[0].items())
+    assert f"{params:,}" in result.output
+
+
+def sd_path(name):
+    from sde_diffusion.pretrained import pretrained_path
+
+    return pretrained_path(name)
+
+
+def test_info_json_is_the_stored_config():
+    result = run("info", "digits", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.output) == load_checkpoint(sd_path("digits"))[1]
+
+
+# -- sample ---------------------------------------------------------------------------
+
+
+def test_sample_npz_holds_samples_and_settings(tmp_path):
+    out = tmp_path / "ring.npz"
+    result = run(
+        "sample",
+        "--model",
+        "gmm8",
+        "--solver",
+        "ddim",
+        "--eta",
+        "0.5",
+        "-n",
+        "300",
+        "--steps",
+        "20",
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    assert "NFE 20" in result.output and "samples/s" in result.output
+    data = np.load(out)
+    settings = json.loads(str(data["settings"]))
+    assert data["samples"].shape == (300, 2)
+    assert settings["solver_options"] == {"eta": 0.5} and settings["nfe"] == 20
+    assert np.isfinite(data["samples"]).all()
+
+
+def test_same_seed_same_samples_whatever_the_batch_size(tmp_path):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    common = [
+        "sample",
+        "--model",
+        "gmm8",
+        "--solver",
+        "euler_maruyama",
+        "-n",
+        "100",
+        "--steps",
+        "10",
+        "--seed",
+        "3",
+    ]
+    assert run(*common, "--batch-size", "100", "--out", str(a)).exit_code == 0
+    assert run(*common, "--batch-size", "7", "--out", str(b)).exit_code == 0
+    np.testing.assert_allclose(np.load(a)["samples"], np.load(b)["samples"], rtol=0, atol=1e-6)
+    c = tmp_path / "c.npz"
+    assert run(*common[:-1], "4", "--out", str(c)).exit_code == 0
+    assert not np.allclose(np.load(a)["samples"], np.load(c)["samples"])
+
+
+def test_sample_digits_writes_a_picture(tmp_path):
+    out = tmp_path / "digits.png"
+    result = run("sample", "--solver", "dpmpp_2m", "--steps", "5", "-n", "9", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    import matplotlib.image
+
+    assert matplotlib.image.imread(out).ndim == 3
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--solver", "hune"], "did you mean 'heun'"),
+        (["--solver", "heun", "--eta", "0.3"], "does not take option(s) eta"),
+        (["--solver", "ddim", "--eta", "2"], "eta must lie in [0, 1]"),
+        (["--schedule", "cosine"], "'cosine' is not one of"),
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--steps", "0"], "0 is not in the range x>=1"),
+        (["--num-samples", "0"], "0 is not in the range x>=1"),
+        (["--model", "missing/x.safetensors"], "no checkpoint at missing/x.safetensors"),
+        (["--out", "x.txt"], "must end in .png or .npz"),
+        (["--model", "digits", "--sde", "ve"], "--sde applies to analytic problems only"),
+    ],
+)
+def test_sample_usage_errors_exit_2(tmp_path, args, message):
+    result = run("sample", *args, cwd=tmp_path)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_device_that_does_not_exist_is_a_usage_error(tmp_path):
+    result = run("sample", "--device", "cuda", cwd=tmp_path)
+    assert result.exit_code == 2 and "CUDA is not available" in result.output
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_out_is_a_usage_error(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    result = run("sample", "--out", str(locked / "s.png"))
+    assert result.exit_code == 2 and "cannot write" in result.output
+
+
+def test_out_in_a_non_directory_is_a_usage_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = run("sample", "--out", str(tmp_path / "file" / "s.png"))
+    assert result.exit_code == 2 and "cannot write" in result.output
+
+
+def test_corrupt_checkpoint_is_a_runtime_error(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage")
+    result = run("sample", "--model", str(bad), "--out", str(tmp_path / "s.png"))
+    assert result.exit_code == 1
+    assert "not a readable .safetensors checkpoint" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "s.png").exists()
+
+
+def test_divergence_is_a_runtime_error_and_debug_shows_the_traceback(tmp_path):
+    # srk in float16 with 3 steps overflows on the way down
+    args = [
+        "sample",
+        "--model",
+        "gmm8",
+        "--solver",
+        "srk",
+        "--dtype",
+        "float16",
+        "--steps",
+        "3",
+        "--out",
+        str(tmp_path / "s.png"),
+    ]
+    result = run(*args)
+    assert result.exit_code == 1 and "non-finite values" in result.output
+    assert not (tmp_path / "s.png").exists()
+    debug = run("--debug", *args)
+    assert isinstance(debug.exception, sd.NonFiniteError)
+
+
+# -- train ----------------------------------------------------------------------------
+
+
+def test_train_config_file_resume_and_samples(tmp_path):
+    out = tmp_path / "m.safetensors"
+    config = tmp_path / "train.toml"
+    config.write_text('[train]\ndata = "rings"\nsteps = 40\nbatch-size = 64\nwidth = 32\n')
+    result = run(
+        "train",
+        "--config",
+        str(config),
+        "--steps",
+        "30",
+        "--checkpoint-every",
+        "10",
+        "--sample-every",
+        "15",
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    _, cfg = load_checkpoint(out)
+    assert cfg["step"] == 30  # the flag beat the file
+    assert cfg["train"]["batch_size"] == 64 and cfg["network"]["width"] == 32
+    assert cfg["data"]["name"] == "rings"
+    assert sorted(p.name for p in tmp_path.glob("m_samples_*.png")) == [
+        "m_samples_000015.png",
+        "m_samples_000030.png",
+    ]
+    result = run("train", "--config", str(config), "--resume", str(out))
+    assert result.exit_code == 0, result.output
+    assert "resumed from" in result.output and load_checkpoint(out)[1]["step"] == 40
+    sampled = run(
+        "sample", "--model", str(out), "-n", "16", "--steps", "5", "--out", str(tmp_path / "s.npz")
+    )
+    assert sampled.exit_code == 0, sampled.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "nothing"], "no data set 'nothing'"),
+        (["--network", "unet"], "--network unet needs images"),
+        (["--lr", "0"], "--lr"),
+        (["--sde", "banana"], "'banana' is not one of"),
+    ],
+)
+def test_train_bad_input(tmp_path, args, message):
+    result = run("train", "--steps", "1", "--out", str(tmp_path / "m.safetensors"), *args)
+    assert result.exit_code in (1, 2) and message in result.output, result.output
     assert "Traceback" not in result.output
+    assert not (tmp_path / "m.safetensors").exists()
 
 
-def test_installed_entry_point_runs():
+def test_train_config_with_unknown_key_is_a_usage_error(tmp_path):
+    config = tmp_path / "t.toml"
+    config.write_text("stepz = 3\n")
+    result = run("train", "--config", str(config))
+    assert result.exit_code == 2 and "unknown key(s) stepz" in result.output
+
+
+# -- bench, likelihood ------------------------------------------------------------------
+
+
+def test_bench_writes_json_and_plot(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run(
+        "bench",
+        "--model",
+        "gmm8",
+        "--solvers",
+        "euler,heun",
+        "--nfe",
+        "6,12",
+        "-n",
+        "128",
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    rows = {(r["solver"], r["nfe_budget"]): r for r in report["rows"]}
+    assert set(rows) == {("euler", 6), ("euler", 12), ("heun", 6), ("heun", 12)}
+    assert rows[("euler", 12)]["error"] < rows[("euler", 6)]["error"]
+    assert (tmp_path / "bench.png").exists()
+
+
+def test_bench_rejects_unknown_solvers_and_bad_budgets(tmp_path):
+    result = run("bench", "--solvers", "euler,warp", "--out", str(tmp_path / "b.json"))
+    assert result.exit_code == 2 and "unknown solver 'warp'" in result.output
+    result = run("bench", "--nfe", "10,x", "--out", str(tmp_path / "b.json"))
+    assert result.exit_code == 2 and "comma-separated list of integers" in result.output
+
+
+def test_likelihood_matches_the_exact_value_on_an_analytic_problem():
+    result = run(
+        "likelihood",
+        "--model",
+        "gmm8",
+        "--sde",
+        "vp",
+        "-n",
+        "64",
+        "--estimator",
+        "both",
+        "--elbo-steps",
+        "200",
+    )
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[1]: line for line in result.output.splitlines() if "±" in line}
+    ode = float(lines["PF-ODE"].split("│")[2].split("±")[0])
+    exact = float(lines["exact"].split("│")[2].split("±")[0])
+    elbo = float(lines["ELBO"].split("│")[2].split("±")[0])
+    assert abs(ode - exact) < 5e-3 and elbo > exact
+
+
+# -- real processes ---------------------------------------------------------------------
+
+
+def test_quick_start_sample_from_the_installed_entry_point(tmp_path):
     exe = shutil.which("sdediff")
     assert exe is not None, "the sdediff console script is not installed"
-    out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True)
-    assert "solvers" in out.stdout
+    out = subprocess.run(
+        [exe, "sample", "--solver", "heun"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "NFE 50" in out.stdout
+    assert (tmp_path / "samples.png").stat().st_size > 1000
 
 
 def test_python_dash_m_runs():
@@ -44,3 +342,45 @@ def test_python_dash_m_runs():
         check=True,
     )
     assert sd.__version__ in out.stdout
+
+
+def _interrupt_after(args, marker, cwd, delay=1.0):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sde_diffusion", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stdout:
+        if marker in line:
+            break
+    import time
+
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def test_ctrl_c_during_sample_exits_cleanly(tmp_path):
+    code, err = _interrupt_after(
+        ["sample", "--model", "gmm64", "-n", "200000", "--steps", "400", "--out", "s.png"],
+        "sampling",
+        tmp_path,
+    )
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_during_train_saves_a_checkpoint(tmp_path):
+    code, err = _interrupt_after(
+        ["train", "--data", "moons", "--steps", "100000", "--out", "m.safetensors"],
+        "training a",
+        tmp_path,
+        delay=2.0,
+    )
+    assert code == 130 and "checkpoint saved" in err and "Traceback" not in err
+    _, config = load_checkpoint(tmp_path / "m.safetensors")
+    assert 0 < config["step"] < 100000
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]

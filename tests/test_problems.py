@@ -1,0 +1,93 @@
+"""Named problems and the solver comparison behind ``sdediff bench``."""
+
+import math
+
+import pytest
+import torch
+
+import sde_diffusion as sd
+from sde_diffusion.benchmark import compare_solvers, convergence_slope, steps_for_nfe
+from sde_diffusion.metrics import noise_floor
+from sde_diffusion.problems import ProblemError, load_problem
+
+
+@pytest.mark.parametrize(
+    "name, shape, metric",
+    [
+        ("gmm8", (2,), "sliced-W2"),
+        ("gmm64", (64,), "sliced-W2"),
+        ("moons", (2,), "sliced-W2"),
+        ("digits", (1, 8, 8), "digits-FID"),
+    ],
+)
+def test_named_problems_resolve(name, shape, metric):
+    problem = load_problem(name)
+    assert problem.event_shape == shape and problem.metric_name == metric
+    x = torch.zeros(3, *shape)
+    t = torch.full((3,), 0.5)
+    with torch.no_grad():
+        assert problem.score_fn(x, t).shape == x.shape
+    assert problem.reference(16, 0).shape[1:] == shape
+
+
+def test_analytic_problem_takes_any_sde():
+    assert isinstance(load_problem("gmm8", sde="vp").sde, sd.VPSDE)
+    with pytest.raises(ProblemError, match="unknown SDE"):
+        load_problem("gmm8", sde="banana")
+
+
+def test_unknown_model_lists_the_names():
+    with pytest.raises(ProblemError, match="gmm8, gmm64, digits, moons"):
+        load_problem("nope")
+
+
+def test_checkpoint_path_resolves(tmp_path):
+    from sde_diffusion.pretrained import pretrained_path
+
+    copy = tmp_path / "m.safetensors"
+    copy.write_bytes(pretrained_path("moons").read_bytes())
+    assert load_problem(str(copy)).event_shape == (2,)
+
+
+def test_quality_is_near_the_noise_floor_for_exact_samples():
+    problem = load_problem("gmm8")
+    exact = problem.mixture.sample(2000, generator=torch.Generator().manual_seed(5))
+    floor = noise_floor(problem.reference, 2000)  # two independent exact draws
+    assert problem.quality(exact) < 2 * floor
+    assert problem.quality(exact + 3.0) > 10 * floor
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "lms", "pc", "srk"])
+@pytest.mark.parametrize("nfe", [10, 21])
+def test_steps_for_nfe_spend_at_most_the_budget(solver, nfe):
+    steps = steps_for_nfe(solver, nfe, to_zero=True)
+    if steps is None:  # srk: 10 NFE per step, so a 2-step grid to zero costs 11
+        assert sd.get_solver(solver).info.nfe_per_step + 1 > nfe
+        return
+    grid = sd.timesteps(sd.EDMSDE(), steps, "karras", to_zero=True).tolist()
+    spent = sd.get_solver(solver).expected_nfe(grid)
+    assert spent <= nfe
+    assert (
+        sd.get_solver(solver).expected_nfe(
+            sd.timesteps(sd.EDMSDE(), steps + 1, "karras", to_zero=True).tolist()
+        )
+        > nfe
+    )  # one more step would overspend
+
+
+def test_compare_solvers_rows_measure_convergence():
+    problem = load_problem("gmm8")
+    rows = compare_solvers(problem, ["heun", "euler_maruyama"], [10, 40, 160], num_samples=256)
+    heun = [r for r in rows if r["solver"] == "heun"]
+    errors = [r["error"] for r in heun]
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-2
+    assert all(r["nfe"] <= r["nfe_budget"] for r in rows)
+    assert all(math.isnan(r["error"]) for r in rows if r["solver"] == "euler_maruyama")
+    slope = convergence_slope([r["nfe"] for r in heun[1:]], errors[1:])
+    assert -3.0 < slope < -1.5  # second order
+
+
+def test_convergence_slope_recovers_a_power_law():
+    nfe = [10, 20, 40, 80]
+    assert math.isclose(convergence_slope(nfe, [3 * n**-2.0 for n in nfe]), -2.0)
+    assert math.isnan(convergence_slope([10], [0.1]))
