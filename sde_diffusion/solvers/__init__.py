@@ -7,6 +7,7 @@ from . import (  # noqa: F401  (imported to register)
     ancestral,
     ddim,
     dpmpp_2m,
+    dpmpp_3m,
     euler,
     euler_maruyama,
     heun,
