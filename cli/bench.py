@@ -16,7 +16,14 @@ from sde_diffusion.benchmark import compare_solvers, convergence_slope
 from sde_diffusion.plotting import save_error_plot
 
 from .common import DTYPES, comma_list, console, friendly_errors, writable_output
-from .sample import device_option, model_option, open_problem, sde_option, seed_option
+from .sample import (
+    device_option,
+    dtype_option,
+    model_option,
+    open_problem,
+    sde_option,
+    seed_option,
+)
 
 
 def _solver_list(ctx, param, value: str | None) -> list[str]:
@@ -51,7 +58,7 @@ def _nfe_list(ctx, param, value: str) -> list[int]:
 @click.option("--schedule", type=click.Choice(sd.SCHEDULES), default="karras", show_default=True)
 @seed_option
 @device_option
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
+@dtype_option
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),

@@ -52,6 +52,9 @@ device_option = click.option(
     "--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N."
 )
 seed_option = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+dtype_option = click.option(
+    "--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True
+)
 
 
 def open_problem(model: str, sde: str | None, device: str, dtype: str = "float32"):
@@ -108,7 +111,7 @@ def sample_batches(problem, solver, steps, schedule, num_samples, batch_size, se
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @seed_option
 @device_option
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
+@dtype_option
 @sde_option
 @click.option(
     "--out",

@@ -89,8 +89,11 @@ class BrownianNoise(NoiseSource):
 _MASK32 = 0xFFFFFFFF
 
 
-def _pcg_hash(v: Tensor) -> Tensor:
-    """The 32-bit PCG output hash, element-wise on int64 tensors (values stay < 2^62)."""
+def _pcg_hash(v):
+    """The 32-bit PCG output hash of a Python int or, element-wise, an int64 tensor.
+
+    Intermediate values stay below 2^62, so int64 never overflows.
+    """
     state = (v * 747796405 + 2891336453) & _MASK32
     word = ((state >> ((state >> 28) + 4)) ^ state) * 277803737 & _MASK32
     return ((word >> 22) ^ word) & _MASK32
@@ -121,8 +124,8 @@ class PerSampleNoise(NoiseSource):
         dtype = dtype or torch.get_default_dtype()
         batch, size = shape[0], math.prod(shape[1:])
         index = torch.arange(self.first_index, self.first_index + batch, device=device)
-        key = _pcg_hash(_pcg_hash(_pcg_hash(torch.tensor(self.seed, device=device)) ^ self.draws))
-        key = _pcg_hash(key ^ (index & _MASK32))[:, None]
+        stream = _pcg_hash(_pcg_hash(_pcg_hash(self.seed) ^ self.draws))  # a Python int
+        key = _pcg_hash((index & _MASK32) ^ stream)[:, None]
         counter = 2 * torch.arange(size, device=device)
         work = torch.float64 if dtype == torch.float64 else torch.float32
         u1 = (self._bits(key, counter).to(work) + 0.5) / 2.0**32  # (0, 1): log is finite
