@@ -24,6 +24,7 @@ from sde_diffusion.data import digits
 from sde_diffusion.digits_eval import confident_fraction, digits_fid
 from sde_diffusion.networks import UNet
 from sde_diffusion.parametrization import ScoreModel
+from sde_diffusion.plotting import save_image_grid
 from sde_diffusion.training import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,19 +79,8 @@ def main() -> None:
     out = ROOT / "sde_diffusion" / "pretrained"
     trainer.export(out / "digits.safetensors")
     (out / "digits.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    _grid(samples[:100], ROOT / "benchmarks" / "results" / "digits_samples.png")
+    save_image_grid(samples[:100], ROOT / "benchmarks" / "results" / "digits_samples.png")
     print(json.dumps(metrics, indent=1))
-
-
-def _grid(x: torch.Tensor, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    padded = torch.nn.functional.pad(x[:, 0], (1, 1, 1, 1), value=-1.0)  # a dark border
-    tiles = padded.reshape(10, 10, 10, 10).permute(0, 2, 1, 3).reshape(100, 100)
-    plt.imsave(path, tiles.numpy(), cmap="gray", vmin=-1, vmax=1)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from sde_diffusion.data import load_data, toy_2d
 from sde_diffusion.metrics import noise_floor, sliced_wasserstein
 from sde_diffusion.networks import ResidualMLP
 from sde_diffusion.parametrization import ScoreModel
+from sde_diffusion.plotting import save_scatter
 from sde_diffusion.training import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,26 +68,11 @@ def main() -> None:
     out = ROOT / "sde_diffusion" / "pretrained"
     trainer.export(out / f"{args.data}.safetensors")
     (out / f"{args.data}.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    _scatter(res.x, real, ROOT / "benchmarks" / "results" / f"toy_{args.data}.png")
+    save_scatter(
+        [("data", real), ("samples (heun, 50 steps)", res.x)],
+        ROOT / "benchmarks" / "results" / f"toy_{args.data}.png",
+    )
     print(json.dumps(metrics, indent=1))
-
-
-def _scatter(samples: torch.Tensor, real: torch.Tensor, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.5), sharex=True, sharey=True)
-    for ax, x, title in zip(
-        axes, (real, samples), ("data", "samples (heun, 50 steps)"), strict=True
-    ):
-        ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.5)
-        ax.set_title(title)
-        ax.set_aspect("equal")
-    fig.tight_layout()
-    path.parent.mkdir(exist_ok=True)
-    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
