@@ -52,6 +52,42 @@ def test_lms_order_option(order):
     assert abs(fitted_order(steps, errors) - order) <= 0.3, errors
 
 
+# (options, problem) -> the instance's declared order; defaults are in test_ode_order
+OPTION_CASES = [
+    ("dpmpp_3m", {"published": True}, "edm-karras"),
+    ("dpmpp_3m", {"published": True}, "vp-logsnr"),
+    ("unipc", {"order": 1}, "edm-karras"),
+    ("unipc", {"order": 1, "corrector": False}, "edm-karras"),
+    ("unipc", {"order": 2, "corrector": False}, "edm-karras"),
+    ("unipc", {"order": 3, "corrector": False}, "edm-karras"),
+    ("unipc", {"order": 2, "variant": "bh1"}, "vp-logsnr"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "options", "problem"), OPTION_CASES, ids=str)
+def test_solver_options_set_the_order(name, options, problem):
+    solver, steps, errors = _ode_errors(name, problem, **options)
+    measured = fitted_order(steps, errors)
+    assert abs(measured - solver.order) <= 0.3, f"{options}: order {measured:.2f}, {errors}"
+
+
+@pytest.mark.slow
+def test_unipc_order_3_with_corrector_is_order_4():
+    """Fewer steps: at 128+ the fourth-order errors reach the reference's round-off."""
+    sde = sd.EDMSDE()
+    score = small_mixture().score_fn(sde)
+    x_T = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = sd.solve(score, sde, x_T, sd.timesteps(sde, 1), "dop853", rtol=1e-10, atol=1e-10)
+    solver = sd.get_solver("unipc", order=3)
+    steps = [32, 64, 128]
+    errors = [
+        rms(sd.solve(score, sde, x_T, sd.timesteps(sde, n, "karras"), solver), ref) for n in steps
+    ]
+    assert solver.order == 4.0
+    assert abs(fitted_order(steps, errors) - 4.0) <= 0.3, errors
+
+
 @pytest.fixture(scope="module")
 def strong_problem():
     """One Brownian path on the VP reverse SDE from t = 1 to 0.3 and a fine SRK solution on it

@@ -1,12 +1,16 @@
 """Exact identities of individual methods (each against a closed form or another method)."""
 
+import math
+
 import pytest
 import torch
 from helpers import small_mixture
+from scipy.integrate import quad
 
 import sde_diffusion as sd
 from sde_diffusion.solvers.ancestral import posterior_coefficients
 from sde_diffusion.solvers.lms import adams_bashforth_weights
+from sde_diffusion.solvers.unipc import unipc_weights
 
 CLASSICAL_AB = {
     1: [1],
@@ -86,3 +90,35 @@ def test_ddim_eta_one_is_ancestral_posterior_sampling():
     a = sd.solve(score, sde, x_T, ts, "ddim", eta=1.0, generator=torch.Generator().manual_seed(2))
     b = sd.solve(score, sde, x_T, ts, "ancestral", generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(a, b)
+
+
+def _paths(sde, names_and_options, steps=12):
+    score = small_mixture().score_fn(sde)
+    x_T = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ts = sd.timesteps(sde, steps, "karras", to_zero=float(sde.sigma(0.0)) == 0.0)
+    return [sd.solve(score, sde, x_T, ts, sd.get_solver(n, **o)) for n, o in names_and_options]
+
+
+@pytest.mark.parametrize("make", [sd.EDMSDE, sd.VPSDE], ids=["edm", "vp"])
+def test_unipc_first_order_predictor_is_ddim(make):
+    a, b = _paths(make(), [("unipc", {"order": 1, "corrector": False}), ("ddim", {})])
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("make", [sd.EDMSDE, sd.VPSDE], ids=["edm", "vp"])
+def test_unipc_second_order_predictor_bh2_is_dpmpp_2m(make):
+    """With one history node, rho = 1/2 and B(h) = e^{-h} - 1 give DPM-Solver++(2M)."""
+    a, b = _paths(make(), [("unipc", {"order": 2, "corrector": False}), ("dpmpp_2m", {})])
+    torch.testing.assert_close(a, b)
+
+
+def test_unipc_weights_integrate_polynomials_exactly():
+    """For x̂_0 = c τ^m (τ = λ − λ_t) the update's correction −α_s B Σ_j ρ_j D_j equals the
+    exact α_s c ∫_0^h e^{−(h−τ)} τ^m dτ when m ≤ number of nodes; D_j = c h^m r_j^{m−1}."""
+    h, ratios = 0.7, [-1.3, -0.6, 1.0]
+    for variant in ("bh1", "bh2"):
+        weights, scale = unipc_weights(ratios, h, variant)
+        for m in range(1, len(ratios) + 1):
+            exact = quad(lambda u, m=m: math.exp(-h * (1 - u)) * u**m, 0, 1)[0]
+            moment = sum(w * r ** (m - 1) for w, r in zip(weights, ratios, strict=True))
+            assert -scale * moment == pytest.approx(h * exact, rel=1e-9)

@@ -16,6 +16,7 @@ from . import (  # noqa: F401  (imported to register)
     pc,
     scipy_ivp,
     torchsde_methods,
+    unipc,
 )
 from .base import Solver, SolverInfo
 from .registry import (

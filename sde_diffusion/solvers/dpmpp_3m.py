@@ -30,11 +30,20 @@ class DPMSolverPP3M(Solver):
 
     Taylor expansion gives ``D_1 ≈ h x̂_0'`` and ``D_2 ≈ h² x̂_0''/2``, while the
     exact integral of the quadratic term is ``−φ_3 h² x̂_0''``: hence the factor 2.
-    (The published weight ``φ_3 D_2`` leaves an ``h³/12`` local error; measured,
-    it converges with order 2.07 on the tests' problems, this form with order 3.)
-    The first steps use orders 1 and 2 (``D_2 = 0``, then ``D_1 = d_0``).  A step
-    to t = 0 returns x̂_0.  Order 3, 1 NFE per step.
+    The published weight ``φ_3 D_2`` (``published=True``, as in k-diffusion and
+    diffusers) leaves an ``h³/12`` local error: measured, it converges with order
+    2, this form with order 3.  At very low NFE the published form can still be
+    the more accurate (see docs/choosing-a-solver.md).  The first steps use
+    orders 1 and 2 (``D_2 = 0``, then ``D_1 = d_0``).  A step to t = 0 returns
+    x̂_0.  Order 3, 1 NFE per step.
     """
+
+    def __init__(self, published: bool = False):
+        self.published = bool(published)
+
+    @property
+    def order(self) -> float:
+        return 2.0 if self.published else 3.0
 
     def step(self, process, t0, t1, x, state, noise):
         sde = process.sde
@@ -55,7 +64,8 @@ class DPMSolverPP3M(Solver):
                 d1 = (x0_1 - x0_2) / r1
                 phi_3 = phi_2 / h - 0.5
                 correction = phi_2 * (d0 + (d0 - d1) * (r0 / (r0 + r1)))
-                correction = correction - 2 * phi_3 * (d0 - d1) / (r0 + r1)
+                weight = phi_3 if self.published else 2 * phi_3
+                correction = correction - weight * (d0 - d1) / (r0 + r1)
             else:
                 correction = phi_2 * d0
             x = x + sde.alpha(t1) * correction
