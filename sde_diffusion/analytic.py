@@ -167,7 +167,8 @@ class GaussianMixture:
         # variances of each component along its eigenbasis: (B, K, d)
         var = alpha[:, None, None] ** 2 * eigvals + sigma[:, None, None] ** 2
         diff = x[:, None, :] - alpha[:, None, None] * means  # (B, K, d)
-        proj = (diff.unsqueeze(-2) @ eigvecs).squeeze(-2)  # U_k^T (x - alpha mu_k)
+        # U_k^T (x - alpha mu_k), as K matrix products of (B, d) by (d, d), not B*K vector ones
+        proj = torch.einsum("bkd,kde->bke", diff, eigvecs)
         log_comp = -0.5 * (
             (proj**2 / var).sum(-1) + torch.log(var).sum(-1) + self.dim * math.log(2 * math.pi)
         )
@@ -176,7 +177,7 @@ class GaussianMixture:
         if not need_score:
             return log_prob, None
         resp = torch.softmax(log_joint, dim=-1)  # (B, K)
-        per_component = ((proj / var).unsqueeze(-2) @ eigvecs.mT).squeeze(-2)  # C_k^-1 (x - a mu)
+        per_component = torch.einsum("bke,kde->bkd", proj / var, eigvecs)  # C_k^-1 (x - a mu_k)
         score = -(resp.unsqueeze(-1) * per_component).sum(1)
         return log_prob, score
 

@@ -91,20 +91,23 @@ def compare_solvers(
     endpoint_error: bool | None = None,
     solver_options: dict[str, dict[str, Any]] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    reference: Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (solver, NFE budget): steps, counted NFE, error, quality, speed.
 
     Adaptive solvers (no fixed NFE) and budgets below a solver's cheapest grid
     are skipped.  ``endpoint_error`` defaults to
     ``True`` for analytic problems, whose exact score makes the DOP853 endpoint
-    the ground truth of each solver's own path.
+    the ground truth of each solver's own path.  Pass ``reference``
+    (``reference_endpoints`` with the same ``num_samples`` and ``seed``) to reuse one.
     """
     to_zero = ends_at_zero(problem)
     if endpoint_error is None:
         endpoint_error = problem.mixture is not None
-    reference = (
-        reference_endpoints(problem, num_samples, seed, to_zero, device) if endpoint_error else None
-    )
+    if endpoint_error and reference is None:
+        reference = reference_endpoints(problem, num_samples, seed, to_zero, device)
+    if not endpoint_error:
+        reference = None
     rows = []
     for name in solvers:
         info = solver_class(name).info

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 import sde_diffusion as sd
-from sde_diffusion.benchmark import compare_solvers, convergence_slope, steps_for_nfe
+from sde_diffusion.benchmark import (
+    compare_solvers,
+    convergence_slope,
+    reference_endpoints,
+    steps_for_nfe,
+)
 from sde_diffusion.metrics import noise_floor
 from sde_diffusion.problems import ProblemError, load_problem
 
@@ -85,6 +90,17 @@ def test_compare_solvers_rows_measure_convergence():
     assert all(math.isnan(r["error"]) for r in rows if r["solver"] == "euler_maruyama")
     slope = convergence_slope([r["nfe"] for r in heun[1:]], errors[1:])
     assert -3.0 < slope < -1.5  # second order
+
+
+def test_compare_solvers_reuses_a_given_reference():
+    """A passed reference is the one errors are measured against (no second DOP853 solve)."""
+    problem = load_problem("gmm8")
+    ref = reference_endpoints(problem, 64, 0, True, "cpu")
+    (same,) = compare_solvers(problem, ["euler"], [20], num_samples=64, reference=ref)
+    (fresh,) = compare_solvers(problem, ["euler"], [20], num_samples=64)
+    assert same["error"] == pytest.approx(fresh["error"], rel=1e-9)
+    (shifted,) = compare_solvers(problem, ["euler"], [20], num_samples=64, reference=ref + 1.0)
+    assert shifted["error"] > 0.5
 
 
 def test_convergence_slope_recovers_a_power_law():
