@@ -101,7 +101,7 @@ PEERS = {
     "euler_ancestral": Peer(
         "EulerAncestralDiscreteScheduler",
         {},  # no use_karras_sigmas; "linspace" timesteps of this schedule are a Karras grid
-        None,
+        "ancestral",  # eta = 1: sigma_down / sigma = sigma_s^2 / sigma_t^2, the posterior mean
         stochastic=True,
         k_diffusion="euler_ancestral",
         prediction="epsilon",

@@ -359,13 +359,16 @@ def _interrupt_after(args, marker, cwd, delay=1.0):
 
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # never leave a run behind when the test fails
     return proc.returncode, err
 
 
 def test_ctrl_c_during_sample_exits_cleanly(tmp_path):
     code, err = _interrupt_after(
-        ["sample", "--model", "gmm64", "-n", "200000", "--steps", "400", "--out", "s.png"],
+        ["sample", "--model", "gmm64", "-n", "20000", "--steps", "2000", "--out", "s.png"],
         "sampling",
         tmp_path,
     )
