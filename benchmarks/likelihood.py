@@ -16,18 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import time
-from pathlib import Path
 
 import torch
+from common import write_results
 
 import sde_diffusion as sd
 from sde_diffusion.data import digits
 from sde_diffusion.likelihood import pixel_range
 from sde_diffusion.pretrained import load_pretrained
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def mean_se(v: torch.Tensor) -> tuple[float, float]:
@@ -117,10 +114,8 @@ def digits_rows(n: int) -> dict:
     return out
 
 
-def markdown(mix: list[dict], dig: dict, machine: str) -> str:
+def markdown(mix: list[dict], dig: dict) -> str:
     lines = [
-        f"Machine: {machine}.",
-        "",
         "| SDE | ODE mean abs error (nats) | ODE max | ODE NFE | ODE s / 1000 | "
         "ELBO gap, 100 steps | ELBO gap, 1000 steps | ELBO-1000 s / 1000 |",
         "|---|---|---|---|---|---|---|---|",
@@ -161,20 +156,14 @@ def markdown(mix: list[dict], dig: dict, machine: str) -> str:
 
 
 def main() -> None:
-    torch.manual_seed(0)
-    machine = (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}"
-    )
-    mix = mixture_rows()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=16, help="digits test images")
-    dig = digits_rows(parser.parse_args().images)
-    RESULTS.mkdir(exist_ok=True)
-    report = {"machine": machine, "mixture": mix, "digits": dig}
-    (RESULTS / "likelihood.json").write_text(json.dumps(report, indent=1) + "\n")
-    (RESULTS / "likelihood.md").write_text(markdown(mix, dig, machine))
-    print(markdown(mix, dig, machine))
+    args = parser.parse_args()  # before the long runs: a bad flag costs nothing
+    torch.manual_seed(0)
+    mix = mixture_rows()
+    dig = digits_rows(args.images)
+    write_results("likelihood", {"mixture": mix, "digits": dig}, markdown(mix, dig))
+    print(markdown(mix, dig))
 
 
 if __name__ == "__main__":

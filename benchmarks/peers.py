@@ -152,7 +152,7 @@ def make_scheduler(peer: Peer, **extra):
 
 def current_sigma(sched, t) -> float:
     """The noise level (EDM sigma) at which the scheduler wants the model now."""
-    if hasattr(sched, "sigmas") and getattr(sched, "sigmas", None) is not None:
+    if getattr(sched, "sigmas", None) is not None:
         index = sched.step_index if sched.step_index is not None else sched.index_for_timestep(t)
         return float(sched.sigmas[index])
     abar = float(sched.alphas_cumprod[int(t)])

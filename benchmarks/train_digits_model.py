@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
+from common import machine
 
 import sde_diffusion as sd
 from sde_diffusion.data import digits
@@ -72,8 +72,7 @@ def main() -> None:
         "fid_samples_test": digits_fid(samples, test.x),
         "fid_train_test": digits_fid(train.x, test.x),
         "confident_fraction": confident_fraction(samples),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}",
+        "machine": machine(),
     }
     metrics["fid_ratio"] = metrics["fid_samples_test"] / metrics["fid_train_test"]
     out = ROOT / "sde_diffusion" / "pretrained"

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
+from common import machine
 
 import sde_diffusion as sd
 from sde_diffusion.data import load_data, toy_2d
@@ -62,8 +62,7 @@ def main() -> None:
         "sliced_w2": sw,
         "noise_floor": floor,
         "ratio": sw / floor,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}",
+        "machine": machine(),
     }
     out = ROOT / "sde_diffusion" / "pretrained"
     trainer.export(out / f"{args.data}.safetensors")

@@ -8,21 +8,17 @@ the two models measured side by side in one run.  Writes
 """
 
 import argparse
-import json
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from common import write_results
 
 import sde_diffusion as sd
 from sde_diffusion.data import digits, load_data
 from sde_diffusion.networks import ResidualMLP, UNet
 from sde_diffusion.parametrization import ScoreModel
 from sde_diffusion.training import TrainConfig, Trainer
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def trainers(device: str) -> dict[str, Trainer]:
@@ -58,10 +54,6 @@ def main() -> None:
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             rates[name].append(20 / (time.perf_counter() - start))
-    machine = (
-        f"{platform.machine()}, {torch.get_num_threads()} threads, {args.device}, "
-        f"torch {torch.__version__}"
-    )
     rows = [
         {
             "model": name,
@@ -71,18 +63,16 @@ def main() -> None:
         }
         for name, r in rates.items()
     ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "training_throughput.json").write_text(
-        json.dumps({"machine": machine, "rows": rows}, indent=1)
-    )
     table = [
-        f"Machine: {machine}",
+        f"Device: {args.device}",
         "",
         "| model | parameters | median steps/s |",
         "| --- | ---: | ---: |",
     ]
     table += [f"| {r['model']} | {r['parameters']} | {r['median_steps_per_s']:.1f} |" for r in rows]
-    (RESULTS / "training_throughput.md").write_text("\n".join(table) + "\n")
+    write_results(
+        "training_throughput", {"device": args.device, "rows": rows}, "\n".join(table) + "\n"
+    )
     print("\n".join(table))
 
 

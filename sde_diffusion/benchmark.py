@@ -104,10 +104,10 @@ def compare_solvers(
     to_zero = ends_at_zero(problem)
     if endpoint_error is None:
         endpoint_error = problem.mixture is not None
-    if endpoint_error and reference is None:
-        reference = reference_endpoints(problem, num_samples, seed, to_zero, device)
     if not endpoint_error:
         reference = None
+    elif reference is None:
+        reference = reference_endpoints(problem, num_samples, seed, to_zero, device)
     rows = []
     for name in solvers:
         info = solver_class(name).info
