@@ -67,6 +67,8 @@ def test_unknown_option_lists_accepted_ones():
     "name, options, message",
     [
         ("lms", dict(order=5), "order must be 1, 2, 3 or 4"),
+        ("unipc", dict(order=4), "order must be 1, 2 or 3"),
+        ("unipc", dict(variant="bh3"), "variant must be 'bh1' or 'bh2'"),
         ("ddim", dict(eta=1.5), r"eta must lie in \[0, 1\]"),
         ("pc", dict(predictor="heun"), "predictor must be a fixed-step reverse-SDE solver"),
         ("pc", dict(predictor="nope"), "unknown solver 'nope'"),
