@@ -398,7 +398,7 @@ class UNetCase:
         """epsilon-prediction at diffusers timestep k of a 1000-step schedule: t = (k+1)/1000."""
         t = torch.full((x.shape[0],), (float(k) + 1) / TRAIN_LEVELS, device=x.device)
         t = t.clamp(self.sde.t_min, self.sde.T)
-        return -self.sde.sigma(t)[:, None, None, None] * self.problem.score_fn(x, t)
+        return -self.sde.sigma(t)[:, None, None, None] * self.problem.model(x, t)
 
     def diffusers(self, peer: Peer, steps: int):
         import diffusers
@@ -418,7 +418,7 @@ class UNetCase:
     def ours(self, peer: Peer, steps: int):
         solver = sd.get_solver(peer.ours, **peer.ours_options)
         res = sd.sample(
-            self.problem.score_fn,
+            self.problem.model,
             self.sde,
             tuple(self.x_T.shape),
             solver,

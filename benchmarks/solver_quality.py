@@ -29,11 +29,11 @@ from sde_diffusion.benchmark import (
     compare_solvers,
     convergence_slope,
     ends_at_zero,
+    fixed_grid_solvers,
     reference_endpoints,
 )
 from sde_diffusion.plotting import save_error_plot
 from sde_diffusion.problems import load_problem
-from sde_diffusion.solvers.registry import list_solvers
 
 BOTH = ("karras", "logsnr")
 SUITES = {  # (problem, SDE, samples, grids) and the NFE budgets
@@ -100,7 +100,7 @@ def best_per_budget(rows: list[dict], value: str, nfes: list[int]) -> list[list]
 def run_problem(name: str, sde: str | None, n: int, schedules, nfes: list[int]) -> dict:
     problem = load_problem(name, sde=sde or "edm")
     sde_name = sde or type(problem.sde).__name__
-    solvers = [i.name for i in list_solvers() if not i.adaptive]
+    solvers = fixed_grid_solvers()
     reference = None
     if problem.mixture is not None:
         reference = reference_endpoints(problem, n, 0, ends_at_zero(problem), "cpu")

@@ -12,7 +12,7 @@ from rich.table import Table
 
 import sde_diffusion as sd
 from sde_diffusion.atomic import atomic_path
-from sde_diffusion.benchmark import compare_solvers, convergence_slope
+from sde_diffusion.benchmark import compare_solvers, convergence_slope, fixed_grid_solvers
 from sde_diffusion.plotting import save_error_plot
 
 from .common import DTYPES, comma_list, console, friendly_errors, writable_output
@@ -28,7 +28,7 @@ from .sample import (
 
 def _solver_list(ctx, param, value: str | None) -> list[str]:
     if value is None or value == "all":
-        return [i.name for i in sd.list_solvers() if not i.adaptive]
+        return fixed_grid_solvers()
     names = comma_list(value, name="solver")
     try:
         return [sd.get_solver(n).info.name for n in names]

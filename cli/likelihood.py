@@ -11,7 +11,7 @@ from rich.table import Table
 
 import sde_diffusion as sd
 from sde_diffusion.data import load_data
-from sde_diffusion.likelihood import GENERIC_ODE_SOLVERS, pixel_range
+from sde_diffusion.likelihood import likelihood_solvers, pixel_range
 
 from .common import console, friendly_errors
 from .sample import device_option, model_option, open_problem, sde_option, seed_option
@@ -62,7 +62,9 @@ def _summary(values: torch.Tensor) -> tuple[float, float]:
     show_default=True,
     help="PF-ODE log-likelihood, the variational bound, or both side by side.",
 )
-@click.option("--solver", type=click.Choice(GENERIC_ODE_SOLVERS), default="rk45", show_default=True)
+@click.option(
+    "--solver", type=click.Choice(likelihood_solvers()), default="rk45", show_default=True
+)
 @click.option(
     "--steps",
     type=click.IntRange(min=2),
@@ -137,15 +139,14 @@ def likelihood(
     with friendly_errors("the likelihood"), console.status("integrating"):
         for name in estimators:
             options = ode_options if name == "ode" else {"steps": elbo_steps}
-            score = sd.CountingScore(problem.score_fn)
-            nll, start = [], time.perf_counter()
+            nll, nfe, start = [], 0, time.perf_counter()
             batches = x.split(batch_size)
             for batch in batches:
                 if levels:
                     pixels = (problem.to_data_units(batch)).round().clamp(0, levels - 1)
                     low, high = pixel_range(info["scale"], info["shift"], levels)
-                    bpd = sd.bits_per_dim(
-                        score,
+                    bpd, result = sd.bits_per_dim(
+                        problem.model,
                         problem.sde,
                         pixels,
                         levels=levels,
@@ -153,12 +154,23 @@ def likelihood(
                         high=high,
                         generator=generator,
                         estimator=name,
+                        return_result=True,
                         **options,
                     )
                     nll.append(bpd * dim * math.log(2))
+                    nfe += result.nfe
                 else:
                     estimate = sd.log_likelihood if name == "ode" else sd.elbo
-                    nll.append(-estimate(score, problem.sde, batch, generator=generator, **options))
+                    result = estimate(
+                        problem.model,
+                        problem.sde,
+                        batch,
+                        generator=generator,
+                        return_result=True,
+                        **options,
+                    )
+                    nll.append(-(result.log_likelihood if name == "ode" else result.elbo))
+                    nfe += result.nfe
             nll_all = torch.cat(nll)
             mean, half = _summary(nll_all)
             bits = 1 / (dim * math.log(2))
@@ -167,7 +179,7 @@ def likelihood(
                 label,
                 f"{mean:.4f} ± {half:.4f}",
                 f"{mean * bits:.4f} ± {half * bits:.4f}",
-                f"{score.nfe / len(batches):.0f}",
+                f"{nfe / len(batches):.0f}",
                 f"{time.perf_counter() - start:.1f} s",
             )
         if problem.mixture is not None:

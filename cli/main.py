@@ -6,6 +6,7 @@ import click
 from rich.table import Table
 
 import sde_diffusion as sd
+from sde_diffusion.benchmark import fixed_grid
 
 from .bench import bench
 from .common import console
@@ -50,16 +51,17 @@ def solvers(kind: str | None) -> None:
         )
     table.add_column("summary", ratio=1, overflow="fold")
     for info in sd.list_solvers():
-        if kind and info.kind != kind:
+        solver = sd.get_solver(info.name)  # metadata of the default options
+        if kind and solver.kind != kind:
             continue
-        nfe = "adaptive" if info.adaptive else str(info.nfe_per_step)
+        nfe = str(solver.nfe_per_step) if fixed_grid(solver) else "adaptive"
         table.add_row(
             info.name,
             ", ".join(info.aliases),
-            info.kind,
-            f"{info.order:g}",
+            solver.kind,
+            f"{solver.order:g}",
             nfe,
-            "yes" if info.stochastic else "no",
+            "yes" if solver.stochastic else "no",
             info.summary,
         )
     console.print(table)

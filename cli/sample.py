@@ -81,13 +81,13 @@ def sample_batches(problem, solver, steps, schedule, num_samples, batch_size, se
     )
     with Progress(*columns, console=console, transient=True) as bar:
         batches = bar.add_task("batches", total=-(-num_samples // batch_size))
-        step_task = bar.add_task(f"{solver.info.name} steps", total=steps)
+        step_task = bar.add_task(f"{solver.name} steps", total=steps)
         for first in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - first)
             bar.reset(step_task)
             with torch.inference_mode():
                 res = sd.sample(
-                    problem.score_fn,
+                    problem.model,
                     problem.sde,
                     (n, *shape),
                     solver,
@@ -136,7 +136,7 @@ def sample(
     solver = build_solver(solver, solver_option_values(kwargs))
     problem, device = open_problem(model, sde, device, dtype)
     console.print(
-        f"sampling {num_samples} from {model} ({problem.sde!r}) with {solver.info.name}, "
+        f"sampling {num_samples} from {model} ({problem.sde!r}) with {solver.name}, "
         f"{steps} {schedule} steps",
         highlight=False,
     )
@@ -160,7 +160,7 @@ def sample(
         nfe = results[0].nfe
         settings = {
             "model": model,
-            "solver": solver.info.name,
+            "solver": solver.name,
             "solver_options": solver.options(),
             "steps": steps,
             "schedule": schedule,
@@ -172,7 +172,7 @@ def sample(
         }
         write_samples(problem, x, out, settings)
     console.print(
-        f"[bold green]{num_samples}[/] samples from [bold]{model}[/] with {solver.info.name} "
+        f"[bold green]{num_samples}[/] samples from [bold]{model}[/] with {solver.name} "
         f"({steps} steps): NFE {nfe}, {wall:.2f} s, {num_samples / wall:,.0f} samples/s "
         f"-> {out}"
     )

@@ -6,12 +6,22 @@ gmm = sd.eight_gaussians()
 res = sd.sample(gmm.score_fn(sde), sde, shape=(1024, 2), solver="heun", steps=32)
 """
 
-from .analytic import GaussianMixture, eight_gaussians, high_dim_mixture
-from .likelihood import ELBOResult, LikelihoodResult, bits_per_dim, elbo, log_likelihood
+from . import adapters
+from .analytic import GaussianMixture, MixtureScore, eight_gaussians, high_dim_mixture
+from .likelihood import (
+    ELBOResult,
+    LikelihoodResult,
+    bits_per_dim,
+    elbo,
+    likelihood_solvers,
+    log_likelihood,
+)
+from .models import ConditionError, FunctionModel, Model, as_model
 from .noise import BrownianNoise, GeneratorNoise, NoiseSource, PerSampleNoise
-from .reverse import ProbabilityFlowODE, ReverseProcess, ReverseSDE, ScoreFn
-from .sampling import CountingScore, NonFiniteError, SampleResult, StepInfo, sample, solve
-from .sdes import EDMSDE, SDE, VESDE, VPSDE, SubVPSDE, append_dims
+from .parametrization import PREDICTIONS, ScoreModel
+from .reverse import ModelOutputError, ReverseProcess, ScoreFn
+from .sampling import NonFiniteError, SampleResult, StepInfo, sample, solve
+from .sdes import EDMSDE, SDE, VESDE, VPSDE, DiscreteVPSDE, SubVPSDE, append_dims
 from .solvers import (
     Solver,
     SolverInfo,
@@ -28,24 +38,29 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EDMSDE",
+    "PREDICTIONS",
     "SCHEDULES",
     "SDE",
     "VESDE",
     "VPSDE",
     "BrownianNoise",
-    "CountingScore",
+    "ConditionError",
+    "DiscreteVPSDE",
     "ELBOResult",
+    "FunctionModel",
     "GaussianMixture",
     "GeneratorNoise",
     "LikelihoodResult",
+    "MixtureScore",
+    "Model",
+    "ModelOutputError",
     "NoiseSource",
     "NonFiniteError",
     "PerSampleNoise",
-    "ProbabilityFlowODE",
     "ReverseProcess",
-    "ReverseSDE",
     "SampleResult",
     "ScoreFn",
+    "ScoreModel",
     "Solver",
     "SolverInfo",
     "SolverOptionError",
@@ -53,12 +68,15 @@ __all__ = [
     "SubVPSDE",
     "UnknownSolverError",
     "__version__",
+    "adapters",
     "append_dims",
+    "as_model",
     "bits_per_dim",
     "eight_gaussians",
     "elbo",
     "get_solver",
     "high_dim_mixture",
+    "likelihood_solvers",
     "list_solvers",
     "log_likelihood",
     "register_solver",

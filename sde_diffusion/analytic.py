@@ -5,10 +5,12 @@ a mixture ``sum_k w_k N(mu_k, S_k)`` is again a mixture,
 
     p_t = sum_k w_k N(alpha mu_k, alpha^2 S_k + sigma^2 I),
 
-so its log-density, score and denoiser are exact.  With ``S_k = U_k diag(l_k)
-U_k^T`` (eigendecomposition, once), ``C_k(t) = U_k diag(alpha^2 l_k + sigma^2)
-U_k^T``: a different time per sample costs ``O(B K d^2)``, no per-time
-factorisation.  Responsibilities use log-sum-exp.
+so its log-density, score and denoiser are exact.  Conditioning on a set of
+components ``S`` (a class) keeps only those terms, reweighted: the conditional
+law ``p_t(x | S)`` is exact too (``cond`` = component indices or a mask).
+With ``S_k = U_k diag(l_k) U_k^T`` (eigendecomposition, once),
+``C_k(t) = U_k diag(alpha^2 l_k + sigma^2) U_k^T``: a different time per sample
+costs ``O(B K d^2)``, no per-time factorisation.  Responsibilities use log-sum-exp.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .reverse import ScoreFn
+from .parametrization import convert
 from .sdes import SDE, Time, as_time
 
-__all__ = ["GaussianMixture", "eight_gaussians", "high_dim_mixture"]
+__all__ = ["GaussianMixture", "MixtureScore", "eight_gaussians", "high_dim_mixture"]
 
 
 class GaussianMixture:
@@ -121,6 +123,15 @@ class GaussianMixture:
         """Exact log-density of the data law, shape ``(B,)``."""
         return self._log_prob_and_score(x, torch.ones(()), torch.zeros(()), need_score=False)[0]
 
+    def components(self, indices: Sequence[int] | Tensor) -> GaussianMixture:
+        """The law given the component set ``indices``: those terms, reweighted."""
+        idx = torch.as_tensor(indices, dtype=torch.long).flatten()
+        if idx.numel() == 0 or bool((idx < 0).any() | (idx >= self.num_components).any()):
+            raise ValueError(
+                f"component indices must lie in [0, {self.num_components - 1}], got {idx.tolist()}"
+            )
+        return GaussianMixture(self.means[idx], self.covs[idx], self.weights[idx])
+
     # -- marginals under a linear SDE -----------------------------------------
 
     def marginal(self, sde: SDE, t: float) -> GaussianMixture:
@@ -129,26 +140,30 @@ class GaussianMixture:
         eye = torch.eye(self.dim, dtype=torch.float64)
         return GaussianMixture(a * self.means, a**2 * self.covs + s**2 * eye, self.weights)
 
-    def marginal_log_prob(self, sde: SDE, x: Tensor, t: Time) -> Tensor:
-        """``log p_t(x)``; ``t`` a number or a tensor of shape ``(B,)``."""
-        return self._log_prob_and_score(x, sde.alpha(t), sde.sigma(t), need_score=False)[0]
+    def marginal_log_prob(self, sde: SDE, x: Tensor, t: Time, cond: Tensor | None = None) -> Tensor:
+        """``log p_t(x)`` (``log p_t(x | cond)``); ``t`` a number or a tensor of shape ``(B,)``."""
+        return self._log_prob_and_score(x, sde.alpha(t), sde.sigma(t), need_score=False, cond=cond)[
+            0
+        ]
 
-    def score(self, sde: SDE, x: Tensor, t: Time) -> Tensor:
-        """``grad_x log p_t(x)``, exact."""
-        return self._log_prob_and_score(x, sde.alpha(t), sde.sigma(t), need_score=True)[1]
+    def score(self, sde: SDE, x: Tensor, t: Time, cond: Tensor | None = None) -> Tensor:
+        """``grad_x log p_t(x)`` (given ``cond``), exact."""
+        return self._log_prob_and_score(x, sde.alpha(t), sde.sigma(t), need_score=True, cond=cond)[
+            1
+        ]
 
-    def denoise(self, sde: SDE, x: Tensor, t: Time) -> Tensor:
-        """``E[x_0 | x_t = x] = (x + sigma^2 score) / alpha`` (Tweedie), exact."""
-        alpha, sigma = self._per_sample(sde.alpha(t), x), self._per_sample(sde.sigma(t), x)
-        return (x + sigma[:, None] ** 2 * self.score(sde, x, t)) / alpha[:, None]
+    def denoise(self, sde: SDE, x: Tensor, t: Time, cond: Tensor | None = None) -> Tensor:
+        """``E[x_0 | x_t = x]`` (Tweedie), exact."""
+        return convert(self.score(sde, x, t, cond), x, t, sde, "score", "x0")
 
-    def score_fn(self, sde: SDE) -> ScoreFn:
-        """A ``score_fn(x, t)`` of ``p_t`` under ``sde``, usable by every solver."""
+    def score_fn(self, sde: SDE) -> MixtureScore:
+        """The exact score of ``p_t`` under ``sde`` as a model, usable by every solver.
 
-        def score_fn(x: Tensor, t: Tensor) -> Tensor:
-            return self.score(sde, x, t)
-
-        return score_fn
+        Called as ``model(x, t)`` or ``model(x, t, cond)`` with ``cond`` the
+        component index of each sample (shape ``(B,)``) or a boolean mask of
+        allowed components (shape ``(B, K)``): the exact conditional score.
+        """
+        return MixtureScore(self, sde)
 
     # -- the one computation ----------------------------------------------------
 
@@ -156,8 +171,28 @@ class GaussianMixture:
     def _per_sample(value: Tensor, x: Tensor) -> Tensor:
         return as_time(value).to(device=x.device, dtype=x.dtype).expand(x.shape[0])
 
+    def _log_weights(self, x: Tensor, cond: Tensor | None) -> Tensor:
+        """``log w_k``, or per sample ``(B, K)`` with components outside ``cond`` at ``-inf``."""
+        log_w = torch.log(self.weights.to(x))
+        if cond is None:
+            return log_w
+        k = self.num_components
+        mask = cond if cond.dtype == torch.bool else None
+        if mask is None:
+            if cond.is_floating_point() or cond.shape != (x.shape[0],):
+                raise ValueError(
+                    f"cond must be component indices of shape ({x.shape[0]},) or a boolean "
+                    f"mask of shape ({x.shape[0]}, {k}), got {cond.dtype} {tuple(cond.shape)}"
+                )
+            if cond.device.type == "cpu" and bool(((cond < 0) | (cond >= k)).any()):
+                raise ValueError(f"component indices must lie in [0, {k - 1}]")
+            mask = torch.nn.functional.one_hot(cond.long().clamp(0, k - 1), k).bool()
+        elif mask.shape != (x.shape[0], k):
+            raise ValueError(f"a component mask must have shape ({x.shape[0]}, {k})")
+        return log_w.masked_fill(~mask.to(x.device), -math.inf)
+
     def _log_prob_and_score(
-        self, x: Tensor, alpha: Tensor, sigma: Tensor, need_score: bool
+        self, x: Tensor, alpha: Tensor, sigma: Tensor, need_score: bool, cond: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"expected x of shape (B, {self.dim}), got {tuple(x.shape)}")
@@ -172,7 +207,7 @@ class GaussianMixture:
         log_comp = -0.5 * (
             (proj**2 / var).sum(-1) + torch.log(var).sum(-1) + self.dim * math.log(2 * math.pi)
         )
-        log_joint = log_comp + torch.log(self.weights.to(x))
+        log_joint = log_comp + self._log_weights(x, cond)
         log_prob = torch.logsumexp(log_joint, dim=-1)
         if not need_score:
             return log_prob, None
@@ -180,6 +215,21 @@ class GaussianMixture:
         per_component = torch.einsum("bke,kde->bkd", proj / var, eigvecs)  # C_k^-1 (x - a mu_k)
         score = -(resp.unsqueeze(-1) * per_component).sum(1)
         return log_prob, score
+
+
+class MixtureScore:
+    """The exact score of a mixture's marginals under ``sde``: a model predicting ``score``."""
+
+    prediction = "score"
+
+    def __init__(self, mixture: GaussianMixture, sde: SDE):
+        self.mixture, self.sde = mixture, sde
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        return self.mixture.score(self.sde, x, t, cond)
+
+    def __repr__(self) -> str:
+        return f"MixtureScore({self.mixture!r}, {self.sde!r})"
 
 
 def eight_gaussians(radius: float = 4.0, std: float = 0.5) -> GaussianMixture:

@@ -5,8 +5,8 @@ same kind of grid, with the step count that spends the NFE budget.  Quality is
 measured two ways:
 
 - ``error``: endpoint RMS per dimension against a tight DOP853 solution of the
-  same PF-ODE from the same ``x_T`` (deterministic solvers; by default only
-  where the score is exact, i.e. analytic problems);
+  same PF-ODE from the same ``x_T`` (solvers whose configured instance draws no
+  noise; by default only where the score is exact, i.e. analytic problems);
 - ``quality``: the problem's metric (sliced W2 to fresh data, digits-FID).
 """
 
@@ -24,13 +24,16 @@ from torch import Tensor
 from .noise import PerSampleNoise
 from .problems import Problem
 from .sampling import sample, solve
-from .solvers.registry import get_solver, solver_class
+from .solvers.base import Solver
+from .solvers.registry import get_solver, list_solvers
 from .timesteps import timesteps
 
 __all__ = [
     "compare_solvers",
     "convergence_slope",
     "ends_at_zero",
+    "fixed_grid",
+    "fixed_grid_solvers",
     "median_time",
     "reference_endpoints",
     "steps_for_nfe",
@@ -42,12 +45,26 @@ def ends_at_zero(problem: Problem) -> bool:
     return float(problem.sde.sigma(0.0)) == 0.0
 
 
-def steps_for_nfe(solver: str, nfe: int, to_zero: bool = True) -> int | None:
-    """The most steps whose NFE (the solver's own ``expected_nfe``) fits ``nfe``.
+def fixed_grid(solver: Solver) -> bool:
+    """Whether ``solver`` spends a known NFE on a given grid (adaptive ones choose their own)."""
+    return solver.expected_nfe([1.0, 0.5]) is not None
 
-    ``None`` when even the shortest grid (2 steps to zero, else 1) costs more.
+
+def fixed_grid_solvers() -> list[str]:
+    """Registered solvers that are fixed-grid with their default options."""
+    return [i.name for i in list_solvers() if fixed_grid(get_solver(i.name))]
+
+
+def steps_for_nfe(solver: str | Solver, nfe: int, to_zero: bool = True) -> int | None:
+    """The most steps whose NFE (the configured solver's own ``expected_nfe``) fits ``nfe``.
+
+    ``solver`` is an instance (its options count) or a name (default options).
+    ``None`` when even the shortest grid (2 steps to zero, else 1) costs more,
+    or when the solver chooses its own steps.
     """
-    instance = get_solver(solver)
+    instance = get_solver(solver) if isinstance(solver, str) else solver
+    if not fixed_grid(instance):
+        return None
 
     def cost(steps: int) -> int:  # only the length and a final zero matter
         grid = [float(steps - i) for i in range(steps + 1)]
@@ -75,7 +92,7 @@ def reference_endpoints(
     x_T = _prior_draw(problem, n, seed, device, torch.float64)
     ts = timesteps(problem.sde, 2, "uniform", to_zero=to_zero, device=device)
     with torch.inference_mode():
-        return solve(problem.score_fn, problem.sde, x_T, ts, "dop853", rtol=tol, atol=tol)
+        return solve(problem.model, problem.sde, x_T, ts, "dop853", rtol=tol, atol=tol).x
 
 
 def compare_solvers(
@@ -95,8 +112,10 @@ def compare_solvers(
 ) -> list[dict[str, Any]]:
     """One row per (solver, NFE budget): steps, counted NFE, error, quality, speed.
 
-    Adaptive solvers (no fixed NFE) and budgets below a solver's cheapest grid
-    are skipped.  ``endpoint_error`` defaults to
+    Each solver is built once with its ``solver_options``, and that instance's
+    metadata decides its step count per budget and whether it is judged by
+    endpoint error.  Adaptive solvers (no fixed NFE) and budgets below a
+    solver's cheapest grid are skipped.  ``endpoint_error`` defaults to
     ``True`` for analytic problems, whose exact score makes the DOP853 endpoint
     the ground truth of each solver's own path.  Pass ``reference``
     (``reference_endpoints`` with the same ``num_samples`` and ``seed``) to reuse one.
@@ -110,18 +129,15 @@ def compare_solvers(
         reference = reference_endpoints(problem, num_samples, seed, to_zero, device)
     rows = []
     for name in solvers:
-        info = solver_class(name).info
-        if info.adaptive:
-            continue
-        options = (solver_options or {}).get(info.name, {})
+        solver = get_solver(name)
+        solver = get_solver(name, **(solver_options or {}).get(solver.name, {}))
         for budget in nfes:
-            steps = steps_for_nfe(info.name, budget, to_zero)
+            steps = steps_for_nfe(solver, budget, to_zero)
             if steps is None:
                 continue
-            solver = get_solver(info.name, **options)
             with torch.inference_mode():
                 res = sample(
-                    problem.score_fn,
+                    problem.model,
                     problem.sde,
                     (num_samples, *problem.event_shape),
                     solver,
@@ -133,12 +149,12 @@ def compare_solvers(
                     to_zero=to_zero,
                 )
             error = float("nan")
-            if reference is not None and not info.stochastic:
+            if reference is not None and not solver.stochastic:
                 diff = res.x.double() - reference
                 error = float(diff.pow(2).mean().sqrt())
             row = {
-                "solver": info.name,
-                "kind": info.kind,
+                "solver": solver.name,
+                "kind": solver.kind,
                 "nfe_budget": budget,
                 "steps": steps,
                 "nfe": res.nfe,

@@ -8,9 +8,10 @@ Along the PF-ODE ``dx/dt = v(x, t)`` the log-density obeys
 (Chen et al. 2018; Song et al. 2021, app. D).  ``log p_T`` is taken as the prior's.
 The divergence is exact (one autograd pass per dimension) or the Hutchinson–Skilling
 estimate ``E[eps^T (dv/dx) eps]`` with probes drawn once per trajectory, so the
-estimate is unbiased.  ``(x, int div)`` travel as one ``(B, D + 1)`` tensor, so the
-registry's generic integrators (``euler``, ``heun``, ``lms``, ``rk45``, ``dop853``)
-integrate it unchanged.
+estimate is unbiased.  ``(x, int div)`` travel as one ``(B, D + 1)`` tensor through
+the solvers' own ``integrate`` loop, so every registered solver whose metadata says it
+is deterministic and asks only for the PF-ODE velocity (``euler``, ``heun``, ``lms``,
+``rk45``, ``dop853``, …) integrates it unchanged.
 """
 
 from __future__ import annotations
@@ -24,22 +25,23 @@ import torch
 from torch import Tensor
 
 from .noise import GeneratorNoise
-from .reverse import ProbabilityFlowODE, ScoreFn
-from .sampling import CountingScore
+from .parametrization import Coefficients, convert_at
+from .reverse import ReverseProcess, ScoreFn
 from .sdes import SDE
-from .solvers.registry import get_solver
+from .solvers.ancestral import posterior_coefficients
+from .solvers.base import Solver
+from .solvers.registry import get_solver, solver_class, solver_names, solver_options
 
 __all__ = [
-    "GENERIC_ODE_SOLVERS",
     "ELBOResult",
     "LikelihoodResult",
     "bits_per_dim",
     "elbo",
+    "likelihood_solvers",
     "log_likelihood",
     "pixel_range",
 ]
 
-GENERIC_ODE_SOLVERS = ("euler", "heun", "lms", "rk45", "dop853")  # they use only the velocity
 EXACT_DIVERGENCE_MAX_DIM = 32
 
 Divergence = Literal["auto", "exact", "hutchinson"]
@@ -57,10 +59,33 @@ class LikelihoodResult:
     divergence: str
 
 
+def integrates_flows(solver: Solver) -> bool:
+    """Whether ``solver`` can integrate any ODE given its velocity (read from its metadata)."""
+    return solver.kind == "ode" and not solver.stochastic and solver.uses <= {"velocity"}
+
+
+def likelihood_solvers() -> list[str]:
+    """Registered solvers that can integrate the augmented likelihood ODE (default options)."""
+    return [n for n in solver_names() if integrates_flows(get_solver(n))]
+
+
+def _solver(solver: str | Solver, rtol: float, atol: float) -> Solver:
+    if isinstance(solver, str):
+        accepted = solver_options(solver_class(solver))
+        tolerances = {k: v for k, v in (("rtol", rtol), ("atol", atol)) if k in accepted}
+        solver = get_solver(solver, **tolerances)
+    if not integrates_flows(solver):
+        raise ValueError(
+            f"likelihoods integrate with a deterministic solver that uses only the PF-ODE "
+            f"velocity ({', '.join(likelihood_solvers())}); got {solver.name!r}"
+        )
+    return solver
+
+
 class _AugmentedFlow:
     """The PF-ODE of ``x`` with ``div v`` appended: a velocity on ``(B, D + 1)`` tensors."""
 
-    def __init__(self, ode: ProbabilityFlowODE, shape: torch.Size, probes: Tensor | None):
+    def __init__(self, ode: ReverseProcess, shape: torch.Size, probes: Tensor | None):
         self.ode, self.sde, self.shape, self.probes = ode, ode.sde, shape, probes
 
     def velocity(self, z: Tensor, t: float) -> Tensor:
@@ -89,11 +114,12 @@ class _AugmentedFlow:
 
 
 def log_likelihood(
-    score_fn: ScoreFn,
+    model: ScoreFn,
     sde: SDE,
     x: Tensor,
     *,
-    solver: str = "rk45",
+    cond: Tensor | dict[str, Tensor] | None = None,
+    solver: str | Solver = "rk45",
     steps: int = 200,
     rtol: float = 1e-6,
     atol: float = 1e-6,
@@ -106,17 +132,14 @@ def log_likelihood(
 ) -> Tensor | LikelihoodResult:
     """Per-sample ``log p_{t_start}(x)`` in nats, shape ``(B,)``.
 
-    ``t_start`` defaults to ``sde.t_min``.  ``solver`` is ``rk45``/``dop853``
-    (adaptive, ``rtol``/``atol``) or a fixed-grid ``euler``/``heun``/``lms`` with
-    ``steps`` steps uniform in log-SNR from ``t_start`` to ``T``.  ``divergence="auto"`` is exact
-    for at most 32 dimensions per sample and Hutchinson (``probes`` probes,
-    Rademacher or Gaussian, fixed per trajectory) above.
+    ``t_start`` defaults to ``sde.t_min``.  ``solver`` is any solver of
+    :func:`likelihood_solvers`: adaptive ones (``rk45``, ``dop853``) take ``rtol``
+    and ``atol``, fixed-grid ones step ``steps`` times uniformly in log-SNR from
+    ``t_start`` to ``T``.  ``divergence="auto"`` is exact for at most 32 dimensions
+    per sample and Hutchinson (``probes`` probes, Rademacher or Gaussian, fixed per
+    trajectory) above.  ``cond`` reaches the model as in ``solve``.
     """
-    name = solver.lower()
-    if name not in GENERIC_ODE_SOLVERS:
-        raise ValueError(
-            f"likelihoods integrate with one of {', '.join(GENERIC_ODE_SOLVERS)}; got {solver!r}"
-        )
+    integrator = _solver(solver, rtol, atol)
     if divergence not in ("auto", "exact", "hutchinson"):
         raise ValueError(f"divergence must be 'auto', 'exact' or 'hutchinson', got {divergence!r}")
     if probes < 1 or probe_dist not in ("rademacher", "gaussian"):
@@ -141,25 +164,18 @@ def log_likelihood(
         if probe_dist == "rademacher":
             eps = eps.sign()
 
-    counter = CountingScore(score_fn)
-    flow = _AugmentedFlow(ProbabilityFlowODE(sde, counter), x.shape, eps)
+    grid = _log_snr_grid(sde, t0, steps)
+    process = ReverseProcess(model, sde, x, cond=cond, grid=grid)
+    flow = _AugmentedFlow(process, x.shape, eps)
     z = torch.cat([x.detach().flatten(1), x.new_zeros(x.shape[0], 1)], dim=1)
-    if name in ("rk45", "dop853"):
-        integrator = get_solver(name, rtol=rtol, atol=atol)
-        z, _ = integrator.solve(flow, [t0, float(sde.T)], z, None, False)
-    else:
-        integrator = get_solver(name)
-        grid = _log_snr_grid(sde, t0, steps)
-        state = integrator.init(flow, grid, z, GeneratorNoise(generator))
-        for a, b in pairwise(grid):
-            z, state = integrator.step(flow, a, b, z, state, None)
+    z = integrator.integrate(flow, grid, z, GeneratorNoise(generator), lambda *step: None)
     x_T = z[:, :-1].reshape(x.shape)
     prior = sde.prior_logp(x_T)
     integral = z[:, -1]
     logp = prior + integral
     if not return_result:
         return logp
-    return LikelihoodResult(logp, prior, integral, x_T, counter.nfe, divergence)
+    return LikelihoodResult(logp, prior, integral, x_T, process.nfe, divergence)
 
 
 def _log_snr_grid(sde: SDE, t0: float, steps: int) -> list[float]:
@@ -188,6 +204,9 @@ class _GivenStart:
 
     def sigma(self, t: float) -> Tensor:
         return (self.sde.sigma(t) ** 2 - (self.alpha(t) * self.sigma0) ** 2).clamp_min(0).sqrt()
+
+    def at(self, t: float) -> Coefficients:
+        return Coefficients(float(self.alpha(t)), float(self.sigma(t)))
 
     def grid(self, t0: float, steps: int) -> list[float]:
         """``t0`` then ``steps`` times up to ``T``, uniform in this chain's log-SNR.
@@ -222,10 +241,11 @@ class ELBOResult:
 
 
 def elbo(
-    score_fn: ScoreFn,
+    model: ScoreFn,
     sde: SDE,
     x: Tensor,
     *,
+    cond: Tensor | dict[str, Tensor] | None = None,
     steps: int = 1000,
     t_start: float | None = None,
     generator: torch.Generator | None = None,
@@ -255,20 +275,17 @@ def elbo(
     t0 = float(sde.t_min if t_start is None else t_start)
     if not 0 < t0 < sde.T:
         raise ValueError(f"t_start must lie in (0, T) = (0, {sde.T}), got {t0}")
-    from .solvers.ancestral import posterior_coefficients
-
-    counter = CountingScore(score_fn)
     given = _GivenStart(sde, t0)
     grid = given.grid(t0, steps)
+    process = ReverseProcess(model, sde, x, cond=cond, grid=grid)
     dim, flat = x[0].numel(), x.flatten(1)
 
     def draw_and_denoise(t: float) -> Tensor:
-        """``x̂_0(x_t)`` for ``x_t ~ q(x_t | x)``, flattened."""
-        alpha, sigma = float(given.alpha(t)), float(given.sigma(t))
+        """``E[x_{t0} | x_t]`` for ``x_t ~ q(x_t | x)`` (Tweedie on the chain from ``t0``)."""
+        chain = given.at(t)
         eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_t = alpha * x + sigma * eps
-        score = counter(x_t, torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype))
-        return ((x_t + sigma**2 * score) / alpha).flatten(1)
+        x_t = chain.alpha * x + chain.sigma * eps
+        return convert_at(process.score(x_t, t), x_t, "score", "x0", chain).flatten(1)
 
     prior_var = sde.prior_std**2
     a_T, s_T = float(given.alpha(sde.T)), float(given.sigma(sde.T))
@@ -276,9 +293,9 @@ def elbo(
     prior_kl = 0.5 * (dim * (ratio - 1 - math.log(ratio)) + a_T**2 * flat.pow(2).sum(1) / prior_var)
     diffusion_kl = torch.zeros_like(prior_kl)
     for s, t in pairwise(grid[1:]):
-        _, c_0, var, _ = posterior_coefficients(given, t, s)
+        _, c_0, var, _ = posterior_coefficients(given.at(t), given.at(s))
         sq = (flat - draw_and_denoise(t)).pow(2).sum(1)
-        diffusion_kl = diffusion_kl + float(c_0**2 / (2 * var)) * sq
+        diffusion_kl = diffusion_kl + c_0**2 / (2 * var) * sq
     t1 = grid[1]
     rec_var = float(given.sigma(t1) ** 2 / given.alpha(t1) ** 2)
     sq = (flat - draw_and_denoise(t1)).pow(2).sum(1)
@@ -286,7 +303,7 @@ def elbo(
     bound = -(prior_kl + diffusion_kl + reconstruction)
     if not return_result:
         return bound
-    return ELBOResult(bound, prior_kl, diffusion_kl, reconstruction, counter.nfe)
+    return ELBOResult(bound, prior_kl, diffusion_kl, reconstruction, process.nfe)
 
 
 def pixel_range(scale: float, shift: float, levels: int) -> tuple[float, float]:
@@ -299,7 +316,7 @@ def pixel_range(scale: float, shift: float, levels: int) -> tuple[float, float]:
 
 
 def bits_per_dim(
-    score_fn: ScoreFn,
+    model: ScoreFn,
     sde: SDE,
     x_int: Tensor,
     *,
@@ -308,8 +325,9 @@ def bits_per_dim(
     high: float = 1.0,
     generator: torch.Generator | None = None,
     estimator: Literal["ode", "elbo"] = "ode",
+    return_result: bool = False,
     **options,
-) -> Tensor:
+) -> Tensor | tuple[Tensor, LikelihoodResult | ELBOResult]:
     """Per-sample bits/dim of integer data in ``{0, ..., levels - 1}`` (images).
 
     Uniform dequantisation ``u = x + U[0, 1)``, then the model's scaling
@@ -318,7 +336,8 @@ def bits_per_dim(
     ``bits/dim = -log p(u) / (D ln 2)``, an upper bound on the discrete NLL.
     ``log p(y)`` comes from :func:`log_likelihood` (``estimator="ode"``) or from
     the variational bound :func:`elbo` (``"elbo"``, a looser upper bound on bits/dim);
-    ``options`` go to that function.
+    ``options`` go to that function; ``return_result=True`` returns its result
+    (terms, NFE) beside the bits/dim.
     """
     if estimator not in ("ode", "elbo"):
         raise ValueError(f"estimator must be 'ode' or 'elbo', got {estimator!r}")
@@ -335,6 +354,7 @@ def bits_per_dim(
     y = low + (high - low) * u / levels
     dim = x_int[0].numel()
     estimate = log_likelihood if estimator == "ode" else elbo
-    logp_y = estimate(score_fn, sde, y, generator=generator, **options)
-    logp_u = logp_y + dim * math.log((high - low) / levels)
-    return -logp_u / (dim * math.log(2))
+    result = estimate(model, sde, y, generator=generator, return_result=True, **options)
+    logp_y = result.log_likelihood if estimator == "ode" else result.elbo
+    bits = -(logp_y + dim * math.log((high - low) / levels)) / (dim * math.log(2))
+    return (bits, result) if return_result else bits

@@ -88,19 +88,19 @@ class DenoisingScoreMatching:
         nu = torch.exp(self.p_mean + self.p_std * z)
         return self.sde.t_from_log_snr(-torch.log(nu)).clamp(t_min, t_max)
 
-    def __call__(self, model: ScoreModel, x0: Tensor, *extra, generator=None) -> Tensor:
-        """Per-sample losses, shape ``(B,)``."""
+    def __call__(self, model: ScoreModel, x0: Tensor, cond=None, generator=None) -> Tensor:
+        """Per-sample losses, shape ``(B,)``; ``cond`` (labels) reaches the model."""
         t = self.sample_times(x0.shape[0], generator=generator, device=x0.device)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        return self.loss_at(model, x0, t, eps, *extra)
+        return self.loss_at(model, x0, t, eps, cond)
 
-    def loss_at(self, model: ScoreModel, x0: Tensor, t: Tensor, eps: Tensor, *extra) -> Tensor:
+    def loss_at(self, model: ScoreModel, x0: Tensor, t: Tensor, eps: Tensor, cond=None) -> Tensor:
         """The loss for given times and noise (what ``__call__`` draws)."""
         alpha = append_dims(self.sde.alpha(t).to(x0), x0.ndim)
         sigma = append_dims(self.sde.sigma(t).to(x0), x0.ndim)
         x_t = alpha * x0 + sigma * eps
         t = t.to(x0.dtype)
-        kind, value = model.prediction(x_t, t, *extra)
+        kind, value = model.prediction, model(x_t, t, cond)
         if self.weighting == "edm":
             nu = (sigma / alpha).flatten(1)[:, 0]
             weight = (nu**2 + model.sigma_data**2) / (nu * model.sigma_data) ** 2

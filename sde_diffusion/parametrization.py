@@ -1,75 +1,128 @@
-"""What a network predicts, and how that becomes a score.
+"""What a model predicts, and the one conversion between predictions.
 
-For ``x_t = alpha x_0 + sigma eps`` the four usual targets are one quantity in
-different coordinates (Tweedie: ``E[x_0 | x_t] = (x_t + sigma^2 score) / alpha``):
+For ``x_t = alpha x_0 + sigma eps`` under a linear SDE ``dx = f x dt + g dW`` the
+usual network targets are one quantity in different coordinates, each affine in
+``(x_t, eps)``: ``value = p x_t + q eps`` with
 
-    score = -eps / sigma
-    x_0   = (x_t - sigma eps) / alpha
-    v     = alpha eps - sigma x_0                 (Salimans & Ho 2022)
+    eps       p = 0                 q = 1
+    x0        p = 1 / alpha         q = -sigma / alpha
+    score     p = 0                 q = -1 / sigma                      (Tweedie)
+    v         p = -sigma / alpha    q = (alpha^2 + sigma^2) / alpha     (Salimans & Ho 2022)
+    velocity  p = f                 q = g^2 / (2 sigma)
 
-and ``(x_0, eps) = ((alpha x_t - sigma v), (sigma x_t + alpha v)) / (alpha^2 + sigma^2)``.
+``velocity`` is the probability-flow ODE's ``dx/dt = f x - g^2 score / 2`` in the
+SDE's own time (a flow-matching network's output).  Converting ``source -> target``
+recovers ``eps = (value - p_s x_t) / q_s`` and applies the target's row: one formula
+(:func:`convert_at`) for every pair, with per-sample tensors or plain floats.  The
+``eps`` basis keeps the usual conversions free of cancellation as ``sigma -> 0``.
 
-Every parametrisation feeds the network ``c_in x_t`` with
+Every parametrisation of :class:`ScoreModel` feeds the network ``c_in x_t`` with
 ``c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2)`` (unit input variance) and
 conditions it on ``c_noise = log(sigma / alpha) / 4`` (EDM's, for any SDE), so a
 network never sees raw time ranges.  ``"edm"`` is EDM's preconditioning
 (Karras et al. 2022, table 1) in the scaled variables ``x / alpha`` and
-``nu = sigma / alpha``: ``D = c_skip x~ + c_out F(c_in x~, c_noise)``.
+``nu = sigma / alpha``: ``D = c_skip x~ + c_out F(c_in x~, c_noise)``; it predicts ``x0``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
 from .sdes import SDE, Time, append_dims
 
-__all__ = ["PARAMETRIZATIONS", "ScoreModel", "convert", "edm_coefficients"]
+__all__ = [
+    "PARAMETRIZATIONS",
+    "PREDICTIONS",
+    "Coefficients",
+    "ScoreModel",
+    "convert",
+    "convert_at",
+    "edm_coefficients",
+]
 
 Parametrization = Literal["eps", "x0", "v", "score", "edm"]
+Prediction = Literal["eps", "x0", "v", "score", "velocity"]
 PARAMETRIZATIONS = ("eps", "x0", "v", "score", "edm")
-TARGETS = ("eps", "x0", "v", "score")
+PREDICTIONS = ("eps", "x0", "v", "score", "velocity")
 
 
-def _to_eps(kind: str, value: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    if kind == "eps":
+@dataclass(frozen=True)
+class Coefficients:
+    """``alpha, sigma, f, g^2`` (and ``log_snr``) at one time: floats, or tensors
+    that broadcast against ``x``."""
+
+    alpha: Any
+    sigma: Any
+    f: Any = 0.0
+    g2: Any = 0.0
+    log_snr: Any = None
+
+    def weights(self, kind: str) -> tuple[Any, Any]:
+        """``(p, q)`` with ``prediction = p x_t + q eps`` for prediction ``kind``."""
+        a, s = self.alpha, self.sigma
+        if kind == "eps":
+            return 0.0, 1.0
+        if kind == "x0":
+            return 1 / a, -s / a
+        if kind == "score":
+            return 0.0, -1 / s
+        if kind == "v":
+            return -s / a, (a**2 + s**2) / a
+        if kind == "velocity":
+            return self.f, self.g2 / (2 * s)
+        raise ValueError(f"unknown prediction {kind!r}; choose one of {', '.join(PREDICTIONS)}")
+
+
+def check_prediction(kind: str) -> str:
+    """``kind`` if it names a prediction, else a clear error."""
+    if kind not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {kind!r}; choose one of {', '.join(PREDICTIONS)}")
+    return kind
+
+
+def convert_at(value: Tensor, x_t: Tensor, source: str, target: str, c: Coefficients) -> Tensor:
+    """Convert a prediction at ``x_t`` from ``source`` to ``target`` with coefficients ``c``."""
+    if source == target:
         return value
-    if kind == "score":
-        return -sigma * value
-    if kind == "x0":
-        return (x_t - alpha * value) / sigma
-    if kind == "v":
-        return (sigma * x_t + alpha * value) / (alpha**2 + sigma**2)
-    raise ValueError(f"unknown prediction kind {kind!r}; choose one of {', '.join(TARGETS)}")
+    p_s, q_s = c.weights(source)
+    p_t, q_t = c.weights(target)
+    on_value = q_t / q_s
+    on_x = p_t if _is_zero(p_s) else p_t - on_value * p_s
+    if _is_zero(on_x):
+        return value * on_value
+    if isinstance(on_value, float) and isinstance(on_x, float):
+        return torch.add(x_t * on_x, value, alpha=on_value)
+    return value * on_value + x_t * on_x
 
 
-def _from_eps(kind: str, eps: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    if kind == "eps":
-        return eps
-    if kind == "score":
-        return -eps / sigma
-    x0 = (x_t - sigma * eps) / alpha
-    if kind == "x0":
-        return x0
-    if kind == "v":
-        return alpha * eps - sigma * x0
-    raise ValueError(f"unknown prediction kind {kind!r}; choose one of {', '.join(TARGETS)}")
+def _is_zero(v: Any) -> bool:
+    return isinstance(v, float) and v == 0.0
+
+
+def coefficients(sde: SDE, t: Time, x: Tensor) -> Coefficients:
+    """Per-sample coefficients of ``sde`` at ``t`` (a number or ``(B,)``), shaped for ``x``."""
+
+    def shaped(v: Tensor) -> Tensor:
+        return append_dims(v.to(x).expand(x.shape[0]), x.ndim)
+
+    return Coefficients(
+        shaped(sde.alpha(t)),
+        shaped(sde.sigma(t)),
+        shaped(sde.drift_coefficient(t)),
+        shaped(sde.diffusion(t) ** 2),
+    )
 
 
 def convert(value: Tensor, x_t: Tensor, t: Time, sde: SDE, source: str, target: str) -> Tensor:
-    """Convert a prediction at ``(x_t, t)`` between ``eps``, ``x0``, ``v`` and ``score``.
+    """Convert a prediction at ``(x_t, t)`` between ``eps``, ``x0``, ``v``, ``score``, ``velocity``.
 
     ``t`` is a number or a tensor of shape ``(B,)``.
     """
-    alpha, sigma = (append_dims(c, x_t.ndim) for c in _per_sample(sde, t, x_t))
-    return _from_eps(target, _to_eps(source, value, x_t, alpha, sigma), x_t, alpha, sigma)
-
-
-def _per_sample(sde: SDE, t: Time, x: Tensor) -> tuple[Tensor, Tensor]:
-    """``alpha(t)`` and ``sigma(t)`` as ``(B,)`` tensors on ``x``'s device and dtype."""
-    alpha, sigma = sde.alpha(t), sde.sigma(t)
-    return alpha.to(x).expand(x.shape[0]), sigma.to(x).expand(x.shape[0])
+    return convert_at(value, x_t, source, target, coefficients(sde, t, x_t))
 
 
 def edm_coefficients(nu: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -79,10 +132,12 @@ def edm_coefficients(nu: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Ten
 
 
 class ScoreModel(nn.Module):
-    """A network wrapped as ``score_fn(x, t)`` for every solver, plus ``denoise``.
+    """A network as a model: ``model(x, t, cond)`` returns its prediction.
 
-    ``net(x_in, c_noise, *extra)`` takes the preconditioned input and noise
-    conditioning of shape ``(B,)``; its output means ``parametrization``.
+    ``net(x_in, c_noise)`` (or ``net(x_in, c_noise, cond)`` when a condition is
+    given) takes the preconditioned input and noise conditioning of shape ``(B,)``;
+    its output means ``parametrization``.  ``prediction`` says what ``forward``
+    returns (``"edm"`` yields ``"x0"``).
     """
 
     def __init__(
@@ -103,9 +158,30 @@ class ScoreModel(nn.Module):
         self.net, self.sde = net, sde
         self.parametrization, self.sigma_data = parametrization, float(sigma_data)
 
-    def prediction(self, x: Tensor, t: Tensor, *extra) -> tuple[str, Tensor]:
-        """The network's raw output and what it means (``"edm"`` yields ``x0``)."""
-        alpha_b, sigma_b = _per_sample(self.sde, t, x)
+    @property
+    def prediction(self) -> str:
+        """What ``forward`` returns: the parametrisation, ``x0`` for ``edm``."""
+        return "x0" if self.parametrization == "edm" else self.parametrization
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The network's parameter dtype (``None`` for a network without parameters)."""
+        return next((p.dtype for p in self.net.parameters()), None)
+
+    def _net(self, x_in: Tensor, c_noise: Tensor, extra: tuple) -> Tensor:
+        """The network in its own dtype; the output comes back in the input's."""
+        dtype = self.dtype or x_in.dtype
+        return self.net(x_in.to(dtype), c_noise.to(dtype), *extra).to(x_in.dtype)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        """The prediction (``self.prediction``) at ``(x, t)``, in ``x``'s dtype.
+
+        Time coefficients, preconditioning and EDM's skip term are computed in
+        ``x``'s dtype; only the network runs in its own (float32 state, bf16 network).
+        """
+        extra = () if cond is None else (cond,)
+        alpha_b = self.sde.alpha(t).to(x).expand(x.shape[0])
+        sigma_b = self.sde.sigma(t).to(x).expand(x.shape[0])
         nu = sigma_b / alpha_b
         c_noise = nu.log() / 4
         alpha, sigma = append_dims(alpha_b, x.ndim), append_dims(sigma_b, x.ndim)
@@ -114,17 +190,14 @@ class ScoreModel(nn.Module):
                 append_dims(c, x.ndim) for c in edm_coefficients(nu, self.sigma_data)
             )
             x_scaled = x / alpha
-            out = self.net(c_in * x_scaled, c_noise, *extra)
-            return "x0", c_skip * x_scaled + c_out * out
+            return c_skip * x_scaled + c_out * self._net(c_in * x_scaled, c_noise, extra)
         c_in = 1 / (alpha**2 * self.sigma_data**2 + sigma**2).sqrt()
-        return self.parametrization, self.net(c_in * x, c_noise, *extra)
+        return self._net(c_in * x, c_noise, extra)
 
-    def forward(self, x: Tensor, t: Tensor, *extra) -> Tensor:
-        """The score ``grad_x log p_t(x)``."""
-        kind, value = self.prediction(x, t, *extra)
-        return convert(value, x, t, self.sde, kind, "score")
+    def score(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        """The score ``grad_x log p_t(x)`` as the network sees it."""
+        return convert(self(x, t, cond), x, t, self.sde, self.prediction, "score")
 
-    def denoise(self, x: Tensor, t: Tensor, *extra) -> Tensor:
+    def denoise(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         """``E[x_0 | x_t = x]`` as the network sees it."""
-        kind, value = self.prediction(x, t, *extra)
-        return convert(value, x, t, self.sde, kind, "x0")
+        return convert(self(x, t, cond), x, t, self.sde, self.prediction, "x0")

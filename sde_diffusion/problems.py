@@ -1,6 +1,6 @@
 """Named sampling problems: analytic mixtures, shipped models and checkpoints.
 
-A ``Problem`` bundles what a sampler needs (``score_fn``, ``sde``, the event
+A ``Problem`` bundles what a sampler needs (``model``, ``sde``, the event
 shape) with what judging its samples needs (reference data and a quality
 metric).  ``load_problem`` resolves a name the command line accepts:
 
@@ -47,7 +47,7 @@ class Problem:
     """A score function with the means to judge its samples."""
 
     name: str
-    score_fn: ScoreFn
+    model: ScoreFn
     sde: SDE
     event_shape: tuple[int, ...]
     reference: Callable[[int, int], Tensor] | None  # (n, seed) -> data, model units

@@ -1,83 +1,158 @@
-"""The reverse-time SDE and the probability-flow ODE of ``(sde, score_fn)``.
+"""The reverse-time process of ``(sde, model)`` for one solve.
 
-For a forward SDE ``dx = f dt + g dW`` with marginals ``p_t``, both
+For a forward SDE ``dx = f x dt + g dW`` with marginals ``p_t``, both
 
-    reverse SDE:  dx = [f(x, t) - g(t)^2 score(x, t)] dt + g(t) dW_bar   (dt < 0)
-    PF-ODE:       dx/dt = f(x, t) - g(t)^2 score(x, t) / 2
+    reverse SDE:  dx = [f x - g^2 score(x, t)] dt + g dW_bar   (dt < 0)
+    PF-ODE:       dx/dt = f x - g^2 score(x, t) / 2
 
 carry ``p_T`` back to ``p_0`` (Anderson 1982; Song et al. 2021, eqs. 6 and 13).
-``score_fn(x, t)`` takes ``x`` of shape ``(B, *event)`` and ``t`` of shape
-``(B,)`` and returns ``grad_x log p_t(x)``.
+``solve`` builds one :class:`ReverseProcess` per call.  It owns the SDE's
+coefficients (alpha, sigma, lambda, f, g^2) as plain floats, computed for the
+whole grid in one batched op each, and converts the model's prediction lazily
+into what a solver asks for (``denoise``, ``eps``, ``score``, ``velocity``,
+``drift``) through the one conversion of :mod:`sde_diffusion.parametrization`.
+The state keeps the dtype of ``x`` whatever the model computes in: the model's
+output is cast back at this boundary.  Every model call is counted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .sdes import SDE, Time, as_time, broadcast_coefficient
+from .models import Cond, as_model, check_cond
+from .parametrization import Coefficients, convert_at
+from .sdes import SDE, Time
 
-__all__ = ["ProbabilityFlowODE", "ReverseProcess", "ReverseSDE", "ScoreFn"]
+__all__ = ["ModelOutputError", "ReverseProcess", "ScoreFn"]
 
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
+ScoreFn = Any  # a model, or a plain score_fn(x, t)
+
+
+class ModelOutputError(ValueError):
+    """A model returned something that does not match ``x``."""
 
 
 class ReverseProcess:
-    """What every sampler needs of ``(sde, score_fn)``: scores, denoised estimates."""
+    """Reverse SDE and PF-ODE of ``(sde, model)`` on a batch shaped like ``x``.
 
-    def __init__(self, sde: SDE, score_fn: ScoreFn):
-        self.sde = sde
-        self.score_fn = score_fn
+    Times are Python floats (from the validated grid, or a solver's own
+    intermediate times); coefficients of a time are computed once and cached.
+    """
 
-    def batch_time(self, x: Tensor, t: Time) -> Tensor:
-        """``t`` as shape ``(B,)`` on ``x``'s device and dtype (a fill, no host sync)."""
-        if isinstance(t, Tensor) and t.ndim == 1:
-            return t.to(device=x.device, dtype=x.dtype)
-        t = t.item() if isinstance(t, Tensor) and t.device.type == "cpu" else t
-        if isinstance(t, Tensor):
-            return t.to(device=x.device, dtype=x.dtype).expand(x.shape[0])
-        return torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)
+    def __init__(
+        self,
+        model: ScoreFn,
+        sde: SDE,
+        x: Tensor,
+        *,
+        cond: Cond = None,
+        grid: list[float] | None = None,
+    ):
+        self.model, self.sde = as_model(model), sde
+        self.prediction = self.model.prediction
+        self.cond = check_cond(cond, x.shape[0], x.device)
+        self.batch, self.dtype, self.device = x.shape[0], x.dtype, x.device
+        self.passes_per_call = int(getattr(self.model, "passes_per_call", 1))
+        self.nfe = 0
+        self._coefficients: dict[float, Coefficients] = {}
+        self._times: dict[float, Tensor] = {}
+        if grid:
+            self.precompute(grid)
+
+    @property
+    def network_passes(self) -> int:
+        """Network forward passes so far (``nfe`` times the model's passes per call)."""
+        return self.nfe * self.passes_per_call
+
+    def precompute(self, times: list[float]) -> None:
+        """Coefficients and ``(B,)`` time tensors of ``times``, in one batched op each."""
+        times = [t for t in dict.fromkeys(map(float, times)) if t not in self._coefficients]
+        if not times:
+            return
+        t = torch.tensor(times, dtype=torch.float64)
+        values = zip(
+            *(
+                v.expand(len(times)).tolist()
+                for v in (
+                    self.sde.alpha(t),
+                    self.sde.sigma(t),
+                    self.sde.drift_coefficient(t),
+                    self.sde.diffusion(t) ** 2,
+                    self.sde.log_snr(t),
+                )
+            ),
+            strict=True,
+        )
+        for time, (alpha, sigma, f, g2, lam) in zip(times, values, strict=True):
+            self._coefficients[time] = Coefficients(alpha, sigma, f, g2, lam)
+        rows = torch.tensor(times, dtype=self.dtype, device=self.device)
+        self._times.update(zip(times, rows[:, None].repeat(1, self.batch).unbind(0), strict=True))
+
+    def at(self, t: Time) -> Coefficients:
+        """``alpha, sigma, f, g^2, log_snr`` at ``t`` as floats."""
+        t = float(t)
+        if t not in self._coefficients:
+            self.precompute([t])
+        return self._coefficients[t]
+
+    def batch_time(self, t: Time) -> Tensor:
+        """``t`` as shape ``(B,)`` on ``x``'s device and dtype."""
+        t = float(t)
+        if t not in self._times:
+            self.precompute([t])
+        return self._times[t]
+
+    def evaluate(self, x: Tensor, t: Time) -> Tensor:
+        """The model's raw prediction (``self.prediction``) at ``(x, t)``, in ``x``'s dtype."""
+        out = self.model(x, self.batch_time(t), self.cond)
+        if self.nfe == 0:
+            _check_output(out, x)
+        self.nfe += 1
+        return out if out.dtype == x.dtype else out.to(x.dtype)
+
+    def predict(self, kind: str, x: Tensor, t: Time) -> Tensor:
+        """The model's prediction at ``(x, t)`` converted to ``kind``."""
+        return convert_at(self.evaluate(x, t), x, self.prediction, kind, self.at(t))
+
+    def denoise(self, x: Tensor, t: Time) -> Tensor:
+        """``E[x_0 | x_t = x]`` (the denoiser)."""
+        return self.predict("x0", x, t)
+
+    def eps(self, x: Tensor, t: Time) -> Tensor:
+        """The noise estimate ``(x - alpha x̂_0) / sigma``."""
+        return self.predict("eps", x, t)
 
     def score(self, x: Tensor, t: Time) -> Tensor:
         """``grad_x log p_t(x)``."""
-        return self.score_fn(x, self.batch_time(x, t))
+        return self.predict("score", x, t)
 
-    def denoise(self, x: Tensor, t: Time, score: Tensor | None = None) -> Tensor:
-        """Tweedie's estimate ``E[x_0 | x_t] = (x + sigma^2 score) / alpha``."""
-        if score is None:
-            score = self.score(x, t)
-        alpha = broadcast_coefficient(self.sde.alpha(t), x)
-        sigma = broadcast_coefficient(self.sde.sigma(t), x)
-        return (x + sigma**2 * score) / alpha
+    def velocity(self, x: Tensor, t: Time) -> Tensor:
+        """PF-ODE velocity ``dx/dt = f x - g^2 score / 2``."""
+        return self.predict("velocity", x, t)
 
-    def g2(self, x: Tensor, t: Time) -> Tensor:
-        return broadcast_coefficient(self.sde.diffusion(t), x) ** 2
+    def drift(self, x: Tensor, t: Time) -> Tensor:
+        """Reverse-SDE drift ``f x - g^2 score``."""
+        c = self.at(t)
+        return torch.add(x * c.f, self.score(x, t), alpha=-c.g2)
 
-
-class ReverseSDE(ReverseProcess):
-    """``dx = [f - g^2 score] dt + g dW_bar``, integrated from ``T`` down to ``t_min``."""
-
-    kind = "sde"
-
-    def drift(self, x: Tensor, t: Time, score: Tensor | None = None) -> Tensor:
-        if score is None:
-            score = self.score(x, t)
-        return self.sde.drift(x, as_time(t)) - self.g2(x, t) * score
-
-    def diffusion(self, t: Time) -> Tensor:
-        return self.sde.diffusion(t)
+    def diffusion(self, t: Time) -> float:
+        """``g(t)``."""
+        return self.at(t).g2 ** 0.5
 
 
-class ProbabilityFlowODE(ReverseProcess):
-    """``dx/dt = f - g^2 score / 2``: deterministic, same marginals as the SDE."""
-
-    kind = "ode"
-
-    def velocity(self, x: Tensor, t: Time, score: Tensor | None = None) -> Tensor:
-        if score is None:
-            score = self.score(x, t)
-        return self.sde.drift(x, as_time(t)) - 0.5 * self.g2(x, t) * score
-
-    drift = velocity
+def _check_output(out: Any, x: Tensor) -> None:
+    if not isinstance(out, Tensor):
+        raise ModelOutputError(f"the model must return a tensor, got {type(out).__name__}")
+    if out.shape != x.shape:
+        raise ModelOutputError(
+            f"the model returned shape {tuple(out.shape)} for x of shape "
+            f"{tuple(x.shape)}; it must return its prediction with x's shape"
+        )
+    if out.device != x.device or not out.is_floating_point():
+        raise ModelOutputError(
+            f"the model returned {out.dtype} on {out.device} for x of {x.dtype} on "
+            f"{x.device}; it must return floating-point values on x's device"
+        )

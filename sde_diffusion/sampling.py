@@ -1,9 +1,10 @@
-"""The one driver loop: ``solve`` (a grid and a start point) and ``sample``.
+"""The one driver: ``solve`` (a grid and a start point) and ``sample`` (from the prior).
 
-``solve`` validates the grid once, wraps the score function to count
-evaluations and to check the first output's shape, dtype and device, runs the
-solver's steps, tracks the first non-finite step on the device (one host read
-at the end, none per step) and optionally appends a Tweedie denoising step.
+``solve`` validates the grid once, builds the per-solve :class:`ReverseProcess`
+(coefficients on the grid, conversions, NFE counting, the condition), lets the
+solver ``integrate`` over the grid, tracks the first non-finite step on the
+device (one host read at the end, none per step), optionally appends a Tweedie
+denoising step, and returns a :class:`SampleResult`.
 """
 
 from __future__ import annotations
@@ -11,58 +12,24 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import pairwise
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .models import Cond
 from .noise import GeneratorNoise, NoiseSource
-from .reverse import ProbabilityFlowODE, ReverseSDE, ScoreFn
+from .reverse import ReverseProcess, ScoreFn
 from .sdes import SDE
 from .solvers.base import Solver
 from .solvers.registry import get_solver
 from .timesteps import timesteps, validate_grid
 
-__all__ = ["CountingScore", "NonFiniteError", "SampleResult", "StepInfo", "sample", "solve"]
+__all__ = ["NonFiniteError", "SampleResult", "StepInfo", "sample", "solve"]
 
 
 class NonFiniteError(FloatingPointError):
     """The state became NaN or infinite during a solve."""
-
-
-class ScoreShapeError(ValueError):
-    """``score_fn`` returned something that does not match ``x``."""
-
-
-class CountingScore:
-    """Wraps ``score_fn``: counts calls (NFE) and checks the first output."""
-
-    def __init__(self, score_fn: ScoreFn):
-        self.score_fn = score_fn
-        self.nfe = 0
-
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        out = self.score_fn(x, t)
-        if self.nfe == 0:
-            _check_score_output(out, x)
-        self.nfe += 1
-        return out
-
-
-def _check_score_output(out: Any, x: Tensor) -> None:
-    if not isinstance(out, Tensor):
-        raise ScoreShapeError(f"score_fn must return a tensor, got {type(out).__name__}")
-    if out.shape != x.shape:
-        raise ScoreShapeError(
-            f"score_fn returned shape {tuple(out.shape)} for x of shape "
-            f"{tuple(x.shape)}; it must return the score with x's shape"
-        )
-    if out.dtype != x.dtype or out.device != x.device:
-        raise ScoreShapeError(
-            f"score_fn returned {out.dtype} on {out.device} for x of "
-            f"{x.dtype} on {x.device}; it must follow x's dtype and device"
-        )
 
 
 @dataclass(frozen=True)
@@ -78,14 +45,23 @@ class StepInfo:
 
 @dataclass
 class SampleResult:
-    """What ``sample`` returns: the samples and how they were made."""
+    """What ``solve`` and ``sample`` return: the end point and how it was made.
+
+    ``nfe`` counts model calls, ``network_passes`` network forward passes (more
+    than ``nfe`` for models that run their network twice a call, as guidance
+    does).  ``trajectory`` (with ``return_trajectory=True``) holds the state at
+    every time of ``times``: the grid, plus the denoising step's time again if
+    one was appended.
+    """
 
     x: Tensor
     nfe: int
+    network_passes: int
     solver: str
     ts: Tensor
     wall_time: float
     trajectory: Tensor | None = None
+    times: list[float] | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -102,55 +78,48 @@ def _resolve(solver: str | Solver, options: dict[str, Any]) -> Solver:
     return get_solver(solver, **options)
 
 
+class _Recorder:
+    """The observer of a solve: non-finite tracking, trajectory, callback."""
+
+    def __init__(self, process, callback, trajectory: bool, x: Tensor, t: float):
+        self.process, self.callback = process, callback
+        self.sums: list[Tensor] = []
+        self.states = [x] if trajectory else None
+        self.times = [t] if trajectory else None
+
+    def __call__(self, i: int, t0: float, t1: float, x: Tensor) -> None:
+        self.sums.append(x.sum())  # non-finite iff some entry is; read once at the end
+        if self.states is not None:
+            self.states.append(x)
+            self.times.append(t1)
+        if self.callback is not None:
+            self.callback(StepInfo(i, t0, t1, x, self.process.nfe))
+
+
 def solve(
-    score_fn: ScoreFn,
+    model: ScoreFn,
     sde: SDE,
     x_T: Tensor,
     ts: Tensor,
     solver: str | Solver = "heun",
     *,
+    cond: Cond = None,
     generator: torch.Generator | None = None,
     noise: NoiseSource | None = None,
     callback: Callable[[StepInfo], None] | None = None,
     denoise: bool = False,
     return_trajectory: bool = False,
     **options: Any,
-) -> Tensor:
-    """Integrate from ``x_T`` at ``ts[0]`` to ``ts[-1]``; returns the end point.
+) -> SampleResult:
+    """Integrate from ``x_T`` at ``ts[0]`` to ``ts[-1]``; returns a :class:`SampleResult`.
 
-    ``solver`` is a registry name (``options`` go to it) or a ``Solver``.
-    Noise comes from ``noise`` or else from ``generator``.  ``denoise`` appends
-    one Tweedie step ``x <- (x + sigma^2 score) / alpha`` at ``ts[-1]``.
+    ``model`` is a model (``model(x, t, cond)`` with a ``prediction``) or a plain
+    ``score_fn(x, t)``; ``cond`` (labels, embeddings or a dict of tensors, one row
+    per sample) reaches it unchanged.  ``solver`` is a registry name (``options``
+    go to it) or a ``Solver``.  Noise comes from ``noise`` or else from
+    ``generator``.  ``denoise`` appends one Tweedie step ``x <- x̂_0(x, ts[-1])``.
+    The state keeps ``x_T``'s dtype whatever the model computes in.
     """
-    return _integrate(
-        score_fn,
-        sde,
-        x_T,
-        ts,
-        solver,
-        generator=generator,
-        noise=noise,
-        callback=callback,
-        denoise=denoise,
-        return_trajectory=return_trajectory,
-        options=options,
-    )[0]
-
-
-def _integrate(
-    score_fn: ScoreFn,
-    sde: SDE,
-    x_T: Tensor,
-    ts: Tensor,
-    solver: str | Solver,
-    *,
-    generator: torch.Generator | None,
-    noise: NoiseSource | None,
-    callback: Callable[[StepInfo], None] | None,
-    denoise: bool,
-    return_trajectory: bool,
-    options: dict[str, Any],
-) -> tuple[Tensor, int, Tensor | None]:
     solver = _resolve(solver, options)
     if not isinstance(x_T, Tensor) or x_T.ndim < 1 or not x_T.is_floating_point():
         raise ValueError("x_T must be a floating-point tensor of shape (B, *event)")
@@ -159,72 +128,55 @@ def _integrate(
         raise ValueError(
             "the grid already ends at t=0, whose last step is the denoising step; use denoise=False"
         )
-    counter = CountingScore(score_fn)
-    process = (ReverseSDE if solver.info.kind == "sde" else ProbabilityFlowODE)(sde, counter)
+    start = time.perf_counter()
+    process = ReverseProcess(model, sde, x_T, cond=cond, grid=grid)
     noise = noise if noise is not None else GeneratorNoise(generator)
-    if solver.info.adaptive:  # adaptive methods own their loop
-        x, trajectory = solver.solve(process, grid, x_T, noise, return_trajectory)
-        _raise_if_not_finite(x, solver, None)
-    else:
-        x, trajectory = _fixed_grid_loop(
-            solver, process, grid, x_T, noise, callback, counter, return_trajectory
-        )
+    recorder = _Recorder(process, callback, return_trajectory, x_T, grid[0])
+    x = solver.integrate(process, grid, x_T, noise, recorder)
+    _raise_if_not_finite(x, solver, grid, recorder.sums)
     if denoise:
         x = process.denoise(x, grid[-1])
-        _raise_if_not_finite(x, solver, "the final denoising step")
-        if trajectory is not None:
-            trajectory = torch.cat([trajectory, x[None]])
-    return x, counter.nfe, trajectory
-
-
-def _fixed_grid_loop(
-    solver: Solver,
-    process,
-    grid: list[float],
-    x: Tensor,
-    noise: NoiseSource,
-    callback,
-    counter: CountingScore,
-    return_trajectory: bool,
-) -> tuple[Tensor, Tensor | None]:
-    state = solver.init(process, grid, x, noise)
-    first_bad = torch.full((), -1, dtype=torch.long, device=x.device)
-    trajectory = [x] if return_trajectory else None
-    for i, (t0, t1) in enumerate(pairwise(grid)):
-        x, state = solver.step(process, t0, t1, x, state, noise)
-        bad_now = ~torch.isfinite(x).all() & (first_bad < 0)
-        first_bad = torch.where(bad_now, i, first_bad)  # on the device: no host sync
-        if trajectory is not None:
-            trajectory.append(x)
-        if callback is not None:
-            callback(StepInfo(i, t0, t1, x, counter.nfe))
-    step = int(first_bad)  # the one host read of the run
-    if step >= 0:
-        _raise_if_not_finite(
-            x, solver, f"step {step} (t={grid[step]:.6g} -> {grid[step + 1]:.6g})", known_bad=True
-        )
-    return x, (torch.stack(trajectory) if trajectory is not None else None)
+        _raise_if_not_finite(x, solver, None, [])
+        recorder(len(grid) - 1, grid[-1], grid[-1], x)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    return SampleResult(
+        x=x,
+        nfe=process.nfe,
+        network_passes=process.network_passes,
+        solver=solver.name,
+        ts=torch.as_tensor(ts),
+        wall_time=time.perf_counter() - start,
+        trajectory=torch.stack(recorder.states) if return_trajectory else None,
+        times=recorder.times,
+        options=solver.options(),
+    )
 
 
 def _raise_if_not_finite(
-    x: Tensor, solver: Solver, where: str | None, known_bad: bool = False
+    x: Tensor, solver: Solver, grid: list[float] | None, sums: list[Tensor]
 ) -> None:
-    if known_bad or not bool(torch.isfinite(x).all()):
-        place = f" at {where}" if where else ""
-        raise NonFiniteError(
-            f"solver {solver.info.name!r} produced non-finite values{place}; "
-            "try more steps, a smaller step near the data, or check score_fn"
-        )
+    if bool(torch.isfinite(x).all()):  # the one host read of the run
+        return
+    where = " at the final denoising step" if grid is None else ""
+    if sums:
+        step = int((~torch.isfinite(torch.stack(sums))).nonzero()[0, 0])
+        where = f" at step {step} (t={grid[step]:.6g} -> {grid[step + 1]:.6g})"
+    raise NonFiniteError(
+        f"solver {solver.name!r} produced non-finite values{where}; "
+        "try more steps, a smaller step near the data, or check the model"
+    )
 
 
 def sample(
-    score_fn: ScoreFn,
+    model: ScoreFn,
     sde: SDE,
     shape: tuple[int, ...],
     solver: str | Solver = "heun",
     steps: int = 50,
     schedule: str = "karras",
     *,
+    cond: Cond = None,
     seed: int | None = 0,
     generator: torch.Generator | None = None,
     noise: NoiseSource | None = None,
@@ -243,7 +195,8 @@ def sample(
     Randomness (``x_T`` included) comes from ``noise`` if given, else from
     ``generator``, else from a ``torch.Generator`` seeded with ``seed``: a
     seeded call is reproducible.  With ``noise=PerSampleNoise(seed)`` each
-    sample is also independent of the batch size.  ``res.nfe`` is counted.
+    sample is also independent of the batch size.  ``dtype`` is the state's
+    precision (float32 or float64), whatever the model's.  ``res.nfe`` is counted.
     """
     device = torch.device(device)
     if noise is None and generator is None:
@@ -259,28 +212,15 @@ def sample(
         x_T = sde.prior_sample(tuple(shape), generator=generator, device=device, dtype=dtype)
     else:
         x_T = noise.fresh(torch.empty(tuple(shape), device=device, dtype=dtype)) * sde.prior_std
-    start = time.perf_counter()
-    x, nfe, trajectory = _integrate(
-        score_fn,
+    return solve(
+        model,
         sde,
         x_T,
         ts,
         solver,
-        generator=None,
+        cond=cond,
         noise=noise,
         callback=callback,
         denoise=denoise,
         return_trajectory=return_trajectory,
-        options={},
-    )
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return SampleResult(
-        x=x,
-        nfe=nfe,
-        solver=solver.info.name,
-        ts=ts,
-        wall_time=time.perf_counter() - start,
-        trajectory=trajectory,
-        options=solver.options(),
     )

@@ -105,11 +105,11 @@ class Trainer:
             len(self._x), (self.config.batch_size,), generator=self.generator, device=self.device
         )
         batch = self._x[idx]
-        extra = (self._labels[idx],) if self._conditional else ()
+        cond = self._labels[idx] if self._conditional else None
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
-            loss = self.loss(self.model, batch, *extra, generator=self.generator).mean()
+            loss = self.loss(self.model, batch, cond, generator=self.generator).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)

@@ -8,7 +8,14 @@ SDE_FACTORIES = {
     "subvp": lambda: sd.SubVPSDE(),
     "ve": lambda: sd.VESDE(),
     "edm": lambda: sd.EDMSDE(),
+    "discrete": lambda: sd.DiscreteVPSDE(linear_beta_table(1e-4, 0.02, 1000)),
 }
+
+
+def linear_beta_table(beta_start: float, beta_end: float, levels: int) -> torch.Tensor:
+    """DDPM's alphas_cumprod for linearly spaced betas."""
+    betas = torch.linspace(beta_start, beta_end, levels, dtype=torch.float64)
+    return torch.cumprod(1 - betas, 0)
 
 
 @pytest.fixture(params=list(SDE_FACTORIES))

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 import sde_diffusion as sd
+from sde_diffusion.benchmark import fixed_grid
 from sde_diffusion.solvers.registry import solver_class
 
 
@@ -33,8 +34,13 @@ def info(name: str) -> sd.SolverInfo:
     return solver_class(name).info
 
 
-def names(predicate=lambda i: True) -> list[str]:
-    return [n for n in sd.solver_names() if predicate(info(n))]
+def names(predicate=lambda s: True) -> list[str]:
+    """Registered solvers whose default instance satisfies ``predicate``."""
+    return [n for n in sd.solver_names() if predicate(sd.get_solver(n))]
+
+
+def adaptive(solver: sd.Solver) -> bool:
+    return not fixed_grid(solver)
 
 
 def rms(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -128,3 +128,23 @@ def test_high_dim_mixture_is_seeded():
 def test_bad_mixture_raises(kwargs, message):
     with pytest.raises(ValueError, match=message):
         sd.GaussianMixture(**kwargs)
+
+
+def test_conditional_score_is_the_score_of_the_chosen_components(any_sde):
+    """cond = indices or a mask: exactly the score of the mixture of those components."""
+    gmm = small_mixture()
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = torch.linspace(any_sde.t_min, 0.7 * any_sde.T, 6, dtype=torch.float64)
+    model = gmm.score_fn(any_sde)
+    labels = torch.tensor([0, 1, 2, 2, 1, 0])
+    for k in range(3):
+        rows = labels == k
+        torch.testing.assert_close(
+            model(x, t, labels)[rows], gmm.components([k]).score(any_sde, x[rows], t[rows])
+        )
+    mask = torch.tensor([[True, False, True]]).expand(6, 3)
+    torch.testing.assert_close(model(x, t, mask), gmm.components([0, 2]).score(any_sde, x, t))
+    with pytest.raises(ValueError, match="component indices must lie in"):
+        model(x, t, torch.full((6,), 3))
+    with pytest.raises(ValueError, match="mask of shape"):
+        model(x, t, torch.zeros(6, 2))

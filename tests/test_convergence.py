@@ -7,14 +7,14 @@ Brownian path replayed at every step size, against a fine solution on it.
 
 import pytest
 import torch
-from helpers import fitted_order, names, rms, small_mixture
+from helpers import adaptive, fitted_order, names, rms, small_mixture
 
 import sde_diffusion as sd
 
-ODE_FIXED = names(lambda i: i.kind == "ode" and not i.adaptive and not i.stochastic)
+ODE_FIXED = names(lambda i: i.kind == "ode" and not adaptive(i) and not i.stochastic)
 # Langevin corrector noise and EDM churn noise are not Brownian increments: no strong order.
 NO_STRONG_ORDER = {"pc": "Langevin corrector noise", "heun_sde": "EDM churn noise"}
-SDE_FIXED = names(lambda i: i.kind == "sde" and not i.adaptive)
+SDE_FIXED = names(lambda i: i.kind == "sde" and not adaptive(i))
 
 # (sde, schedule, step counts) in each method's asymptotic range
 ODE_PROBLEMS = {
@@ -28,10 +28,10 @@ def _ode_errors(solver, problem, **options):
     sde = make()
     score = small_mixture().score_fn(sde)
     x_T = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    ref = sd.solve(score, sde, x_T, sd.timesteps(sde, 1), "dop853", rtol=1e-10, atol=1e-10)
+    ref = sd.solve(score, sde, x_T, sd.timesteps(sde, 1), "dop853", rtol=1e-10, atol=1e-10).x
     solver = sd.get_solver(solver, **options)
     errors = [
-        rms(sd.solve(score, sde, x_T, sd.timesteps(sde, n, schedule), solver), ref) for n in steps
+        rms(sd.solve(score, sde, x_T, sd.timesteps(sde, n, schedule), solver).x, ref) for n in steps
     ]
     return solver, steps, errors
 
@@ -78,11 +78,11 @@ def test_unipc_order_3_with_corrector_is_order_4():
     sde = sd.EDMSDE()
     score = small_mixture().score_fn(sde)
     x_T = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    ref = sd.solve(score, sde, x_T, sd.timesteps(sde, 1), "dop853", rtol=1e-10, atol=1e-10)
+    ref = sd.solve(score, sde, x_T, sd.timesteps(sde, 1), "dop853", rtol=1e-10, atol=1e-10).x
     solver = sd.get_solver("unipc", order=3)
     steps = [32, 64, 128]
     errors = [
-        rms(sd.solve(score, sde, x_T, sd.timesteps(sde, n, "karras"), solver), ref) for n in steps
+        rms(sd.solve(score, sde, x_T, sd.timesteps(sde, n, "karras"), solver).x, ref) for n in steps
     ]
     assert solver.order == 4.0
     assert abs(fitted_order(steps, errors) - 4.0) <= 0.3, errors
@@ -102,7 +102,7 @@ def strong_problem():
     def grid(n):
         return torch.linspace(sde.T, t_end, n + 1, dtype=torch.float64)
 
-    ref = sd.solve(score, sde, x_T, grid(1024), "srk", noise=noise)
+    ref = sd.solve(score, sde, x_T, grid(1024), "srk", noise=noise).x
     return sde, score, x_T, noise, grid, ref
 
 
@@ -114,18 +114,18 @@ def test_sde_strong_order(name, strong_problem):
     sde, score, x_T, noise, grid, ref = strong_problem
     solver = sd.get_solver(name)
     steps = [16, 32, 64, 128]
-    errors = [rms(sd.solve(score, sde, x_T, grid(n), solver, noise=noise), ref) for n in steps]
+    errors = [rms(sd.solve(score, sde, x_T, grid(n), solver, noise=noise).x, ref) for n in steps]
     measured = fitted_order(steps, errors)
     assert abs(measured - solver.order) <= 0.3, f"{name}: strong order {measured:.2f}, {errors}"
 
 
-@pytest.mark.parametrize("name", names(lambda i: i.adaptive))
+@pytest.mark.parametrize("name", names(adaptive))
 def test_adaptive_error_follows_tolerance(name):
     sde = sd.EDMSDE()
     score = small_mixture().score_fn(sde)
     x_T = sde.prior_sample((32, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ts = sd.timesteps(sde, 1)
-    ref = sd.solve(score, sde, x_T, ts, "dop853", rtol=1e-11, atol=1e-11)
-    loose = rms(sd.solve(score, sde, x_T, ts, name, rtol=1e-3, atol=1e-3), ref)
-    tight = rms(sd.solve(score, sde, x_T, ts, name, rtol=1e-8, atol=1e-8), ref)
+    ref = sd.solve(score, sde, x_T, ts, "dop853", rtol=1e-11, atol=1e-11).x
+    loose = rms(sd.solve(score, sde, x_T, ts, name, rtol=1e-3, atol=1e-3).x, ref)
+    tight = rms(sd.solve(score, sde, x_T, ts, name, rtol=1e-8, atol=1e-8).x, ref)
     assert tight < 1e-5 and tight < loose / 100

@@ -135,7 +135,11 @@ def test_bits_per_dim_accounts_for_scaling_and_dequantisation():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(solver="dpmpp_2m"), "likelihoods integrate with one of"),
+        (
+            dict(solver="dpmpp_2m"),
+            r"uses only the PF-ODE velocity \(dop853, euler, .*got .dpmpp_2m.",
+        ),
+        (dict(solver="euler_maruyama"), "deterministic solver"),
         (dict(divergence="fast"), "divergence must be"),
         (dict(probes=0), "probes >= 1"),
         (dict(t_start=5.0), r"t_start must lie in \(0, T\)"),

@@ -41,7 +41,8 @@ def test_adams_bashforth_weights_integrate_cubics_exactly_on_uneven_steps():
 def test_ancestral_posterior_is_consistent_with_the_marginals(any_sde):
     """Averaging q(x_s | x_t, x0) over x_t ~ p(x_t | x0) gives p(x_s | x0)."""
     t, s = 0.6 * any_sde.T, 0.25 * any_sde.T
-    w_x, w_x0, post_var, _ = posterior_coefficients(any_sde, t, s)
+    process = sd.ReverseProcess(lambda x, t: x, any_sde, torch.zeros(1, 1))
+    w_x, w_x0, post_var, _ = posterior_coefficients(process.at(t), process.at(s))
     alpha_t, sigma_t = any_sde.alpha(t), any_sde.sigma(t)
     alpha_s, sigma_s = any_sde.alpha(s), any_sde.sigma(s)
     assert float(w_x * alpha_t + w_x0) == pytest.approx(float(alpha_s), rel=1e-12)
@@ -53,8 +54,8 @@ def test_heun_sde_without_churn_is_heun_on_edm():
     score = small_mixture().score_fn(sde)
     x_T = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ts = sd.timesteps(sde, 12, "karras", to_zero=True)
-    churnless = sd.solve(score, sde, x_T, ts, "heun_sde", churn=0.0)
-    torch.testing.assert_close(churnless, sd.solve(score, sde, x_T, ts, "heun"))
+    churnless = sd.solve(score, sde, x_T, ts, "heun_sde", churn=0.0).x
+    torch.testing.assert_close(churnless, sd.solve(score, sde, x_T, ts, "heun").x)
 
 
 def test_pc_without_corrector_is_its_predictor():
@@ -64,8 +65,8 @@ def test_pc_without_corrector_is_its_predictor():
     ts = sd.timesteps(sde, 10, "karras")
     a = sd.solve(
         score, sde, x_T, ts, "pc", corrector_steps=0, generator=torch.Generator().manual_seed(5)
-    )
-    b = sd.solve(score, sde, x_T, ts, "ancestral", generator=torch.Generator().manual_seed(5))
+    ).x
+    b = sd.solve(score, sde, x_T, ts, "ancestral", generator=torch.Generator().manual_seed(5)).x
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -77,8 +78,8 @@ def test_milstein_is_euler_maruyama_on_additive_noise():
     ts = sd.timesteps(sde, 20)
     noise = sd.BrownianNoise(x_T, sde.T, sde.t_min, seed=1)
     torch.testing.assert_close(
-        sd.solve(score, sde, x_T, ts, "milstein", noise=noise),
-        sd.solve(score, sde, x_T, ts, "euler_maruyama", noise=noise),
+        sd.solve(score, sde, x_T, ts, "milstein", noise=noise).x,
+        sd.solve(score, sde, x_T, ts, "euler_maruyama", noise=noise).x,
     )
 
 
@@ -87,8 +88,8 @@ def test_ddim_eta_one_is_ancestral_posterior_sampling():
     score = small_mixture().score_fn(sde)
     x_T = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ts = sd.timesteps(sde, 10)
-    a = sd.solve(score, sde, x_T, ts, "ddim", eta=1.0, generator=torch.Generator().manual_seed(2))
-    b = sd.solve(score, sde, x_T, ts, "ancestral", generator=torch.Generator().manual_seed(2))
+    a = sd.solve(score, sde, x_T, ts, "ddim", eta=1.0, generator=torch.Generator().manual_seed(2)).x
+    b = sd.solve(score, sde, x_T, ts, "ancestral", generator=torch.Generator().manual_seed(2)).x
     torch.testing.assert_close(a, b)
 
 
@@ -96,7 +97,7 @@ def _paths(sde, names_and_options, steps=12):
     score = small_mixture().score_fn(sde)
     x_T = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ts = sd.timesteps(sde, steps, "karras", to_zero=float(sde.sigma(0.0)) == 0.0)
-    return [sd.solve(score, sde, x_T, ts, sd.get_solver(n, **o)) for n, o in names_and_options]
+    return [sd.solve(score, sde, x_T, ts, sd.get_solver(n, **o)).x for n, o in names_and_options]
 
 
 @pytest.mark.parametrize("make", [sd.EDMSDE, sd.VPSDE], ids=["edm", "vp"])

@@ -79,7 +79,7 @@ def test_score_model_is_consistent(any_sde, parametrization):
     x = torch.randn(4, 2, dtype=torch.float64)
     t = torch.linspace(any_sde.t_min, any_sde.T, 4, dtype=torch.float64)
     with torch.no_grad():
-        score, x0 = model(x, t), model.denoise(x, t)
+        score, x0 = model.score(x, t), model.denoise(x, t)
     alpha, sigma = any_sde.alpha(t)[:, None], any_sde.sigma(t)[:, None]
     torch.testing.assert_close(x0, (x + sigma**2 * score) / alpha)
 
@@ -100,7 +100,8 @@ def test_sigma2_loss_is_the_seeds_one_line():
     noise = torch.randn(8, 2, dtype=torch.float64)
     loss = DenoisingScoreMatching(sde, "sigma2").loss_at(model, x0, t, noise)
     x_t = sde.alpha(t)[:, None] * x0 + sde.sigma(t)[:, None] * noise
-    _, predicted_noise = model.prediction(x_t, t)
+    predicted_noise = model(x_t, t)
+    assert model.prediction == "eps"
     torch.testing.assert_close(loss, ((noise - predicted_noise) ** 2).sum(1))
 
 

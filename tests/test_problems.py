@@ -31,7 +31,7 @@ def test_named_problems_resolve(name, shape, metric):
     x = torch.zeros(3, *shape)
     t = torch.full((3,), 0.5)
     with torch.no_grad():
-        assert problem.score_fn(x, t).shape == x.shape
+        assert problem.model(x, t).shape == x.shape
     assert problem.reference(16, 0).shape[1:] == shape
 
 

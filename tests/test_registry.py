@@ -93,7 +93,7 @@ def test_infos_are_frozen_and_complete():
 
 
 def test_adaptive_solver_must_own_its_loop():
-    with pytest.raises(TypeError, match="must define solve"):
+    with pytest.raises(TypeError, match="must define integrate"):
         sd.register_solver(
             "adaptive_without_loop",
             kind="ode",

@@ -40,12 +40,12 @@ def test_denoise_appends_one_tweedie_step():
     score = small_mixture().score_fn(sde)
     x_T = sde.prior_sample((16, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ts = sd.timesteps(sde, 5)
-    plain = sd.solve(score, sde, x_T, ts, "euler")
+    plain = sd.solve(score, sde, x_T, ts, "euler").x
     res = sd.sample(score, sde, (16, 2), "euler", steps=5, denoise=True, dtype=torch.float64)
     assert res.nfe == 6
     t = ts[-1].item()
     expected = small_mixture().denoise(sde, plain, t)
-    torch.testing.assert_close(sd.solve(score, sde, x_T, ts, "euler", denoise=True), expected)
+    torch.testing.assert_close(sd.solve(score, sde, x_T, ts, "euler", denoise=True).x, expected)
     with pytest.raises(ValueError, match="already ends at t=0"):
         sd.solve(score, sde, x_T, torch.tensor([1.0, 0.5, 0.0]), "euler", denoise=True)
 
@@ -71,15 +71,25 @@ def test_bad_start_point():
 @pytest.mark.parametrize(
     "bad, message",
     [
-        (lambda x, t: x[:, :1], r"score_fn returned shape \(4, 1\) for x of shape \(4, 2\)"),
-        (lambda x, t: x.double(), "score_fn returned torch.float64 on cpu for x of torch.float32"),
-        (lambda x, t: x.numpy(), "score_fn must return a tensor, got ndarray"),
+        (lambda x, t: x[:, :1], r"the model returned shape \(4, 1\) for x of shape \(4, 2\)"),
+        (lambda x, t: x.long(), "the model returned torch.int64 on cpu for x of torch.float32"),
+        (lambda x, t: x.numpy(), "the model must return a tensor, got ndarray"),
     ],
 )
-def test_score_function_mismatch_is_one_sentence(bad, message):
+def test_model_output_mismatch_is_one_sentence(bad, message):
     sde = sd.VPSDE()
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(sd.ModelOutputError, match=message):
         sd.sample(bad, sde, (4, 2), "heun", steps=3)
+
+
+def test_model_precision_is_cast_at_the_boundary():
+    """A float64 model under a float32 state: the state stays float32, values agree."""
+    sde = sd.VPSDE()
+    score = gaussian_score(sde)
+    wide = sd.sample(lambda x, t: score(x.double(), t.double()), sde, (8, 2), "heun", steps=4)
+    plain = sd.sample(score, sde, (8, 2), "heun", steps=4)
+    assert wide.x.dtype == torch.float32
+    torch.testing.assert_close(wide.x, plain.x)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import linear_beta_table
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +15,11 @@ finite = dict(allow_nan=False, allow_infinity=False)
 
 @st.composite
 def sdes(draw):
-    kind = draw(st.sampled_from(["vp", "subvp", "ve", "edm"]))
+    kind = draw(st.sampled_from(["vp", "subvp", "ve", "edm", "discrete"]))
+    if kind == "discrete":
+        start = draw(st.floats(1e-5, 1e-3, **finite))
+        end = draw(st.floats(5e-3, 0.05, **finite))
+        return sd.DiscreteVPSDE(linear_beta_table(start, end, draw(st.integers(10, 1000))))
     if kind in ("vp", "subvp"):
         lo = draw(st.floats(0.01, 2.0, **finite))
         hi = draw(st.floats(lo + 1.0, 40.0, **finite))
@@ -174,8 +179,38 @@ def test_user_subclass_gets_the_rest():
     assert float(std) == pytest.approx(math.sqrt(1 - math.exp(-2)))
 
 
-@pytest.mark.parametrize("make", [sd.VPSDE, sd.SubVPSDE, sd.VESDE, sd.EDMSDE])
+@pytest.mark.parametrize(
+    "make",
+    [
+        sd.VPSDE,
+        sd.SubVPSDE,
+        sd.VESDE,
+        sd.EDMSDE,
+        lambda: sd.DiscreteVPSDE(linear_beta_table(1e-4, 0.02, 1000)),
+    ],
+)
 def test_log_snr_inverse(make):
     sde = make()
     t = torch.linspace(sde.t_min, sde.T, 17, dtype=torch.float64)
     torch.testing.assert_close(sde.t_from_log_snr(sde.log_snr(t)), t, rtol=1e-9, atol=1e-12)
+
+
+def test_discrete_vp_is_exact_at_every_level():
+    """ᾱ_k at t = (k+1)/N, clean data at t = 0, and g^2 = -2 f (variance preserving)."""
+    abar = linear_beta_table(1e-4, 0.02, 1000)
+    sde = sd.DiscreteVPSDE(abar)
+    t = (torch.arange(1000, dtype=torch.float64) + 1) / 1000
+    torch.testing.assert_close(sde.alpha(t) ** 2, abar, rtol=1e-12, atol=0)
+    torch.testing.assert_close(sde.alpha(t) ** 2 + sde.sigma(t) ** 2, torch.ones_like(t))
+    assert float(sde.sigma(0.0)) == 0.0 and float(sde.alpha(0.0)) == 1.0
+    torch.testing.assert_close(sde.diffusion(t) ** 2, -2 * sde.drift_coefficient(t))
+    assert sde.t_min == pytest.approx(1e-3) and sde.T == 1.0
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [([0.9], "at least 2 values"), ([0.5, 0.9], "decrease strictly"), ([1.2, 0.5], r"\(0, 1\]")],
+)
+def test_discrete_vp_rejects_bad_tables(table, message):
+    with pytest.raises(ValueError, match=message):
+        sd.DiscreteVPSDE(table)

@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
+import torch
+
+from ..parametrization import Coefficients
 from .base import Solver
 from .registry import register_solver
 
 VARIANCES = ("posterior", "forward")
 
 
-def posterior_coefficients(sde, t: float, s: float):
+def posterior_coefficients(c_t: Coefficients, c_s: Coefficients):
     """Mean weights and variance of ``q(x_s | x_t, x_0)`` for ``s < t``.
 
     With ``a = alpha_t / alpha_s`` and ``v = sigma_t^2 - a^2 sigma_s^2`` (the
     forward transition ``x_t | x_s ~ N(a x_s, v)``):
     ``mean = (a sigma_s^2 / sigma_t^2) x_t + (alpha_s v / sigma_t^2) x_0`` and
     ``var = v sigma_s^2 / sigma_t^2``.  Returns (weight on x_t, weight on x_0,
-    posterior variance, forward variance v), CPU float64 scalars.
+    posterior variance, forward variance v).
     """
-    alpha_t, sigma_t = sde.alpha(t), sde.sigma(t)
-    alpha_s, sigma_s = sde.alpha(s), sde.sigma(s)
-    a = alpha_t / alpha_s
-    v = sigma_t**2 - a**2 * sigma_s**2
-    return a * sigma_s**2 / sigma_t**2, alpha_s * v / sigma_t**2, v * sigma_s**2 / sigma_t**2, v
+    a = c_t.alpha / c_s.alpha
+    v = c_t.sigma**2 - a**2 * c_s.sigma**2
+    ratio = c_s.sigma**2 / c_t.sigma**2
+    return a * ratio, c_s.alpha * v / c_t.sigma**2, v * ratio, v
 
 
 @register_solver(
@@ -43,15 +45,17 @@ class Ancestral(Solver):
     Strong order 1 on additive noise, 1 NFE per step.
     """
 
+    uses = frozenset({"denoise"})
+
     def __init__(self, variance: str = "posterior"):
         if variance not in VARIANCES:
             raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
         self.variance = variance
 
     def step(self, process, t0, t1, x, state, noise):
-        w_x, w_x0, post_var, fwd_var = posterior_coefficients(process.sde, t0, t1)
+        w_x, w_x0, post_var, fwd_var = posterior_coefficients(process.at(t0), process.at(t1))
         var = post_var if self.variance == "posterior" else fwd_var
-        mean = w_x * x + w_x0 * process.denoise(x, t0)
+        mean = torch.add(x * w_x, process.denoise(x, t0), alpha=w_x0)
         if t1 == 0.0 and self.variance == "posterior":
             return mean, state
-        return mean + var.sqrt() * noise(x, t0, t1), state
+        return torch.add(mean, noise(x, t0, t1), alpha=max(var, 0.0) ** 0.5), state

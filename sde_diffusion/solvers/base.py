@@ -1,14 +1,22 @@
-"""The solver interface: a small object with metadata and a ``step``.
+"""The solver interface: a small object with metadata, ``step`` and ``integrate``.
 
-``sampling.solve`` owns the loop; a solver sees one interval ``t0 -> t1``
-(``t1 < t0``, Python floats from the validated grid) and returns the new
-``x`` and its state.  State (multistep history, step index) is passed in and
-out, never kept on the solver, so one solver object can serve many runs.
+A solver sees one interval ``t0 -> t1`` (Python floats from the validated grid)
+and returns the new ``x`` and its state.  State (multistep history, step index,
+weights precomputed for the grid) is passed in and out, never kept on the
+solver, so one solver object can serve many runs.  ``integrate`` is the loop
+over the grid; methods with their own step-size control (scipy's adaptive
+Runge–Kutta) override it, so callers never branch on what kind of method runs.
+
+Metadata is read from the instance built with the user's options (``order``,
+``stochastic``, ``expected_nfe``, ``uses``), never from the class alone;
+``info`` describes the registered defaults for listings.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, ClassVar, Literal
 
 from torch import Tensor
@@ -16,19 +24,20 @@ from torch import Tensor
 from ..noise import NoiseSource
 from ..reverse import ReverseProcess
 
-__all__ = ["Solver", "SolverInfo"]
+__all__ = ["Observer", "Solver", "SolverInfo"]
 
 State = Any
+Observer = Callable[[int, float, float, Tensor], None]  # (step index, t0, t1, new x)
 
 
 @dataclass(frozen=True)
 class SolverInfo:
-    """What a solver is: shown by ``sd.list_solvers()`` and ``sdediff solvers``.
+    """A solver with default options, as ``sd.list_solvers()`` and ``sdediff solvers`` show it.
 
     ``kind`` is the process it integrates ("sde": reverse SDE, "ode": PF-ODE);
-    ``order`` the global convergence order with default options (strong order
-    for stochastic methods on additive noise); ``nfe_per_step`` the score
-    evaluations per step with default options.
+    ``order`` the global convergence order (strong order for stochastic methods
+    on additive noise); ``nfe_per_step`` the model evaluations per step
+    (per Runge–Kutta step for adaptive methods).
     """
 
     name: str
@@ -46,6 +55,17 @@ class Solver:
     """Base class of every sampler; subclasses are registered with ``register_solver``."""
 
     info: ClassVar[SolverInfo]
+    uses: ClassVar[frozenset[str]] = frozenset({"velocity"})
+    """What the solver asks of the process: ``velocity``, ``denoise``, ``score``, ``drift``."""
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def kind(self) -> str:
+        """``"ode"`` (PF-ODE) or ``"sde"`` (reverse SDE)."""
+        return self.info.kind
 
     @property
     def stochastic(self) -> bool:
@@ -57,18 +77,25 @@ class Solver:
         """Global order of this instance (options may change the class default)."""
         return self.info.order
 
-    def expected_nfe(self, grid: list[float]) -> int:
-        """Score evaluations a run over ``grid`` takes: a step to ``t = 0`` uses
-        only its start point, so it costs one evaluation."""
+    @property
+    def nfe_per_step(self) -> int:
+        """Model evaluations per step of this instance."""
+        return self.info.nfe_per_step
+
+    def expected_nfe(self, grid: list[float]) -> int | None:
+        """Model evaluations a run over ``grid`` takes (``None``: chosen adaptively).
+
+        A step to ``t = 0`` uses only its start point, so it costs one evaluation.
+        """
         steps = len(grid) - 1
         if grid[-1] == 0.0:
-            return (steps - 1) * self.info.nfe_per_step + 1
-        return steps * self.info.nfe_per_step
+            return (steps - 1) * self.nfe_per_step + 1
+        return steps * self.nfe_per_step
 
     def init(
         self, process: ReverseProcess, grid: list[float], x: Tensor, noise: NoiseSource
     ) -> State:
-        """The state before the first step (history, counters); ``None`` by default."""
+        """The state before the first step (history, precomputed weights); ``None`` by default."""
         return None
 
     def step(
@@ -80,8 +107,23 @@ class Solver:
         state: State,
         noise: NoiseSource,
     ) -> tuple[Tensor, State]:
-        """Advance ``x`` from ``t0`` to ``t1 < t0``."""
+        """Advance ``x`` from ``t0`` to ``t1``."""
         raise NotImplementedError
+
+    def integrate(
+        self,
+        process: ReverseProcess,
+        grid: list[float],
+        x: Tensor,
+        noise: NoiseSource,
+        observe: Observer,
+    ) -> Tensor:
+        """Step through ``grid``; ``observe(i, t0, t1, x)`` sees each new ``x``."""
+        state = self.init(process, grid, x, noise)
+        for i, (t0, t1) in enumerate(pairwise(grid)):
+            x, state = self.step(process, t0, t1, x, state, noise)
+            observe(i, t0, t1, x)
+        return x
 
     def options(self) -> dict[str, Any]:
         """The constructor options of this instance (for repr, results, the CLI)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from .ancestral import posterior_coefficients
 from .base import Solver
 from .registry import register_solver
@@ -20,8 +22,11 @@ class DDIM(Solver):
 
     ``eta = 0`` is deterministic (DPM-Solver-1 / the exact exponential Euler
     step of the PF-ODE, order 1); ``eta = 1`` samples the DDPM posterior.
-    1 NFE per step.
+    With ``ε̂ = (x − α_t x̂_0)/σ_t`` the update is one affine combination of
+    ``x`` and ``x̂_0``.  1 NFE per step.
     """
+
+    uses = frozenset({"denoise"})
 
     def __init__(self, eta: float = 0.0):
         if not 0.0 <= eta <= 1.0:
@@ -33,13 +38,11 @@ class DDIM(Solver):
         return self.eta > 0
 
     def step(self, process, t0, t1, x, state, noise):
-        sde = process.sde
-        alpha_t, sigma_t = sde.alpha(t0), sde.sigma(t0)
-        alpha_s, sigma_s = sde.alpha(t1), sde.sigma(t1)
+        c0, c1 = process.at(t0), process.at(t1)
+        c2 = self.eta**2 * posterior_coefficients(c0, c1)[2]
+        on_eps = max(c1.sigma**2 - c2, 0.0) ** 0.5 / c0.sigma
         x0 = process.denoise(x, t0)
-        eps = (x - alpha_t * x0) / sigma_t
-        c2 = self.eta**2 * posterior_coefficients(sde, t0, t1)[2]
-        x = alpha_s * x0 + (sigma_s**2 - c2).clamp_min(0).sqrt() * eps
+        x = torch.add(x * on_eps, x0, alpha=c1.alpha - on_eps * c0.alpha)
         if self.eta > 0 and t1 > 0.0:
-            x = x + c2.sqrt() * noise(x, t0, t1)
+            x = torch.add(x, noise(x, t0, t1), alpha=c2**0.5)
         return x, state

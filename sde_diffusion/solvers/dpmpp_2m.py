@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from .base import Solver
 from .registry import register_solver
 
@@ -26,18 +28,19 @@ class DPMSolverPP2M(Solver):
     Order 2, 1 NFE per step.
     """
 
+    uses = frozenset({"denoise"})
+
     def step(self, process, t0, t1, x, state, noise):
-        sde = process.sde
         x0 = process.denoise(x, t0)
         if t1 == 0.0:
             return x0, state
-        lam_t, lam_s = float(sde.log_snr(t0)), float(sde.log_snr(t1))
-        h = lam_s - lam_t
+        c0, c1 = process.at(t0), process.at(t1)
+        h = c1.log_snr - c0.log_snr
         if state is None:
             d = x0
         else:
             x0_prev, h_prev = state
             r = h_prev / h
-            d = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
-        x = (sde.sigma(t1) / sde.sigma(t0)) * x - sde.alpha(t1) * math.expm1(-h) * d
+            d = torch.add(x0 * (1 + 0.5 / r), x0_prev, alpha=-0.5 / r)
+        x = torch.add(x * (c1.sigma / c0.sigma), d, alpha=-c1.alpha * math.expm1(-h))
         return x, (x0, h)

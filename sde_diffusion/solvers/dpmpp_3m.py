@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from .base import Solver
 from .registry import register_solver
 
@@ -45,15 +47,17 @@ class DPMSolverPP3M(Solver):
     def order(self) -> float:
         return 2.0 if self.published else 3.0
 
+    uses = frozenset({"denoise"})
+
     def step(self, process, t0, t1, x, state, noise):
-        sde = process.sde
         x0 = process.denoise(x, t0)
         if t1 == 0.0:
             return x0, state
-        h = float(sde.log_snr(t1)) - float(sde.log_snr(t0))
+        c0, c1 = process.at(t0), process.at(t1)
+        h = c1.log_snr - c0.log_snr
         history = state or []
         phi_2 = math.expm1(-h) / h + 1
-        x = (sde.sigma(t1) / sde.sigma(t0)) * x - sde.alpha(t1) * math.expm1(-h) * x0
+        x = torch.add(x * (c1.sigma / c0.sigma), x0, alpha=-c1.alpha * math.expm1(-h))
         if history:
             x0_1, h_1 = history[0]
             r0 = h_1 / h
@@ -68,5 +72,5 @@ class DPMSolverPP3M(Solver):
                 correction = correction - weight * (d0 - d1) / (r0 + r1)
             else:
                 correction = phi_2 * d0
-            x = x + sde.alpha(t1) * correction
+            x = torch.add(x, correction, alpha=c1.alpha)
         return x, [(x0, h), *history[:1]]

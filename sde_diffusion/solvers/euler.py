@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from .base import Solver
 from .registry import register_solver
 
@@ -18,4 +20,4 @@ class Euler(Solver):
     """Euler on the PF-ODE: x += (s - t) v(x, t).  Order 1, 1 NFE per step."""
 
     def step(self, process, t0, t1, x, state, noise):
-        return x + (t1 - t0) * process.velocity(x, t0), state
+        return torch.add(x, process.velocity(x, t0), alpha=t1 - t0), state

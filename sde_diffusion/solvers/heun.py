@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from .base import Solver
 from .registry import register_solver
 
@@ -24,7 +26,7 @@ class Heun(Solver):
     def step(self, process, t0, t1, x, state, noise):
         h = t1 - t0
         d0 = process.velocity(x, t0)
-        x_euler = x + h * d0
+        x_euler = torch.add(x, d0, alpha=h)
         if t1 == 0.0:
             return x_euler, state
-        return x + 0.5 * h * (d0 + process.velocity(x_euler, t1)), state
+        return torch.add(x, d0 + process.velocity(x_euler, t1), alpha=0.5 * h), state

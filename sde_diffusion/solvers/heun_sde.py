@@ -6,7 +6,6 @@ import math
 
 import torch
 
-from ..sdes import as_time
 from .base import Solver
 from .registry import register_solver
 
@@ -51,37 +50,40 @@ class EDMStochasticHeun(Solver):
     def stochastic(self) -> bool:
         return self.churn > 0 and self.s_noise > 0
 
+    uses = frozenset({"denoise"})
+
     def init(self, process, grid, x, noise):
         """Precompute the churned times t̂ of every step (one vectorised inversion)."""
         sde = process.sde
         steps = len(grid) - 1
-        nu = [_nu(sde, t) for t in grid]
+        nu = [_nu(process.at(t)) for t in grid]
         gamma = [
             min(self.churn / steps, math.sqrt(2) - 1) if self.s_tmin <= v <= self.s_tmax else 0.0
             for v in nu[:-1]
         ]
-        nu_hat = [min(v * (1 + g), _nu(sde, sde.T)) for v, g in zip(nu, gamma, strict=False)]
+        nu_max = _nu(process.at(sde.T))
+        nu_hat = [min(v * (1 + g), nu_max) for v, g in zip(nu, gamma, strict=False)]
         t_hat = sde.t_from_log_snr(-torch.log(torch.tensor(nu_hat, dtype=torch.float64)))
         t_hat = [t if g > 0 else t0 for t, g, t0 in zip(t_hat.tolist(), gamma, grid, strict=False)]
+        process.precompute(t_hat)
         return 0, nu, nu_hat, t_hat
 
     def step(self, process, t0, t1, x, state, noise):
         i, nu, nu_hat, t_hat = state
-        alpha0 = process.sde.alpha(t0)
-        x_scaled = x / alpha0
+        x_scaled = x / process.at(t0).alpha
         v0, v_hat, v1, th = nu[i], nu_hat[i], nu[i + 1], t_hat[i]
         if v_hat > v0 and self.s_noise > 0:
-            x_scaled = x_scaled + math.sqrt(v_hat**2 - v0**2) * self.s_noise * noise.fresh(x)
-        alpha_hat = process.sde.alpha(th)
-        d = (x_scaled - process.denoise(alpha_hat * x_scaled, th)) / v_hat
-        x_next = x_scaled + (v1 - v_hat) * d
+            scale = math.sqrt(v_hat**2 - v0**2) * self.s_noise
+            x_scaled = torch.add(x_scaled, noise.fresh(x), alpha=scale)
+        x0 = process.denoise(x_scaled * process.at(th).alpha, th)
+        d = (x_scaled - x0) / v_hat
+        x_next = torch.add(x_scaled, d, alpha=v1 - v_hat)
         if t1 != 0.0:
-            alpha1 = process.sde.alpha(t1)
-            d1 = (x_next - process.denoise(alpha1 * x_next, t1)) / v1
-            x_next = x_scaled + (v1 - v_hat) * 0.5 * (d + d1)
-        return process.sde.alpha(t1) * x_next, (i + 1, nu, nu_hat, t_hat)
+            d1 = (x_next - process.denoise(x_next * process.at(t1).alpha, t1)) / v1
+            x_next = torch.add(x_scaled, d + d1, alpha=0.5 * (v1 - v_hat))
+        return x_next * process.at(t1).alpha, (i + 1, nu, nu_hat, t_hat)
 
 
-def _nu(sde, t: float) -> float:
-    """Noise-to-signal ratio sigma / alpha at ``t`` (0 at t = 0 for sigma(0) = 0)."""
-    return float(sde.sigma(as_time(t)) / sde.alpha(as_time(t)))
+def _nu(c) -> float:
+    """Noise-to-signal ratio sigma / alpha (0 at t = 0 for sigma(0) = 0)."""
+    return c.sigma / c.alpha

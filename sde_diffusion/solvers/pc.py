@@ -31,7 +31,7 @@ class PredictorCorrector(Solver):
 
     def __init__(self, predictor: str = "ancestral", snr: float = 0.16, corrector_steps: int = 1):
         self.predictor = get_solver(predictor)
-        if self.predictor.info.kind != "sde" or self.predictor.info.adaptive:
+        if self.predictor.kind != "sde" or self.predictor.info.adaptive:
             raise ValueError(
                 f"the predictor must be a fixed-step reverse-SDE solver, got {predictor!r}"
             )
@@ -48,6 +48,14 @@ class PredictorCorrector(Solver):
             "corrector_steps": self.corrector_steps,
         }
 
+    @property
+    def uses(self):
+        return self.predictor.uses | {"score"}
+
+    @property
+    def nfe_per_step(self) -> int:
+        return self.predictor.nfe_per_step + self.corrector_steps
+
     def expected_nfe(self, grid):
         return self.predictor.expected_nfe(grid) + self.corrector_steps * (len(grid) - 1)
 
@@ -55,7 +63,7 @@ class PredictorCorrector(Solver):
         return self.predictor.init(process, grid, x, noise)
 
     def step(self, process, t0, t1, x, state, noise):
-        a = (process.sde.alpha(t0) / process.sde.alpha(t1)) ** 2
+        a = (process.at(t0).alpha / process.at(t1).alpha) ** 2
         for _ in range(self.corrector_steps):
             score, z = process.score(x, t0), noise.fresh(x)
             ratio = _norm(z) / _norm(score).clamp_min(torch.finfo(x.dtype).tiny)

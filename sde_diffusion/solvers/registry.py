@@ -63,10 +63,10 @@ def register_solver(
     def decorate(cls: S) -> S:
         if not (isinstance(cls, type) and issubclass(cls, Solver)):
             raise TypeError(f"register_solver decorates Solver subclasses, got {cls!r}")
-        if adaptive and not callable(getattr(cls, "solve", None)):
+        if adaptive and cls.integrate is Solver.integrate:
             raise TypeError(
-                f"adaptive solver {cls.__name__} must define solve(process, grid, "
-                "x, noise, return_trajectory): it owns its loop"
+                f"adaptive solver {cls.__name__} must define integrate(process, grid, "
+                "x, noise, observe): it chooses its own steps"
             )
         keys = [_normalise(n) for n in (name, *aliases)]
         for key in keys:

@@ -15,10 +15,12 @@ from .registry import register_solver
 class ScipyIVP(Solver):
     """Integrates the whole batch as one vector in float64 with error control.
 
-    The state crosses to the host (NumPy) at every evaluation: this is the
-    reference method, not the fast one.  A grid ending at t = 0 is solved to its
-    last positive time and finished with the Tweedie step (1 NFE).  Only the
-    grid's end points matter (the trajectory, if asked for, is read on it).
+    The method chooses its own steps, so ``expected_nfe`` is ``None`` and it
+    overrides ``integrate``; the observer sees the state at every grid time
+    (read off the dense solution).  The state crosses to the host (NumPy) at
+    every evaluation: this is the reference method, not the fast one.  A grid
+    ending at t = 0 is solved to its last positive time and finished with the
+    Tweedie step (1 NFE).
     """
 
     method: ClassVar[str]
@@ -29,11 +31,11 @@ class ScipyIVP(Solver):
         self.rtol, self.atol = float(rtol), float(atol)
 
     def expected_nfe(self, grid):
-        raise NotImplementedError("adaptive solvers choose their own NFE")
+        return None
 
-    def solve(self, process, grid, x, noise, return_trajectory):
+    def integrate(self, process, grid, x, noise, observe):
         t_end = grid[-1] if grid[-1] > 0 else grid[-2]
-        eval_times = [t for t in grid if t >= t_end] if return_trajectory else [t_end]
+        inner = [t for t in grid[1:] if t != 0.0 or grid[-1] != 0.0]
 
         def velocity(t: float, y: np.ndarray) -> np.ndarray:
             xt = torch.from_numpy(y).reshape(x.shape).to(device=x.device, dtype=x.dtype)
@@ -47,16 +49,18 @@ class ScipyIVP(Solver):
             method=self.method,
             rtol=self.rtol,
             atol=self.atol,
-            t_eval=eval_times,
+            t_eval=inner,
         )
         if not sol.success:
             raise RuntimeError(f"solver {self.info.name!r} failed: {sol.message}")
         states = torch.from_numpy(sol.y.T.copy()).reshape(-1, *x.shape).to(x)
+        for i, state in enumerate(states):
+            observe(i, grid[i], grid[i + 1], state)
         out = states[-1]
         if grid[-1] == 0.0:
             out = process.denoise(out, t_end)
-            states = torch.cat([states, out[None]])
-        return out, (states if return_trajectory else None)
+            observe(len(grid) - 2, t_end, 0.0, out)
+        return out
 
 
 @register_solver(

@@ -40,6 +40,8 @@ class _ReverseTimeSDE(torch.nn.Module):
 class TorchSDESolver(Solver):
     """A torchsde method on the reverse SDE (additive noise), one grid step at a time."""
 
+    uses = frozenset({"drift"})
+
     method: ClassVar[str]
     sde_type: ClassVar[str] = "ito"
     levy_areas: ClassVar[tuple[str, ...]] = ("none", "space-time", "davie", "foster")
@@ -92,7 +94,8 @@ class TorchSDESolver(Solver):
             increment = solver.bm(
                 torch.tensor(-t0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
             ).reshape(x.shape)
-            x = x + process.drift(x, t0) * (t1 - t0) + process.diffusion(t0) * increment
+            x = torch.add(x, process.drift(x, t0), alpha=t1 - t0)
+            x = torch.add(x, increment, alpha=process.diffusion(t0))
             return x, state
         u0, u1 = (torch.tensor(-t, dtype=torch.float64) for t in (t0, t1))
         y, extra = solver.step(u0, u1, x.flatten(1), extra)

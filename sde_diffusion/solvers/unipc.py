@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from .base import Solver
 from .registry import register_solver
@@ -69,33 +70,34 @@ class UniPC(Solver):
     def order(self) -> float:
         return float(self.method_order + self.corrector)
 
-    def _update(self, sde, x, t0, t1, x0, lam0, history, x0_new=None):
+    uses = frozenset({"denoise"})
+
+    def _update(self, process, x, t0, t1, x0, lam0, history, x0_new=None):
         """UniP (``x0_new is None``) or UniC step from ``(x, t0)`` to ``t1``."""
-        h = float(sde.log_snr(t1)) - lam0
+        c0, c1 = process.at(t0), process.at(t1)
+        h = c1.log_snr - lam0
         ratios = [(lam - lam0) / h for _, lam in history]
         diffs = [(old - x0) / r for (old, _), r in zip(history, ratios, strict=True)]
         if x0_new is not None:
             ratios, diffs = [*ratios, 1.0], [*diffs, x0_new - x0]
-        x1 = (sde.sigma(t1) / sde.sigma(t0)) * x - sde.alpha(t1) * math.expm1(-h) * x0
+        x1 = torch.add(x * (c1.sigma / c0.sigma), x0, alpha=-c1.alpha * math.expm1(-h))
         if diffs:
             weights, scale = unipc_weights(ratios, h, self.variant)
-            x1 = x1 - sde.alpha(t1) * scale * sum(
-                w * d for w, d in zip(weights, diffs, strict=True)
-            )
+            for w, d in zip(weights, diffs, strict=True):
+                x1 = torch.add(x1, d, alpha=-c1.alpha * scale * w)
         return x1
 
     def step(self, process, t0, t1, x, state, noise):
-        sde = process.sde
         x0 = process.denoise(x, t0)
         history = []  # (x̂_0, λ) of earlier points, newest first
         if state is not None:
             x_prev, t_prev, x0_prev, lam_prev, older = state
             history = [(x0_prev, lam_prev), *older]
             if self.corrector:
-                x = self._update(sde, x_prev, t_prev, t0, x0_prev, lam_prev, older, x0)
+                x = self._update(process, x_prev, t_prev, t0, x0_prev, lam_prev, older, x0)
         if t1 == 0.0:
             return x0, state
-        lam0 = float(sde.log_snr(t0))
+        lam0 = process.at(t0).log_snr
         used = history[: self.method_order - 1]
-        x1 = self._update(sde, x, t0, t1, x0, lam0, used)
+        x1 = self._update(process, x, t0, t1, x0, lam0, used)
         return x1, (x, t0, x0, lam0, used)
