@@ -31,15 +31,12 @@ installed file with that one helper beside it (``pip install --no-deps k-diffusi
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import math
 import statistics
 import subprocess
 import sys
 import time
-import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +45,8 @@ import torch
 from common import RESULTS, fmt, machine, table, write_results
 
 import sde_diffusion as sd
-from sde_diffusion.benchmark import steps_for_nfe
+from sde_diffusion.benchmark import fixed_grid_solvers, steps_for_nfe
+from sde_diffusion.parametrization import convert
 from sde_diffusion.plotting import save_error_plot
 from sde_diffusion.problems import load_problem
 
@@ -114,18 +112,6 @@ PEERS = {
         stochastic=True,
     ),
 }
-
-
-def load_k_diffusion_sampling():
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None:
-        return None
-    package = types.ModuleType("k_diffusion")
-    package.__path__ = list(spec.submodule_search_locations)
-    utils = types.ModuleType("k_diffusion.utils")
-    utils.append_dims = sd.append_dims
-    sys.modules.update({"k_diffusion": package, "k_diffusion.utils": utils})
-    return importlib.import_module("k_diffusion.sampling")
 
 
 def trained_betas() -> np.ndarray:
@@ -224,7 +210,7 @@ class Case:
                 "dop853",
                 rtol=1e-10,
                 atol=1e-10,
-            )
+            ).x
         self.floor = self.problem.quality(self.reference.float(), 0)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -239,18 +225,17 @@ class Case:
         return {"error": error, "quality": self.problem.quality(x, 0)}
 
     def ours(self, name: str, options: dict, grid: list[float], seed: int = 0):
-        counter = sd.CountingScore(self.score)
         ts = torch.tensor(grid, dtype=torch.float64)
         with torch.inference_mode():
-            x = sd.solve(
-                counter,
+            res = sd.solve(
+                self.score,
                 self.sde,
                 self.x_T,
                 ts,
                 sd.get_solver(name, **options),
                 noise=sd.PerSampleNoise(seed),
             )
-        return x, counter.nfe
+        return res.x, res.nfe
 
 
 SEEDS = 5  # stochastic methods: median sliced W2 over this many noise seeds
@@ -308,13 +293,13 @@ VARIANTS = [("dpmpp_3m", {"published": True}), ("unipc", {"order": 3}), ("lms", 
 def ours_best(cases: list[Case]) -> list[dict]:
     """Every deterministic solver of ours (defaults, and the option variants in ``VARIANTS``)
     on a Karras and a log-SNR grid, at every budget."""
-    defaults = [(i.name, {}) for i in sd.list_solvers() if not (i.adaptive or i.stochastic)]
+    defaults = [(n, {}) for n in fixed_grid_solvers() if not sd.get_solver(n).stochastic]
     rows = []
     for case in cases:
         grid_sde = sd.EDMSDE(SIGMA_MIN, case.sde.sigma_max)
         for budget in NFES:
             for name, options in defaults + VARIANTS:
-                steps = steps_for_nfe(name, budget, to_zero=True)
+                steps = steps_for_nfe(sd.get_solver(name, **options), budget, to_zero=True)
                 if steps is None:
                     continue
                 label = name + "".join(f" {k}={v}" for k, v in options.items())
@@ -398,7 +383,8 @@ class UNetCase:
         """epsilon-prediction at diffusers timestep k of a 1000-step schedule: t = (k+1)/1000."""
         t = torch.full((x.shape[0],), (float(k) + 1) / TRAIN_LEVELS, device=x.device)
         t = t.clamp(self.sde.t_min, self.sde.T)
-        return -self.sde.sigma(t)[:, None, None, None] * self.problem.model(x, t)
+        model = self.problem.model
+        return convert(model(x, t), x, t, self.sde, model.prediction, "eps")
 
     def diffusers(self, peer: Peer, steps: int):
         import diffusers
@@ -656,7 +642,7 @@ def main() -> None:
     if args.part not in ("speed", "report"):
         cases = [Case("gmm8", 1024, sigmas), Case("gmm64", 512, sigmas)]
     if args.part in (None, "accuracy"):
-        payload["accuracy"] = accuracy(cases, load_k_diffusion_sampling())
+        payload["accuracy"] = accuracy(cases, sd.adapters.kdiffusion_sampling())
         payload["noise_floor"] = {c.name: c.floor for c in cases}
         plot(payload["accuracy"])
     if args.part in (None, "accuracy", "ours"):

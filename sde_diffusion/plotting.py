@@ -100,15 +100,31 @@ def save_error_plot(
     ylabel: str = "endpoint RMS error per dimension",
     title: str | None = None,
 ) -> Path:
-    """Log-log ``y`` against ``nfe``, one line per ``solver`` (rows are dicts)."""
+    """Log-log ``y`` against ``nfe``, one line per ``solver`` (rows are dicts).
+
+    A label ``"method (library)"`` takes its method's colour and its library's line
+    style, so the same method from two libraries reads as one colour, two styles.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for solver in dict.fromkeys(r["solver"] for r in rows):
-        pts = sorted(
-            (r["nfe"], r[y]) for r in rows if r["solver"] == solver and math.isfinite(r[y])
-        )
+    labels = list(dict.fromkeys(r["solver"] for r in rows))
+    methods = list(dict.fromkeys(label.split(" (")[0] for label in labels))
+    libraries = list(dict.fromkeys(label.partition(" (")[2] for label in labels))
+    colours = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    styles = [("-", "o", 6), ("--", "x", 8), (":", "s", 5)]
+    for label in labels:
+        pts = sorted((r["nfe"], r[y]) for r in rows if r["solver"] == label and math.isfinite(r[y]))
+        method, _, library = label.partition(" (")
+        line, marker, size = styles[libraries.index(library) % len(styles)]
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=solver)
+            ax.plot(
+                *zip(*pts, strict=True),
+                linestyle=line,
+                marker=marker,
+                markersize=size,
+                color=colours(methods.index(method) % colours.N),
+                label=label,
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("NFE (network evaluations)")
