@@ -27,19 +27,20 @@ def diffusers():
     return pytest.importorskip("diffusers")
 
 
-def tiny_unet(diffusers, **extra):
+def tiny_unet(diffusers, kind="UNet2DModel", **extra):
+    """A seeded, randomly initialised 8x8 two-channel UNet of ``kind``."""
     torch.manual_seed(0)
-    return diffusers.UNet2DModel(
-        sample_size=8,
-        in_channels=2,
-        out_channels=2,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        **extra,
-    ).eval()
+    config = {
+        "sample_size": 8,
+        "in_channels": 2,
+        "out_channels": 2,
+        "block_out_channels": (8, 16),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "UpBlock2D"),
+        "norm_num_groups": 4,
+    }
+    return getattr(diffusers, kind)(**{**config, **extra}).eval()
 
 
 def x_T(batch=2):
@@ -100,19 +101,14 @@ def test_class_labels_reach_a_class_conditional_unet(diffusers):
 
 
 def test_encoder_hidden_states_reach_a_cross_attention_unet(diffusers):
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=8,
-        in_channels=2,
-        out_channels=2,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
+    unet = tiny_unet(
+        diffusers,
+        "UNet2DConditionModel",
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=12,
         attention_head_dim=4,
-        norm_num_groups=4,
-    ).eval()
+    )
     sched = diffusers.DPMSolverMultistepScheduler()
     text = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(2))
     expected = run_scheduler(unet, sched, x_T(), encoder_hidden_states=text)
