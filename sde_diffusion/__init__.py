@@ -8,6 +8,7 @@ res = sd.sample(gmm.score_fn(sde), sde, shape=(1024, 2), solver="heun", steps=32
 
 from . import adapters
 from .analytic import GaussianMixture, MixtureScore, eight_gaussians, high_dim_mixture
+from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .likelihood import (
     ELBOResult,
     LikelihoodResult,
@@ -44,6 +45,8 @@ __all__ = [
     "VESDE",
     "VPSDE",
     "BrownianNoise",
+    "ClassifierFreeGuidance",
+    "ClassifierGuidance",
     "ConditionError",
     "DiscreteVPSDE",
     "ELBOResult",

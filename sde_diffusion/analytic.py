@@ -96,9 +96,11 @@ class GaussianMixture:
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
-    ) -> Tensor:
+        return_components: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """``n`` independent draws, shape ``(n, d)``.  Drawn in float64 on the
-        generator's device, then cast."""
+        generator's device, then cast.  ``return_components`` adds each draw's
+        component index (its class)."""
         gen_device = generator.device if generator is not None else torch.device("cpu")
         comp = torch.multinomial(
             self.weights.to(gen_device), n, replacement=True, generator=generator
@@ -106,7 +108,8 @@ class GaussianMixture:
         z = torch.randn(n, self.dim, generator=generator, device=gen_device, dtype=torch.float64)
         chol, means = self._chol.to(gen_device), self.means.to(gen_device)
         x = means[comp] + torch.einsum("nij,nj->ni", chol[comp], z)
-        return x.to(device=device or gen_device, dtype=dtype)
+        x = x.to(device=device or gen_device, dtype=dtype)
+        return (x, comp.to(x.device)) if return_components else x
 
     def mean(self) -> Tensor:
         return self.weights @ self.means
@@ -160,8 +163,9 @@ class GaussianMixture:
         """The exact score of ``p_t`` under ``sde`` as a model, usable by every solver.
 
         Called as ``model(x, t)`` or ``model(x, t, cond)`` with ``cond`` the
-        component index of each sample (shape ``(B,)``) or a boolean mask of
-        allowed components (shape ``(B, K)``): the exact conditional score.
+        component index of each sample (shape ``(B,)``; the index ``K`` is the null
+        label, no condition, as for our networks) or a boolean mask of allowed
+        components (shape ``(B, K)``): the exact conditional score.
         """
         return MixtureScore(self, sde)
 
@@ -184,9 +188,10 @@ class GaussianMixture:
                     f"cond must be component indices of shape ({x.shape[0]},) or a boolean "
                     f"mask of shape ({x.shape[0]}, {k}), got {cond.dtype} {tuple(cond.shape)}"
                 )
-            if cond.device.type == "cpu" and bool(((cond < 0) | (cond >= k)).any()):
-                raise ValueError(f"component indices must lie in [0, {k - 1}]")
-            mask = torch.nn.functional.one_hot(cond.long().clamp(0, k - 1), k).bool()
+            if cond.device.type == "cpu" and bool(((cond < 0) | (cond > k)).any()):
+                raise ValueError(f"component indices must lie in [0, {k - 1}] ({k}: no condition)")
+            labels = cond[:, None].to(x.device)
+            mask = (labels == torch.arange(k, device=x.device)) | (labels == k)
         elif mask.shape != (x.shape[0], k):
             raise ValueError(f"a component mask must have shape ({x.shape[0]}, {k})")
         return log_w.masked_fill(~mask.to(x.device), -math.inf)
@@ -207,8 +212,11 @@ class GaussianMixture:
         log_comp = -0.5 * (
             (proj**2 / var).sum(-1) + torch.log(var).sum(-1) + self.dim * math.log(2 * math.pi)
         )
-        log_joint = log_comp + self._log_weights(x, cond)
+        log_weights = self._log_weights(x, cond)
+        log_joint = log_comp + log_weights
         log_prob = torch.logsumexp(log_joint, dim=-1)
+        if cond is not None:  # normalise: log p_t(x | cond)
+            log_prob = log_prob - torch.logsumexp(log_weights, dim=-1)
         if not need_score:
             return log_prob, None
         resp = torch.softmax(log_joint, dim=-1)  # (B, K)

@@ -17,7 +17,15 @@ from torch import Tensor
 
 from .analytic import eight_gaussians
 
-__all__ = ["TOY_DATASETS", "DataError", "Dataset", "digits", "load_data", "toy_2d"]
+__all__ = [
+    "TOY_DATASETS",
+    "DataError",
+    "Dataset",
+    "digits",
+    "labelled_8gaussians",
+    "load_data",
+    "toy_2d",
+]
 
 TOY_DATASETS = ("moons", "swiss_roll", "8gaussians", "checkerboard", "pinwheel", "rings")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -45,9 +53,21 @@ class Dataset:
             "event_shape": list(self.x.shape[1:]),
             "scale": self.scale,
             "shift": self.shift,
-            "num_classes": int(self.labels.max()) + 1 if self.labels is not None else None,
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
             **self.info,
         }
+
+    @property
+    def num_classes(self) -> int | None:
+        return int(self.labels.max()) + 1 if self.labels is not None else None
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """Names of the classes (``info["class_names"]``, else the label numbers)."""
+        if self.labels is None:
+            return None
+        return list(self.info.get("class_names", [str(k) for k in range(self.num_classes)]))
 
 
 def toy_2d(name: str, n: int, seed: int = 0) -> Tensor:
@@ -64,8 +84,7 @@ def toy_2d(name: str, n: int, seed: int = 0) -> Tensor:
     elif name == "rings":
         x = make_circles(n, factor=0.5, noise=0.04, random_state=seed)[0] * 3.0
     elif name == "8gaussians":
-        g = torch.Generator().manual_seed(seed)
-        return eight_gaussians(radius=3.0, std=0.3).sample(n, generator=g)
+        return labelled_8gaussians(n, seed)[0]
     elif name == "checkerboard":  # unit squares where floor(x1) + floor(x2) is even, x 2
         x1 = rng.uniform(-2, 2, n)
         x2 = rng.uniform(0, 1, n) - 2 * rng.integers(0, 2, n) + np.floor(x1) % 2
@@ -82,6 +101,12 @@ def toy_2d(name: str, n: int, seed: int = 0) -> Tensor:
     else:
         raise DataError(f"unknown toy data set {name!r}; choose one of {', '.join(TOY_DATASETS)}")
     return torch.as_tensor(x, dtype=torch.float32)
+
+
+def labelled_8gaussians(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """The 8-Gaussians ring (radius 3, std 0.3) with each point's component as its label."""
+    g = torch.Generator().manual_seed(seed)
+    return eight_gaussians(radius=3.0, std=0.3).sample(n, generator=g, return_components=True)
 
 
 def digits(split: str = "train", test_fraction: float = 0.2, seed: int = 0) -> Dataset:
@@ -162,6 +187,8 @@ def _load_images(folder: Path) -> Tensor:
 
 def load_data(spec: str, n: int = 10000, seed: int = 0) -> Dataset:
     """A toy name, ``digits``, or a path to ``.npy``/``.npz`` or a folder of images."""
+    if spec == "8gaussians":  # the conditional toy: labelled by mixture component
+        return Dataset(*labelled_8gaussians(n, seed), name=spec)
     if spec in TOY_DATASETS:
         return Dataset(toy_2d(spec, n, seed), name=spec)
     if spec == "digits":

@@ -6,7 +6,8 @@ dict of such tensors.  It returns a tensor shaped like ``x`` and declares in
 ``prediction`` what that tensor is: ``"eps"``, ``"x0"``, ``"v"``, ``"score"`` or
 ``"velocity"`` (see :mod:`sde_diffusion.parametrization`).  A model may also set
 ``passes_per_call`` (network forward passes per call, 1 by default), so results
-report honest network work beside the NFE.
+report honest network work beside the NFE (read after every call, so a model whose
+cost varies, as guidance with an interval does, sets it per call).
 
 A plain ``score_fn(x, t)`` is a model too: :func:`as_model` wraps it as an
 unconditional score model.  ``ScoreModel``, the exact mixture

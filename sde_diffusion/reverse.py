@@ -11,6 +11,8 @@ coefficients (alpha, sigma, lambda, f, g^2) as plain floats, computed for the
 whole grid in one batched op each, and converts the model's prediction lazily
 into what a solver asks for (``denoise``, ``eps``, ``score``, ``velocity``,
 ``drift``) through the one conversion of :mod:`sde_diffusion.parametrization`.
+It counts model calls (``nfe``) and network passes (each call adds the model's
+``passes_per_call``, which guidance sets per call).
 The state keeps the dtype of ``x`` whatever the model computes in: the model's
 output is cast back at this boundary.  Every model call is counted.
 """
@@ -55,17 +57,11 @@ class ReverseProcess:
         self.prediction = self.model.prediction
         self.cond = check_cond(cond, x.shape[0], x.device)
         self.batch, self.dtype, self.device = x.shape[0], x.dtype, x.device
-        self.passes_per_call = int(getattr(self.model, "passes_per_call", 1))
-        self.nfe = 0
+        self.nfe = self.network_passes = 0
         self._coefficients: dict[float, Coefficients] = {}
         self._times: dict[float, Tensor] = {}
         if grid:
             self.precompute(grid)
-
-    @property
-    def network_passes(self) -> int:
-        """Network forward passes so far (``nfe`` times the model's passes per call)."""
-        return self.nfe * self.passes_per_call
 
     def precompute(self, times: list[float]) -> None:
         """Coefficients and ``(B,)`` time tensors of ``times``, in one batched op each."""
@@ -111,6 +107,7 @@ class ReverseProcess:
         if self.nfe == 0:
             _check_output(out, x)
         self.nfe += 1
+        self.network_passes += getattr(self.model, "passes_per_call", 1)  # what this call cost
         return out if out.dtype == x.dtype else out.to(x.dtype)
 
     def predict(self, kind: str, x: Tensor, t: Time) -> Tensor:

@@ -50,11 +50,14 @@ class TrainConfig:
     sample_solver: str = "heun"
     sample_steps: int = 18
     device: str = "cpu"
+    cond_drop_prob: float = 0.1  # conditional runs: share of labels replaced by the null label
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "sample_count", "sample_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.cond_drop_prob < 1:
+            raise ValueError(f"cond_drop_prob must lie in [0, 1), got {self.cond_drop_prob}")
         if not self.lr > 0 or self.warmup < 0 or not 0 <= self.ema_decay < 1:
             raise ValueError(
                 f"need lr > 0, warmup >= 0 and 0 <= ema_decay < 1, got lr={self.lr}, "
@@ -105,7 +108,7 @@ class Trainer:
             len(self._x), (self.config.batch_size,), generator=self.generator, device=self.device
         )
         batch = self._x[idx]
-        cond = self._labels[idx] if self._conditional else None
+        cond = self._condition(idx)
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
@@ -117,6 +120,19 @@ class Trainer:
         self.ema.update_parameters(self.model)
         self.step += 1
         return float(loss.detach())
+
+    def _condition(self, idx: Tensor) -> Tensor | None:
+        """The batch's labels, each replaced by the null label with ``cond_drop_prob``.
+
+        Dropping teaches the null label the unconditional score, so one network serves
+        both terms of classifier-free guidance.
+        """
+        if not self._conditional:
+            return None
+        labels = self._labels[idx]
+        drop = torch.rand(labels.shape, generator=self.generator, device=self.device)
+        null = self.net.config["num_classes"]
+        return torch.where(drop < self.config.cond_drop_prob, null, labels)
 
     @property
     def _conditional(self) -> bool:

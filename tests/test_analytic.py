@@ -145,6 +145,6 @@ def test_conditional_score_is_the_score_of_the_chosen_components(any_sde):
     mask = torch.tensor([[True, False, True]]).expand(6, 3)
     torch.testing.assert_close(model(x, t, mask), gmm.components([0, 2]).score(any_sde, x, t))
     with pytest.raises(ValueError, match="component indices must lie in"):
-        model(x, t, torch.full((6,), 3))
+        model(x, t, torch.full((6,), 4))
     with pytest.raises(ValueError, match="mask of shape"):
         model(x, t, torch.zeros(6, 2))

@@ -1,4 +1,4 @@
-"""Embeddings of the noise conditioning ``c_noise`` (a ``(B,)`` tensor)."""
+"""Embeddings of the noise conditioning ``c_noise`` (a ``(B,)`` tensor) and of conditions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["GaussianFourierFeatures", "NoiseEmbedding", "SinusoidalEmbedding"]
+__all__ = ["ConditionEmbedding", "GaussianFourierFeatures", "NoiseEmbedding", "SinusoidalEmbedding"]
 
 
 class GaussianFourierFeatures(nn.Module):
@@ -52,3 +52,44 @@ class NoiseEmbedding(nn.Module):
 
     def forward(self, c: Tensor) -> Tensor:
         return self.net(c)
+
+
+class ConditionEmbedding(nn.Module):
+    """A condition as a vector added to the noise embedding.
+
+    Class labels, integers of shape ``(B,)``, index a learned table whose extra row
+    ``num_classes`` is the **null label** (no condition): condition dropout in
+    training teaches it the unconditional score that classifier-free guidance
+    needs.  A float ``(B, cond_dim)`` vector (an embedding of any other
+    condition) goes through a learned linear map.  A dict may hold both, as
+    ``{"labels": ..., "vector": ...}``; a missing condition is the null label and
+    a zero vector.
+    """
+
+    def __init__(self, dim: int, num_classes: int | None = None, cond_dim: int | None = None):
+        super().__init__()
+        self.num_classes, self.cond_dim = num_classes, cond_dim
+        self.label = nn.Embedding(num_classes + 1, dim) if num_classes else None
+        self.vector = nn.Linear(cond_dim, dim) if cond_dim else None
+
+    def forward(self, cond: Tensor | dict[str, Tensor] | None, emb: Tensor) -> Tensor:
+        """``emb`` plus the embedding of ``cond``."""
+        parts = dict(cond) if isinstance(cond, dict) else {}
+        if isinstance(cond, Tensor):
+            parts["vector" if cond.is_floating_point() else "labels"] = cond
+        unknown = set(parts) - {"labels", "vector"}
+        if unknown:
+            raise ValueError(f"unknown condition keys {sorted(unknown)}; use 'labels', 'vector'")
+        if self.label is not None:
+            labels = parts.pop("labels", None)
+            if labels is None:
+                labels = torch.full((emb.shape[0],), self.num_classes, device=emb.device)
+            emb = emb + self.label(labels.long())
+        if self.vector is not None and "vector" in parts:
+            emb = emb + self.vector(parts.pop("vector").to(emb.dtype))
+        if parts:
+            raise ValueError(
+                f"this network takes no {' or '.join(sorted(parts))} condition "
+                f"(num_classes={self.num_classes}, cond_dim={self.cond_dim})"
+            )
+        return emb

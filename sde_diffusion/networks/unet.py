@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embeddings import NoiseEmbedding
+from .embeddings import ConditionEmbedding, NoiseEmbedding
 
 __all__ = ["UNet"]
 
@@ -59,12 +59,13 @@ class Attention(nn.Module):
 
 
 class UNet(nn.Module):
-    """``x (B, C, H, W)``, ``c_noise (B,)`` and optional labels ``(B,)`` to ``(B, C, H, W)``.
+    """``x (B, C, H, W)``, ``c_noise (B,)`` and an optional condition to ``(B, C, H, W)``.
 
     ``channel_mult`` sets the resolutions (H must be divisible by
     ``2^(len(channel_mult) - 1)``); self-attention runs at every resolution
-    ``<= attention_below``.  With ``num_classes`` a label embedding is added; the
-    label ``num_classes`` is the null label (for classifier-free guidance).
+    ``<= attention_below``.  With ``num_classes`` a label embedding is added (the
+    label ``num_classes`` is the null label, for classifier-free guidance), with
+    ``cond_dim`` a vector condition (see ``ConditionEmbedding``).
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class UNet(nn.Module):
         num_classes: int | None = None,
         embedding: str = "fourier",
         image_size: int | None = None,
+        cond_dim: int | None = None,
     ):
         super().__init__()
         self.config: dict[str, Any] = {
@@ -91,11 +93,12 @@ class UNet(nn.Module):
             "num_classes": num_classes,
             "embedding": embedding,
             "image_size": image_size,
+            "cond_dim": cond_dim,
         }
         emb_dim = 4 * channels
         self.factor = 2 ** (len(channel_mult) - 1)
         self.embed = NoiseEmbedding(emb_dim, embedding)
-        self.label = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        self.cond = ConditionEmbedding(emb_dim, num_classes, cond_dim)
         self.inp = nn.Conv2d(in_channels, channels, 3, padding=1)
         widths, ch = [channels], channels
         self.down = nn.ModuleList()
@@ -148,7 +151,7 @@ class UNet(nn.Module):
             return h
         return layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
 
-    def forward(self, x: Tensor, c_noise: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, c_noise: Tensor, cond=None) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.config["in_channels"]:
             raise ValueError(
                 f"UNet expects x of shape (B, {self.config['in_channels']}, H, W), "
@@ -156,11 +159,7 @@ class UNet(nn.Module):
             )
         if x.shape[-1] % self.factor or x.shape[-2] % self.factor:
             raise ValueError(f"image size {tuple(x.shape[-2:])} must be divisible by {self.factor}")
-        emb = self.embed(c_noise)
-        if self.label is not None:
-            if labels is None:  # unconditional: the null label
-                labels = torch.full((x.shape[0],), self.config["num_classes"], device=x.device)
-            emb = emb + self.label(labels)
+        emb = self.cond(cond, self.embed(c_noise))
         h = self.inp(x)
         skips = [h]
         for layer in self.down:

@@ -1,0 +1,156 @@
+"""Guidance as model wrappers: classifier-free and classifier guidance.
+
+Both wrap a model (``model(x, t, cond)`` with a ``prediction``) and are models
+themselves, so every registered solver runs them unchanged, and both report the
+network passes each call costs (``passes_per_call``, read by the solver's process
+after every call) beside the NFE.
+
+**Classifier-free guidance** (Ho & Salimans 2022), written on the denoiser:
+
+    D_w(x, c) = D(x, ∅) + w (D(x, c) − D(x, ∅))
+
+``w = 1`` is the conditional model, ``w = 0`` the unconditional one, ``w > 1``
+pushes away from the unconditional prediction.  Ho & Salimans write
+``(1 + w') ε(x, c) − w' ε(x, ∅)``: their ``w'`` is ``w − 1``.  Every prediction kind
+is affine in ``(x, ε)`` with the same ``x`` coefficient for both terms, so
+combining the model's own prediction is the same as combining denoisers, noise
+predictions or scores.  The two evaluations run as one network call on a batch of
+``2B``.  With ``interval = (lo, hi)`` guidance acts only where the noise level
+``ν = σ/α`` lies in ``[lo, hi]`` (Kynkäänniemi et al. 2024); elsewhere the call is
+the conditional model alone, one network pass.
+
+**Classifier guidance** (Dhariwal & Nichol 2021; Song et al. 2021, eq. 48):
+``∇ log p_w(x | c) = ∇ log p_t(x) + w ∇_x log p(c | x, t)`` with the gradient of any
+differentiable classifier ``log_prob(x, t, c) -> (B,)``.  It predicts ``score``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .models import Cond, as_model
+from .parametrization import convert
+from .sdes import SDE
+
+__all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "null_condition"]
+
+
+def null_condition(cond: Cond, null: Any) -> Cond:
+    """The "no condition" input matching ``cond``: ``null`` is a value (a label such as
+    ``num_classes``), a tensor that broadcasts to one row, a dict of those, or a
+    function of ``cond``."""
+    if callable(null):
+        return null(cond)
+    if isinstance(cond, dict):
+        return {
+            k: null_condition(v, null[k] if isinstance(null, dict) else null)
+            for k, v in cond.items()
+        }
+    if isinstance(null, Tensor):
+        return null.to(cond).expand_as(cond)
+    return torch.full_like(cond, null)
+
+
+def _concat(a: Cond, b: Cond) -> Cond:
+    if isinstance(a, dict):
+        return {k: torch.cat([a[k], b[k]]) for k in a}
+    return torch.cat([a, b])
+
+
+class ClassifierFreeGuidance:
+    """``D(x, ∅) + scale (D(x, c) − D(x, ∅))`` of a model trained with condition dropout.
+
+    ``null`` says what "no condition" is for the model (see :func:`null_condition`;
+    for our networks and the analytic mixture it is the label ``num_classes``).
+    ``interval = (lo, hi)`` limits guidance to noise levels ``ν = σ/α`` in
+    ``[lo, hi]`` of ``sde`` (needed then); outside, one conditional pass.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        scale: float,
+        null: Any,
+        *,
+        interval: tuple[float, float] | None = None,
+        sde: SDE | None = None,
+    ):
+        self.model = as_model(model)
+        self.prediction = self.model.prediction
+        self.scale, self.null = float(scale), null
+        if interval is not None:
+            lo, hi = map(float, interval)
+            if not 0 <= lo < hi:
+                raise ValueError(f"a guidance interval needs 0 <= lo < hi, got {interval!r}")
+            if sde is None:
+                raise ValueError("a guidance interval needs the sde (to read noise levels)")
+            interval = (lo, hi)
+        self.interval, self.sde = interval, sde
+        self.passes_per_call = 2
+
+    def _inside(self, t: Tensor) -> bool:
+        """Whether this call's time lies in the interval (one time per call: read once)."""
+        if self.interval is None:
+            return True
+        t0 = t[:1].to("cpu", torch.float64)  # the solver gives every sample the same time
+        nu = float(self.sde.sigma(t0) / self.sde.alpha(t0))
+        return self.interval[0] <= nu <= self.interval[1]
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
+        if cond is None:
+            raise ValueError("classifier-free guidance needs cond (the condition to guide to)")
+        if self.scale == 1.0 or not self._inside(t):
+            self.passes_per_call = 1
+            return self.model(x, t, cond)
+        self.passes_per_call = 2
+        both = self.model(
+            torch.cat([x, x]), torch.cat([t, t]), _concat(cond, null_condition(cond, self.null))
+        )
+        conditional, unconditional = both.chunk(2)
+        return torch.lerp(unconditional, conditional, self.scale)
+
+    def __repr__(self) -> str:
+        window = f", interval={self.interval}" if self.interval else ""
+        return f"ClassifierFreeGuidance({self.model!r}, scale={self.scale}{window})"
+
+
+class ClassifierGuidance:
+    """``score(x, t) + scale ∇_x log p(c | x, t)`` with a differentiable classifier.
+
+    ``log_prob(x, t, cond)`` returns the classifier's log-probability of ``cond``
+    per sample, shape ``(B,)``.  ``model`` may be conditional or not
+    (``model_cond=False`` calls it without the condition).  Costs one model pass
+    and one classifier forward and backward pass per call.
+    """
+
+    prediction = "score"
+    passes_per_call = 1
+
+    def __init__(
+        self,
+        model: Any,
+        log_prob: Callable[[Tensor, Tensor, Cond], Tensor],
+        scale: float,
+        sde: SDE,
+        *,
+        model_cond: bool = False,
+    ):
+        self.model, self.log_prob = as_model(model), log_prob
+        self.scale, self.sde, self.model_cond = float(scale), sde, model_cond
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
+        if cond is None:
+            raise ValueError("classifier guidance needs cond (the class to guide to)")
+        out = self.model(x, t, cond if self.model_cond else None)
+        score = convert(out, x, t, self.sde, self.model.prediction, "score")
+        with torch.enable_grad(), torch.inference_mode(False):
+            x_in = x.detach().clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.log_prob(x_in, t.clone(), cond).sum(), x_in)
+        return score + self.scale * grad.to(score.dtype)
+
+    def __repr__(self) -> str:
+        return f"ClassifierGuidance({self.model!r}, scale={self.scale})"

@@ -1,0 +1,148 @@
+"""Guidance wrappers, condition dropout and conditional networks, against exact mixtures."""
+
+import math
+from itertools import pairwise
+
+import pytest
+import torch
+
+import sde_diffusion as sd
+from sde_diffusion.data import load_data
+from sde_diffusion.networks import ResidualMLP, UNet
+from sde_diffusion.parametrization import ScoreModel
+from sde_diffusion.training import TrainConfig, Trainer
+
+
+def two_classes() -> sd.GaussianMixture:
+    """Two overlapping isotropic classes on the x axis, unequal weights."""
+    means = torch.tensor([[-1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    return sd.GaussianMixture(means, 0.5, [0.4, 0.6])
+
+
+@pytest.mark.parametrize("solver", ["heun", "euler_maruyama"])
+def test_scale_one_samples_the_class_law(solver):
+    """w = 1 (Ho & Salimans' w' = 0) is the exact conditional model: class 0's law."""
+    gmm, sde = two_classes(), sd.VPSDE()
+    guided = sd.ClassifierFreeGuidance(gmm.score_fn(sde), 1.0, null=2)
+    n = 4000
+    res = sd.sample(
+        guided,
+        sde,
+        (n, 2),
+        solver,
+        steps=200,
+        cond=torch.zeros(n, dtype=torch.long),
+        dtype=torch.float64,
+    )
+    se_mean, se_var = math.sqrt(0.5 / n), 0.5 * math.sqrt(2 / n)
+    allowance = 0.03  # discretisation at 200 steps
+    assert (res.x.mean(0) - gmm.means[0]).abs().max() < 5 * se_mean + allowance
+    assert (torch.cov(res.x.T) - 0.5 * torch.eye(2)).abs().max() < 5 * se_var + allowance
+
+
+def test_guidance_moves_samples_away_from_the_other_class():
+    gmm, sde = two_classes(), sd.VPSDE()
+    n = 2000
+    labels = torch.zeros(n, dtype=torch.long)
+    means = {}
+    for scale in (0.0, 1.0, 3.0):
+        guided = sd.ClassifierFreeGuidance(gmm.score_fn(sde), scale, null=2)
+        res = sd.sample(guided, sde, (n, 2), "heun", steps=50, cond=labels, dtype=torch.float64)
+        means[scale] = float(res.x[:, 0].mean())
+    # w = 0: the unconditional law (mean 0.2); w = 1: class 0 (mean -1); w = 3: beyond it
+    assert means[0.0] == pytest.approx(0.2, abs=0.1)
+    assert means[1.0] == pytest.approx(-1.0, abs=0.1)
+    assert means[3.0] < means[1.0] - 0.2
+
+
+def test_guidance_is_one_batched_call_on_the_denoiser_line():
+    """D(∅) + w (D(c) − D(∅)) from one network call on 2B samples."""
+    gmm, sde = two_classes(), sd.EDMSDE()
+    exact, batches = gmm.score_fn(sde), []
+
+    def model(x, t, cond):
+        batches.append(len(x))
+        return exact(x, t, cond)
+
+    guided = sd.ClassifierFreeGuidance(sd.FunctionModel(model, "score"), 2.5, null=2)
+    x, t = torch.randn(5, 2, dtype=torch.float64), torch.full((5,), 1.3, dtype=torch.float64)
+    c = torch.tensor([0, 1, 0, 1, 1])
+    expected = exact(x, t, torch.full((5,), 2)) + 2.5 * (exact(x, t, c) - exact(x, t))
+    torch.testing.assert_close(guided(x, t, c), expected)
+    assert batches == [10]
+
+
+def test_results_count_network_passes():
+    gmm, sde = two_classes(), sd.EDMSDE()
+    labels = torch.zeros(8, dtype=torch.long)
+    guided = sd.ClassifierFreeGuidance(gmm.score_fn(sde), 2.0, null=2)
+    res = sd.sample(guided, sde, (8, 2), "heun", steps=10, cond=labels)
+    assert res.nfe == 20 and res.network_passes == 2 * res.nfe
+    lo, hi = 0.5, 5.0
+    windowed = sd.ClassifierFreeGuidance(gmm.score_fn(sde), 2.0, null=2, interval=(lo, hi), sde=sde)
+    res = sd.sample(windowed, sde, (8, 2), "heun", steps=10, cond=labels)
+    grid = res.ts.tolist()  # heun evaluates at every grid time but the last twice over
+    times = [t for a, b in pairwise(grid) for t in (a, b)]
+    inside = sum(lo <= t <= hi for t in times)
+    assert res.nfe == 20 and res.network_passes == res.nfe + inside
+    assert 0 < inside < res.nfe
+
+
+def test_classifier_guidance_with_the_exact_posterior_is_the_conditional_score():
+    """∇ log p(x) + ∇ log p(c | x) = ∇ log p(x | c) (Bayes), with the exact class posterior."""
+    gmm, sde = two_classes(), sd.VPSDE()
+
+    def log_posterior(x, t, c):
+        return (
+            gmm.marginal_log_prob(sde, x, t, c)
+            + gmm.weights.log()[c]
+            - gmm.marginal_log_prob(sde, x, t)
+        )
+
+    guided = sd.ClassifierGuidance(gmm.score_fn(sde), log_posterior, 1.0, sde)
+    x = torch.randn(6, 2, dtype=torch.float64)
+    t = torch.full((6,), 0.3, dtype=torch.float64)
+    c = torch.tensor([0, 1, 1, 0, 0, 1])
+    torch.testing.assert_close(guided(x, t, c), gmm.score(sde, x, t, c))
+    with torch.inference_mode():
+        res = sd.sample(guided, sde, (6, 2), "euler", steps=3, cond=c)
+    assert res.network_passes == res.nfe == 3
+
+
+def test_guidance_errors():
+    gmm, sde = two_classes(), sd.VPSDE()
+    guided = sd.ClassifierFreeGuidance(gmm.score_fn(sde), 2.0, null=2)
+    with pytest.raises(ValueError, match="needs cond"):
+        sd.sample(guided, sde, (4, 2), "euler", steps=2)
+    with pytest.raises(ValueError, match="needs the sde"):
+        sd.ClassifierFreeGuidance(gmm.score_fn(sde), 2.0, null=2, interval=(0.1, 1.0))
+    with pytest.raises(ValueError, match="0 <= lo < hi"):
+        sd.ClassifierFreeGuidance(gmm.score_fn(sde), 2.0, null=2, interval=(1.0, 0.1), sde=sde)
+
+
+def test_networks_take_labels_and_vectors():
+    mlp = ResidualMLP(2, width=16, depth=1, emb_dim=8, num_classes=3, cond_dim=4)
+    x, c_noise = torch.randn(5, 2), torch.randn(5)
+    labels, vector = torch.tensor([0, 1, 2, 3, 0]), torch.randn(5, 4)
+    assert mlp(x, c_noise, labels).shape == (5, 2)
+    assert mlp(x, c_noise, {"labels": labels, "vector": vector}).shape == (5, 2)
+    assert mlp(x, c_noise).shape == (5, 2)  # the null label
+    with pytest.raises(ValueError, match="takes no vector condition"):
+        ResidualMLP(2, num_classes=3)(x, c_noise, vector)
+    unet = UNet(channels=8, channel_mult=(1,), num_res_blocks=1, cond_dim=3)
+    assert unet(torch.randn(2, 1, 8, 8), torch.randn(2), torch.randn(2, 3)).shape == (2, 1, 8, 8)
+
+
+@pytest.mark.parametrize("drop", [0.0, 0.2])
+def test_condition_dropout_trains_the_null_label(drop):
+    """Without dropout the null row never sees a gradient; with it, it learns."""
+    data = load_data("8gaussians", 2000)
+    assert data.num_classes == 8 and data.config()["class_names"][3] == "3"
+    torch.manual_seed(0)
+    net = ResidualMLP(2, width=32, depth=1, emb_dim=16, num_classes=8)
+    model = ScoreModel(net, sd.VPSDE(), "edm")
+    before = net.cond.label.weight[8].clone()
+    config = TrainConfig(steps=20, batch_size=64, warmup=1, cond_drop_prob=drop)
+    Trainer(model, data, config).train(progress=False)
+    changed = not torch.equal(net.cond.label.weight[8], before)
+    assert changed == (drop > 0)
