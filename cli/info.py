@@ -21,7 +21,7 @@ from .common import console, friendly_errors
 def info(checkpoint: str, as_json: bool) -> None:
     """Show a checkpoint's config, SDE, parameter count and training steps.
 
-    CHECKPOINT is a .safetensors path or a shipped model name (digits, moons).
+    CHECKPOINT is a .safetensors path or a shipped model name (digits, digits-cond, moons).
 
     \b
     Example:

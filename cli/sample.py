@@ -37,8 +37,8 @@ def model_option(default: str | None = "digits"):
         default=default,
         show_default=default is not None,
         required=default is None,
-        help="A checkpoint path, a shipped model (digits, moons) or an analytic problem "
-        "(gmm8: the 2-D eight-Gaussians ring, gmm64: a 64-D mixture).",
+        help="A checkpoint path, a shipped model (digits, digits-cond, moons) or an analytic "
+        "problem (gmm8: the 2-D eight-Gaussians ring, gmm64: a 64-D mixture).",
     )
 
 
@@ -70,8 +70,11 @@ def open_problem(model: str, sde: str | None, device: str, dtype: str = "float32
     return problem, device
 
 
-def sample_batches(problem, solver, steps, schedule, num_samples, batch_size, seed, device, dtype):
-    """Yield ``(samples, nfe)`` batch by batch; sample i's noise is keyed by (seed, i)."""
+def sample_batches(
+    problem, solver, steps, schedule, num_samples, batch_size, seed, device, dtype, model, labels
+):
+    """Yield results batch by batch; sample i's noise is keyed by (seed, i), its label
+    is ``labels[i]`` (``labels`` is ``None`` for unconditional sampling)."""
     shape = problem.event_shape
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -85,14 +88,16 @@ def sample_batches(problem, solver, steps, schedule, num_samples, batch_size, se
         for first in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - first)
             bar.reset(step_task)
+            cond = None if labels is None else labels[first : first + n].to(device)
             with torch.inference_mode():
                 res = sd.sample(
-                    problem.model,
+                    model,
                     problem.sde,
                     (n, *shape),
                     solver,
                     steps,
                     schedule,
+                    cond=cond,
                     noise=sd.PerSampleNoise(seed, first),
                     device=device,
                     dtype=dtype,
@@ -120,9 +125,44 @@ def sample_batches(problem, solver, steps, schedule, num_samples, batch_size, se
     show_default=True,
     help="A .png picture (image grid or 2-D scatter) or a .npz with the samples and settings.",
 )
+@click.option(
+    "--class",
+    "class_",
+    default=None,
+    help="Class to draw (a name or number of a class-conditional model), or 'all' for a "
+    "grid with one row per class.",
+)
+@click.option(
+    "--guidance",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Classifier-free guidance scale w: D(∅) + w (D(c) − D(∅)); 1 is the conditional "
+    "model, 0 the unconditional one.",
+)
+@click.option(
+    "--guidance-interval",
+    default=None,
+    metavar="LO,HI",
+    help="Guide only at noise levels σ/α in [LO, HI] (elsewhere one conditional pass).",
+)
 @solver_option_flags
 def sample(
-    model, solver, steps, schedule, num_samples, batch_size, seed, device, dtype, sde, out, **kwargs
+    model,
+    solver,
+    steps,
+    schedule,
+    num_samples,
+    batch_size,
+    seed,
+    device,
+    dtype,
+    sde,
+    out,
+    class_,
+    guidance,
+    guidance_interval,
+    **kwargs,
 ):
     """Draw samples with any registered solver and save them.
 
@@ -131,10 +171,23 @@ def sample(
       sdediff sample --solver heun
       sdediff sample --model moons --solver dpmpp_2m --steps 20 --out moons.png
       sdediff sample --model gmm8 --solver ddim --eta 0.5 -n 4096 --out ring.npz
+      sdediff sample --model digits-cond --class 3 --guidance 2.0
+      sdediff sample --model digits-cond --class all --guidance 2 --guidance-interval 0.1,5
     """
     writable_output(out, suffixes=OUT_SUFFIXES)
     solver = build_solver(solver, solver_option_values(kwargs))
+    interval = parse_interval(guidance_interval)
     problem, device = open_problem(model, sde, device, dtype)
+    labels, columns = class_labels(problem, model, class_, num_samples)
+    if labels is None and (guidance != 1.0 or interval is not None):
+        raise click.UsageError("--guidance and --guidance-interval need --class")
+    num_samples = num_samples if labels is None else len(labels)
+    guided = problem.model
+    if labels is not None and (guidance != 1.0 or interval is not None):
+        null = len(problem.class_names)  # the null label
+        guided = sd.ClassifierFreeGuidance(
+            problem.model, guidance, null, interval=interval, sde=problem.sde
+        )
     console.print(
         f"sampling {num_samples} from {model} ({problem.sde!r}) with {solver.name}, "
         f"{steps} {schedule} steps",
@@ -153,11 +206,14 @@ def sample(
                 seed,
                 device,
                 DTYPES[dtype],
+                guided,
+                labels,
             )
         )
         wall = time.perf_counter() - start
         x = torch.cat([r.x for r in results]).float().cpu()
         nfe = results[0].nfe
+        passes = sum(r.network_passes for r in results) / len(results)
         settings = {
             "model": model,
             "solver": solver.name,
@@ -169,16 +225,62 @@ def sample(
             "dtype": dtype,
             "sde": repr(problem.sde),
             "nfe": nfe,
+            "network_passes_per_batch": passes,
         }
-        write_samples(problem, x, out, settings)
+        if labels is not None:
+            settings.update(
+                {"labels": labels.tolist(), "guidance": guidance, "guidance_interval": interval}
+            )
+        write_samples(problem, x, out, settings, columns)
+    cost = f"NFE {nfe}" if passes == nfe else f"NFE {nfe} ({passes:g} network passes)"
     console.print(
         f"[bold green]{num_samples}[/] samples from [bold]{model}[/] with {solver.name} "
-        f"({steps} steps): NFE {nfe}, {wall:.2f} s, {num_samples / wall:,.0f} samples/s "
+        f"({steps} steps): {cost}, {wall:.2f} s, {num_samples / wall:,.0f} samples/s "
         f"-> {out}"
     )
 
 
-def write_samples(problem, x: torch.Tensor, out: Path, settings: dict) -> None:
+def parse_interval(value: str | None) -> tuple[float, float] | None:
+    """``"lo,hi"`` as two noise levels with ``0 <= lo < hi``."""
+    if value is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"expected LO,HI (two numbers), got {value!r}", param_hint="--guidance-interval"
+        ) from None
+    if not 0 <= lo < hi < float("inf"):
+        raise click.BadParameter(
+            f"need 0 <= LO < HI, got {value!r}", param_hint="--guidance-interval"
+        )
+    return lo, hi
+
+
+def class_labels(problem, model: str, value: str | None, num_samples: int):
+    """``(labels, grid columns)`` for ``--class``: one class, or ``all`` (one row each)."""
+    if value is None:
+        return None, None
+    names = problem.class_names
+    if names is None:
+        raise click.UsageError(f"--class needs a class-conditional model; {model} is unconditional")
+    if value == "all":
+        per_class = -(-num_samples // len(names))
+        return torch.arange(len(names)).repeat_interleave(per_class), per_class
+    index = names.index(value) if value in names else None
+    if index is None and value.isdigit() and int(value) < len(names):
+        index = int(value)
+    if index is None:
+        raise click.BadParameter(
+            f"{model} has no class {value!r}; valid classes: {', '.join(names)} (or 'all')",
+            param_hint="--class",
+        )
+    return torch.full((num_samples,), index), None
+
+
+def write_samples(
+    problem, x: torch.Tensor, out: Path, settings: dict, columns: int | None = None
+) -> None:
     """A picture (model units for images, data units for points) or an .npz."""
     data = problem.to_data_units(x)
     if out.suffix.lower() == ".npz":
@@ -189,4 +291,4 @@ def write_samples(problem, x: torch.Tensor, out: Path, settings: dict) -> None:
     if problem.reference is not None and x.ndim == 2:
         reference = problem.to_data_units(problem.reference(len(x), 1).float().cpu())
     title = f"{settings['model']}: {settings['solver']}, {settings['steps']} steps"
-    save_samples(x if x.ndim == 4 else data, out, title, reference)
+    save_samples(x if x.ndim == 4 else data, out, title, reference, columns)

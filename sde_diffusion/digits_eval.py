@@ -22,6 +22,7 @@ from .checkpoint import load_checkpoint, prefixed, save_checkpoint
 
 __all__ = [
     "DigitsClassifier",
+    "class_accuracy",
     "confident_fraction",
     "digits_fid",
     "frechet_distance",
@@ -120,3 +121,11 @@ def confident_fraction(
     classifier = classifier or load_digits_classifier()
     probs = classifier(x.float().cpu()).softmax(1)
     return float((probs.max(1).values >= threshold).float().mean())
+
+
+@torch.no_grad()
+def class_accuracy(x: Tensor, labels: Tensor, classifier: DigitsClassifier | None = None) -> float:
+    """Share of images ``x`` that the digits classifier assigns to their ``labels``."""
+    classifier = classifier or load_digits_classifier()
+    predicted = classifier(x.float().cpu().clamp(-1, 1)).argmax(1)
+    return float((predicted == labels.cpu()).float().mean())

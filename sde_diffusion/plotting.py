@@ -36,14 +36,17 @@ def _save(fig, path: str | Path, **kwargs: Any) -> Path:
     return Path(path)
 
 
-def image_grid(x: Tensor, low: float = -1.0, high: float = 1.0) -> Tensor:
+def image_grid(
+    x: Tensor, low: float = -1.0, high: float = 1.0, columns: int | None = None
+) -> Tensor:
     """Tile images ``(N, C, H, W)`` into one ``(rows*(H+2), cols*(W+2), C)`` array in [0, 1].
 
-    Tiles are laid out row-major on a near-square grid, each with a dark border.
+    Tiles are laid out row-major, ``columns`` to a row (a near-square grid by
+    default), each with a dark border.
     """
     x = ((x.detach().float().cpu() - low) / (high - low)).clamp(0, 1)
     n, c, h, w = x.shape
-    cols = math.ceil(math.sqrt(n))
+    cols = columns or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     x = torch.cat([x, x.new_zeros(rows * cols - n, c, h, w)])
     x = torch.nn.functional.pad(x, (1, 1, 1, 1))
@@ -51,10 +54,12 @@ def image_grid(x: Tensor, low: float = -1.0, high: float = 1.0) -> Tensor:
     return x.reshape(rows * (h + 2), cols * (w + 2), c)
 
 
-def save_image_grid(x: Tensor, path: str | Path, low: float = -1.0, high: float = 1.0) -> Path:
+def save_image_grid(
+    x: Tensor, path: str | Path, low: float = -1.0, high: float = 1.0, columns: int | None = None
+) -> Path:
     """A PNG grid of images ``(N, C, H, W)`` whose values span ``[low, high]``."""
     plt = _pyplot()
-    grid = image_grid(x, low, high)
+    grid = image_grid(x, low, high, columns)
     scale = max(1, 512 // grid.shape[0])
     fig = plt.figure(figsize=(grid.shape[1] * scale / 100, grid.shape[0] * scale / 100), dpi=100)
     ax = fig.add_axes((0, 0, 1, 1))
@@ -84,11 +89,16 @@ def save_scatter(
 
 
 def save_samples(
-    x: Tensor, path: str | Path, title: str | None = None, reference: Tensor | None = None
+    x: Tensor,
+    path: str | Path,
+    title: str | None = None,
+    reference: Tensor | None = None,
+    columns: int | None = None,
 ) -> Path:
-    """Images as a grid, anything else as a scatter (beside ``reference`` if given)."""
+    """Images as a grid (``columns`` to a row), anything else as a scatter (beside
+    ``reference`` if given)."""
     if x.ndim == 4:
-        return save_image_grid(x, path)
+        return save_image_grid(x, path, columns=columns)
     panels = [("data", reference)] if reference is not None else []
     return save_scatter([*panels, ("samples", x)], path, title)
 

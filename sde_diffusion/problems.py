@@ -56,6 +56,18 @@ class Problem:
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def class_names(self) -> list[str] | None:
+        """Names of the classes ``cond`` may request (index ``len`` is the null label), or
+        ``None`` for an unconditional model."""
+        if self.mixture is not None:
+            return [str(k) for k in range(self.mixture.num_components)]
+        if not self.config.get("network", {}).get("num_classes"):
+            return None
+        data = self.config.get("data", {})
+        count = self.config["network"]["num_classes"]
+        return list(data.get("class_names") or [str(k) for k in range(count)])
+
+    @property
     def is_digits(self) -> bool:
         return tuple(self.event_shape) == (1, 8, 8)
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -387,3 +388,106 @@ def test_ctrl_c_during_train_saves_a_checkpoint(tmp_path):
     _, config = load_checkpoint(tmp_path / "m.safetensors")
     assert 0 < config["step"] < 100000
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+# -- conditional training and guided sampling ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def conditional_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cond") / "c.safetensors"
+    result = run(
+        "train",
+        "--data",
+        "8gaussians",
+        "--conditional",
+        "--cond-drop",
+        "0.2",
+        "--steps",
+        "30",
+        "--batch-size",
+        "64",
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_conditional_training_records_the_classes(conditional_checkpoint):
+    config = load_checkpoint(conditional_checkpoint)[1]
+    assert config["network"]["num_classes"] == 8
+    assert config["data"]["class_names"] == [str(k) for k in range(8)]
+    assert config["train"]["cond_drop_prob"] == 0.2
+
+
+def test_guided_sampling_writes_labels_and_counts_passes(tmp_path, conditional_checkpoint):
+    out = tmp_path / "guided.npz"
+    result = run(
+        "sample",
+        "--model",
+        str(conditional_checkpoint),
+        "--class",
+        "all",
+        "--guidance",
+        "2",
+        "--steps",
+        "5",
+        "-n",
+        "20",
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    assert "NFE 10 (20 network passes)" in result.output
+    with np.load(out) as f:
+        settings = json.loads(str(f["settings"]))
+        assert f["samples"].shape == (24, 2)  # 3 per class, one row each
+    assert settings["labels"] == [k for k in range(8) for _ in range(3)]
+    assert settings["guidance"] == 2.0
+
+
+def test_guided_sampling_of_an_exact_mixture_lands_in_its_class(tmp_path):
+    out = tmp_path / "ring.npz"
+    result = run(
+        "sample",
+        "--model",
+        "gmm8",
+        "--class",
+        "2",
+        "--guidance",
+        "1.5",
+        "--steps",
+        "20",
+        "-n",
+        "64",
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    with np.load(out) as f:
+        x = torch.from_numpy(f["samples"])
+    nearest = torch.cdist(x.double(), sd.eight_gaussians().means).argmin(1)
+    assert bool((nearest == 2).all())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "moons", "--class", "1"], "needs a class-conditional model"),
+        (["--model", "gmm8", "--class", "eight"], r"valid classes: 0, 1, .*7 \(or 'all'\)"),
+        (["--model", "gmm8", "--guidance", "2"], "need --class"),
+        (["--model", "gmm8", "--class", "1", "--guidance-interval", "2"], "expected LO,HI"),
+        (["--model", "gmm8", "--class", "1", "--guidance-interval", "2,1"], "0 <= LO < HI"),
+    ],
+)
+def test_class_and_guidance_usage_errors_exit_2(tmp_path, args, message):
+    result = run("sample", *args, "--out", str(tmp_path / "x.png"))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert re.search(message, result.output)
+
+
+def test_conditional_training_needs_labels(tmp_path):
+    out = tmp_path / "m.safetensors"
+    result = run("train", "--data", "moons", "--conditional", "--out", str(out))
+    assert result.exit_code == 2 and "needs labelled data" in result.output
