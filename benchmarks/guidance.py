@@ -15,10 +15,11 @@ passes spent.  The same with guidance limited to noise levels sigma/alpha in
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 
 import torch
-from common import RESULTS, fmt, table, write_results
+from common import RESULTS, table, write_results
 
 import sde_diffusion as sd
 from sde_diffusion.data import digits
@@ -63,21 +64,9 @@ def run(problem, scale: float, interval, labels: torch.Tensor, steps: int) -> di
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=25)
-    args = parser.parse_args()
-    problem = load_problem("digits-cond")
-    labels = torch.arange(10).repeat_interleave(PER_CLASS)
-    rows = [run(problem, w, None, labels, args.steps) for w in SCALES]
-    rows += [run(problem, w, INTERVAL, labels, args.steps) for w in SCALES if w > 1]
-    picks = [r["samples"].reshape(10, PER_CLASS, 1, 8, 8)[:, :8] for r in rows[: len(SCALES)]]
-    grid = torch.stack(picks, 1).flatten(0, 2)  # per class: 8 samples at each scale
-    save_image_grid(grid, RESULTS / "guidance_samples.png", columns=8 * len(SCALES))
-    for r in rows:
-        r.pop("samples")
-    markdown = (
-        f"digits-cond, heun, {args.steps} Karras steps, {PER_CLASS} samples per class, "
+def markdown(rows: list[dict], steps: int) -> str:
+    return (
+        f"digits-cond, heun, {steps} Karras steps, {PER_CLASS} samples per class, "
         "same noise for every row.\n\n"
         + table(
             [
@@ -91,7 +80,7 @@ def main() -> None:
             ],
             [
                 [
-                    fmt(r["scale"]),
+                    f"{r['scale']:g}",
                     "–" if r["interval"] is None else f"[{r['interval'][0]}, {r['interval'][1]}]",
                     f"{100 * r['accuracy']:.1f}%",
                     r["fid"],
@@ -103,8 +92,30 @@ def main() -> None:
             ],
         )
     )
-    write_results("guidance", {"steps": args.steps, "rows": rows}, markdown)
-    print(markdown)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--report", action="store_true", help="rewrite the table from the JSON")
+    args = parser.parse_args()
+    if args.report:
+        saved = json.loads((RESULTS / "guidance.json").read_text())
+        text = markdown(saved["rows"], saved["steps"])
+        (RESULTS / "guidance.md").write_text(f"Machine: {saved['machine']}\n\n{text}")
+        return
+    problem = load_problem("digits-cond")
+    labels = torch.arange(10).repeat_interleave(PER_CLASS)
+    rows = [run(problem, w, None, labels, args.steps) for w in SCALES]
+    rows += [run(problem, w, INTERVAL, labels, args.steps) for w in SCALES if w > 1]
+    picks = [r["samples"].reshape(10, PER_CLASS, 1, 8, 8)[:, :8] for r in rows[: len(SCALES)]]
+    grid = torch.stack(picks, 1).flatten(0, 2)  # per class: 8 samples at each scale
+    save_image_grid(grid, RESULTS / "guidance_samples.png", columns=8 * len(SCALES))
+    for r in rows:
+        r.pop("samples")
+    text = markdown(rows, args.steps)
+    write_results("guidance", {"steps": args.steps, "rows": rows}, text)
+    print(text)
 
 
 if __name__ == "__main__":

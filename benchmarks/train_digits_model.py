@@ -1,7 +1,7 @@
 """Train the shipped digits U-Nets and judge their samples with the digits classifier.
 
-    python benchmarks/train_digits_model.py [--steps 3000] [--solver heun] [--nfe-steps 25]
-    python benchmarks/train_digits_model.py --conditional      # the shipped digits-cond
+    python benchmarks/train_digits_model.py --steps 5000      # the shipped digits
+    python benchmarks/train_digits_model.py --conditional     # the shipped digits-cond (3000)
 
 A small U-Net (EDM preconditioning, VP SDE, EDM loss weighting) on the digits train
 split.  1000 samples are drawn with ``--solver`` on a Karras grid; reported: digits-FID

@@ -280,7 +280,15 @@ def load_score_model(
     except (KeyError, TypeError, RuntimeError, ValueError) as err:
         from .checkpoint import CheckpointError
 
-        raise CheckpointError(f"{path}: cannot rebuild the model it describes ({err})") from None
+        hint = ""
+        if "emb.weight" in str(err) and "size mismatch" in str(err):
+            hint = (
+                "; it comes from an earlier U-Net whose residual blocks added the noise and "
+                "label embedding before a normalisation that removed it: retrain it"
+            )
+        raise CheckpointError(
+            f"{path}: cannot rebuild the model it describes ({str(err)[:300]}){hint}"
+        ) from None
     return model.to(device).eval(), config
 
 

@@ -146,3 +146,17 @@ def test_condition_dropout_trains_the_null_label(drop):
     Trainer(model, data, config).train(progress=False)
     changed = not torch.equal(net.cond.label.weight[8], before)
     assert changed == (drop > 0)
+
+
+@pytest.mark.parametrize("width", [8, 16, 64])
+def test_unet_output_depends_on_noise_level_and_label(width):
+    """The embedding must survive the normalisation at every width."""
+    torch.manual_seed(0)
+    unet = UNet(channels=width, channel_mult=(1, 2), num_res_blocks=1, num_classes=3)
+    for p in unet.parameters():  # the output layer starts at zero: give it a real output
+        torch.nn.init.normal_(p, std=0.2)
+    x, c = torch.randn(2, 1, 8, 8), torch.zeros(2)
+    with torch.no_grad():
+        base = unet(x, c, torch.tensor([0, 0]))
+        assert (unet(x, c + 1, torch.tensor([0, 0])) - base).abs().max() > 1e-3
+        assert (unet(x, c, torch.tensor([1, 1])) - base).abs().max() > 1e-3

@@ -26,7 +26,9 @@ def test_shipped_moons_model_is_within_three_noise_floors():
 
 
 def test_unknown_pretrained_name():
-    with pytest.raises(ValueError, match="no shipped model 'cats'; available: digits, moons"):
+    with pytest.raises(
+        ValueError, match="no shipped model 'cats'; available: digits, digits-cond, moons"
+    ):
         load_pretrained("cats")
 
 
@@ -62,6 +64,21 @@ def test_fresh_virtualenv_install_gives_a_working_sdediff(tmp_path, editable):
     assert "moons" in out.stdout
     inside_venv = str(venv) in out.stdout
     assert inside_venv != editable  # a real install copies the package into the venv
+
+
+def test_shipped_conditional_digits_model_draws_the_requested_class():
+    """digits-cond without guidance: >= 90% of 20 samples per class are that class."""
+    from sde_diffusion.digits_eval import class_accuracy, confident_fraction
+
+    model, config = load_pretrained("digits-cond")
+    assert config["network"]["num_classes"] == 10 and config["train"]["cond_drop_prob"] == 0.1
+    labels = torch.arange(10).repeat_interleave(20)
+    with torch.no_grad():
+        res = sd.sample(model, model.sde, (200, 1, 8, 8), "heun", steps=25, cond=labels, seed=2)
+    samples = res.x.clamp(-1, 1)
+    assert class_accuracy(samples, labels) >= 0.9
+    assert confident_fraction(samples) >= 0.9
+    assert config["metrics"]["class_accuracy"] >= 0.95
 
 
 def test_shipped_digits_model_meets_its_quality_bar():

@@ -42,7 +42,7 @@ def test_analytic_problem_takes_any_sde():
 
 
 def test_unknown_model_lists_the_names():
-    with pytest.raises(ProblemError, match="gmm8, gmm64, digits, moons"):
+    with pytest.raises(ProblemError, match="gmm8, gmm64, digits, digits-cond, moons"):
         load_problem("nope")
 
 

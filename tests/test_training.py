@@ -223,3 +223,17 @@ def test_periodic_evaluation_samples_and_bf16():
     assert seen[20].shape == (16, 2) and torch.isfinite(seen[20]).all()
     assert all(np.isfinite(h["loss"]) for h in history)
     torch.testing.assert_close(trainer.evaluation_samples(), seen[20])  # seeded
+
+
+def test_a_unet_checkpoint_from_before_the_scale_shift_fix_is_explained(tmp_path):
+    """Residual-block embeddings of the old width (C, not 2C) name the cause in one sentence."""
+    from sde_diffusion.pretrained import pretrained_path
+
+    tensors, config = load_checkpoint(pretrained_path("digits"))
+    old = {
+        k: v[: v.shape[0] // 2] if k.endswith(".emb.weight") or k.endswith(".emb.bias") else v
+        for k, v in tensors.items()
+    }
+    save_checkpoint(tmp_path / "old.safetensors", old, config)
+    with pytest.raises(CheckpointError, match=r"earlier U-Net .* retrain it"):
+        load_score_model(tmp_path / "old.safetensors")

@@ -20,12 +20,17 @@ def _norm(channels: int) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice, the embedding added in between, a 1x1 skip if needed."""
+    """GroupNorm-SiLU-conv twice, a 1x1 skip if needed; the embedding scales and shifts
+    the second normalisation (ADM's scale-shift norm, Dhariwal & Nichol 2021).
+
+    The embedding acts after the norm: a per-channel shift added before a GroupNorm
+    with one channel per group (narrow networks) would be normalised away.
+    """
 
     def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float):
         super().__init__()
         self.norm1, self.conv1 = _norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, cout)
+        self.emb = nn.Linear(emb_dim, 2 * cout)
         self.norm2, self.conv2 = _norm(cout), nn.Conv2d(cout, cout, 3, padding=1)
         self.dropout = nn.Dropout(dropout)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
@@ -34,8 +39,9 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb(emb)[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 

@@ -2,9 +2,9 @@
 
 ``moons``: a residual MLP (EDM preconditioning, VP SDE) on the 2-D moons set, trained by
 ``python benchmarks/train_toy_model.py``.  ``digits``: a small U-Net on sklearn's 8x8
-digits, trained by ``python benchmarks/train_digits_model.py``.  ``digits-cond``: the same
-U-Net, class-conditional with a null label (condition dropout 0.1), trained by
-``python benchmarks/train_digits_model.py --conditional``.  Their metrics are in
+digits, trained by ``python benchmarks/train_digits_model.py --steps 5000``.
+``digits-cond``: the same U-Net, class-conditional with a null label (condition dropout
+0.1), trained by ``python benchmarks/train_digits_model.py --conditional``.  Their metrics are in
 ``<name>.json`` and ``docs/benchmarks.md``.  ``digits_classifier.safetensors`` is the
 evaluator behind digits-FID (``python benchmarks/train_digits_classifier.py``).
 """
