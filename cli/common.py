@@ -9,6 +9,7 @@ shows the traceback instead.
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -186,3 +187,10 @@ class SolverName(click.ParamType):
 def solver_option_values(kwargs: dict) -> dict[str, object]:
     """Pop the solver options out of a command's keyword arguments."""
     return {name: kwargs.pop(name) for name in _solver_option_specs() if name in kwargs}
+
+
+def not_nan(ctx, param, value: float) -> float:
+    """A click callback: NaN passes ``FloatRange`` checks (its comparisons are false)."""
+    if value is not None and math.isnan(value):
+        raise click.BadParameter("must be a number, got nan", ctx, param)
+    return value

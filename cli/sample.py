@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .common import (
     build_solver,
     console,
     friendly_errors,
+    not_nan,
     parse_device,
     solver_option_flags,
     solver_option_values,
@@ -134,7 +136,8 @@ def sample_batches(
 )
 @click.option(
     "--guidance",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=0, max=1e6),
+    callback=not_nan,
     default=1.0,
     show_default=True,
     help="Classifier-free guidance scale w: D(∅) + w (D(c) − D(∅)); 1 is the conditional "
@@ -250,7 +253,7 @@ def parse_interval(value: str | None) -> tuple[float, float] | None:
         raise click.BadParameter(
             f"expected LO,HI (two numbers), got {value!r}", param_hint="--guidance-interval"
         ) from None
-    if not 0 <= lo < hi < float("inf"):
+    if not 0 <= lo < hi < math.inf:
         raise click.BadParameter(
             f"need 0 <= LO < HI, got {value!r}", param_hint="--guidance-interval"
         )

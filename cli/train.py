@@ -21,6 +21,7 @@ from .common import (
     console,
     err_console,
     friendly_errors,
+    not_nan,
     parse_device,
     writable_output,
 )
@@ -118,6 +119,7 @@ def build_model(
 @click.option(
     "--cond-drop",
     type=click.FloatRange(0, 1, max_open=True),
+    callback=not_nan,
     default=0.1,
     show_default=True,
     help="With --conditional: share of labels replaced by the null label while training.",

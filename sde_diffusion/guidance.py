@@ -26,6 +26,7 @@ differentiable classifier ``log_prob(x, t, c) -> (B,)``.  It predicts ``score``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +56,13 @@ def null_condition(cond: Cond, null: Any) -> Cond:
     return torch.full_like(cond, null)
 
 
+def _finite_scale(scale: float) -> float:
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"the guidance scale must be a finite number, got {scale!r}")
+    return scale
+
+
 def _concat(a: Cond, b: Cond) -> Cond:
     if isinstance(a, dict):
         return {k: torch.cat([a[k], b[k]]) for k in a}
@@ -81,7 +89,7 @@ class ClassifierFreeGuidance:
     ):
         self.model = as_model(model)
         self.prediction = self.model.prediction
-        self.scale, self.null = float(scale), null
+        self.scale, self.null = _finite_scale(scale), null
         if interval is not None:
             lo, hi = map(float, interval)
             if not 0 <= lo < hi:
@@ -140,7 +148,7 @@ class ClassifierGuidance:
         model_cond: bool = False,
     ):
         self.model, self.log_prob = as_model(model), log_prob
-        self.scale, self.sde, self.model_cond = float(scale), sde, model_cond
+        self.scale, self.sde, self.model_cond = _finite_scale(scale), sde, model_cond
 
     def __call__(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
         if cond is None:

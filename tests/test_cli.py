@@ -477,6 +477,8 @@ def test_guided_sampling_of_an_exact_mixture_lands_in_its_class(tmp_path):
         (["--model", "moons", "--class", "1"], "needs a class-conditional model"),
         (["--model", "gmm8", "--class", "eight"], r"valid classes: 0, 1, .*7 \(or 'all'\)"),
         (["--model", "gmm8", "--guidance", "2"], "need --class"),
+        (["--model", "gmm8", "--class", "1", "--guidance", "nan"], "--guidance"),
+        (["--model", "gmm8", "--class", "1", "--guidance", "inf"], "--guidance"),
         (["--model", "gmm8", "--class", "1", "--guidance-interval", "2"], "expected LO,HI"),
         (["--model", "gmm8", "--class", "1", "--guidance-interval", "2,1"], "0 <= LO < HI"),
     ],
@@ -485,6 +487,14 @@ def test_class_and_guidance_usage_errors_exit_2(tmp_path, args, message):
     result = run("sample", *args, "--out", str(tmp_path / "x.png"))
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert re.search(message, result.output)
+
+
+def test_nan_condition_dropout_is_a_usage_error(tmp_path):
+    out = tmp_path / "m.safetensors"
+    result = run(
+        "train", "--data", "8gaussians", "--conditional", "--cond-drop", "nan", "--out", str(out)
+    )
+    assert result.exit_code == 2 and "must be a number, got nan" in result.output
 
 
 def test_conditional_training_needs_labels(tmp_path):
