@@ -195,7 +195,8 @@ def sample(
     Randomness (``x_T`` included) comes from ``noise`` if given, else from
     ``generator``, else from a ``torch.Generator`` seeded with ``seed``: a
     seeded call is reproducible.  With ``noise=PerSampleNoise(seed)`` each
-    sample is also independent of the batch size.  ``dtype`` is the state's
+    sample is also independent of the batch size (not for batch-coupled solvers:
+    ``rk45``/``dop853``, ``pc``, ``srk``, ``milstein``).  ``dtype`` is the state's
     precision (float32 or float64), whatever the model's.  ``res.nfe`` is counted.
     """
     device = torch.device(device)
