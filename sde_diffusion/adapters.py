@@ -237,7 +237,8 @@ class DiffusersScheduler:
         **options: Any,
     ):
         self.solver = get_solver(solver, **options)
-        if self.solver.expected_nfe([1.0, 0.75, 0.5]) != 2:
+        probe = [1.0, 0.75, 0.5]  # two steps that do not end at t = 0
+        if self.solver.expected_nfe(probe) != len(probe) - 1:
             raise ValueError(
                 f"solver {self.solver.name!r} evaluates the model more than once a step (or "
                 "chooses its own steps); a diffusers pipeline evaluates once a step: use one "

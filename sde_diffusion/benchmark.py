@@ -25,7 +25,7 @@ from .noise import PerSampleNoise
 from .problems import Problem
 from .sampling import sample, solve
 from .solvers.base import Solver
-from .solvers.registry import get_solver, list_solvers
+from .solvers.registry import get_solver, list_solvers, solver_class
 from .timesteps import timesteps
 
 __all__ = [
@@ -129,8 +129,8 @@ def compare_solvers(
         reference = reference_endpoints(problem, num_samples, seed, to_zero, device)
     rows = []
     for name in solvers:
-        solver = get_solver(name)
-        solver = get_solver(name, **(solver_options or {}).get(solver.name, {}))
+        canonical = solver_class(name).info.name  # options are keyed by canonical name
+        solver = get_solver(name, **(solver_options or {}).get(canonical, {}))
         for budget in nfes:
             steps = steps_for_nfe(solver, budget, to_zero)
             if steps is None:
