@@ -2,7 +2,7 @@
 
 Exit statuses: 0 success, 2 usage errors (a bad name, value or path), 1 runtime
 errors (a damaged checkpoint, a model that fails in the chosen dtype, a solver
-that diverges), 130 after Ctrl-C.  Errors are one sentence; ``sdediff --debug``
+that diverges), 130 after Ctrl-C, 143 after SIGTERM.  Errors are one sentence; ``sdediff --debug``
 shows the traceback instead.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,11 +19,13 @@ from pathlib import Path
 
 import click
 import torch
+import torch.distributed as dist
 from rich.console import Console
 
 import sde_diffusion as sd
 from sde_diffusion.checkpoint import CheckpointError
 from sde_diffusion.data import DataError
+from sde_diffusion.distributed import init_distributed, rank_and_world
 from sde_diffusion.problems import ProblemError
 from sde_diffusion.sampling import NonFiniteError
 from sde_diffusion.solvers import SolverOptionError, UnknownSolverError
@@ -38,6 +41,18 @@ DTYPES = {
     "float16": torch.float16,
 }
 INTERRUPTED = 130
+TERMINATED = 143  # 128 + SIGTERM, the shells' convention
+
+
+@contextmanager
+def on_sigterm(action) -> Iterator[None]:
+    """Within the block, SIGTERM (a scheduler, ``torchrun``, ``kill``) calls ``action()``."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: action())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
 
 # bad input the user can fix on the command line: exit status 2
 USAGE_ERRORS = (UnknownSolverError, SolverOptionError, ProblemError)
@@ -63,12 +78,52 @@ def friendly_errors(what: str) -> Iterator[None]:
     except USAGE_ERRORS as err:
         if debug_enabled():
             raise
-        raise click.UsageError(str(err)) from None
+        raise click.UsageError(rank_prefix() + str(err)) from None
     except RUNTIME_ERRORS as err:
         if debug_enabled():
             raise
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise click.ClickException(f"{what} failed: {message}") from None
+        if peer_failure(err):
+            raise click.ClickException(
+                f"{rank_prefix()}{what} stopped: another rank failed or stopped answering "
+                f"(its own message, or the launcher's summary, names it): {first_line(err)}"
+            ) from None
+        if debug_enabled():
+            raise
+        raise click.ClickException(f"{rank_prefix()}{what} failed: {first_line(err)}") from None
+
+
+PEER_SIGNS = ("gloo", "nccl", "connection", "timed out", "timeout", "socket")
+
+
+def peer_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that failed because another rank did."""
+    if rank_and_world()[1] == 1:
+        return False
+    text = str(err).lower()
+    return isinstance(err, dist.DistError) or (
+        isinstance(err, RuntimeError) and any(sign in text for sign in PEER_SIGNS)
+    )
+
+
+def first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def rank_prefix() -> str:
+    """``"rank R: "`` in a multi-process run, so each message names its process."""
+    rank, world = rank_and_world()
+    return f"rank {rank}: " if world > 1 else ""
+
+
+def start_ranks(device: torch.device) -> torch.device:
+    """Under ``torchrun``: join the process group, keep every rank but 0 quiet, and
+    give each rank the GPU of its local rank (``--device cuda``)."""
+    if not init_distributed():
+        return device
+    console.quiet = rank_and_world()[0] != 0
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
 
 
 def parse_device(value: str) -> torch.device:

@@ -13,7 +13,7 @@ import sde_diffusion as sd
 from sde_diffusion.data import load_data
 from sde_diffusion.likelihood import likelihood_solvers, pixel_range
 
-from .common import console, friendly_errors
+from .common import console, friendly_errors, parse_device, start_ranks
 from .sample import device_option, model_option, open_problem, sde_option, seed_option
 
 Z95 = 1.959964
@@ -117,12 +117,11 @@ def likelihood(
       sdediff likelihood --model digits -n 64 --estimator both
       sdediff likelihood --model gmm8 --sde vp -n 512
     """
-    problem, device = open_problem(model, sde, device, "float64")
+    problem, device = open_problem(model, sde, start_ranks(parse_device(device)), "float64")
     x, info = _data(problem, data, num_samples, seed)
     x = x.to(device=device, dtype=torch.float64)
     dim = x[0].numel()
     levels = info.get("levels")
-    generator = torch.Generator(device=device).manual_seed(seed)
     ode_options = {
         "solver": solver,
         "steps": steps,
@@ -136,53 +135,39 @@ def likelihood(
     for column in ("estimator", "NLL (nats)", "bits/dim", "NFE per sample", "wall time"):
         table.add_column(column, justify="left" if column == "estimator" else "right")
 
+    bits = 1 / (dim * math.log(2))
+    scaling = {}
+    if levels:
+        low, high = pixel_range(info["scale"], info["shift"], levels)
+        scaling = {"levels": levels, "low": low, "high": high}
+        x = problem.to_data_units(x).round().clamp(0, levels - 1)  # the integer pixels
     with friendly_errors("the likelihood"), console.status("integrating"):
         for name in estimators:
-            options = ode_options if name == "ode" else {"steps": elbo_steps}
-            nll, nfe, start = [], 0, time.perf_counter()
-            batches = x.split(batch_size)
-            for batch in batches:
-                if levels:
-                    pixels = (problem.to_data_units(batch)).round().clamp(0, levels - 1)
-                    low, high = pixel_range(info["scale"], info["shift"], levels)
-                    bpd, result = sd.bits_per_dim(
-                        problem.model,
-                        problem.sde,
-                        pixels,
-                        levels=levels,
-                        low=low,
-                        high=high,
-                        generator=generator,
-                        estimator=name,
-                        return_result=True,
-                        **options,
-                    )
-                    nll.append(bpd * dim * math.log(2))
-                    nfe += result.nfe
-                else:
-                    estimate = sd.log_likelihood if name == "ode" else sd.elbo
-                    result = estimate(
-                        problem.model,
-                        problem.sde,
-                        batch,
-                        generator=generator,
-                        return_result=True,
-                        **options,
-                    )
-                    nll.append(-(result.log_likelihood if name == "ode" else result.elbo))
-                    nfe += result.nfe
-            nll_all = torch.cat(nll)
+            start = time.perf_counter()
+            nll_all, nfe = sd.nll_batched(
+                problem.model,
+                problem.sde,
+                x,
+                estimator=name,
+                batch_size=batch_size,
+                seed=seed,
+                **scaling,
+                **(ode_options if name == "ode" else {"steps": elbo_steps}),
+            )
+            if nll_all is None:  # another rank of a torchrun job: rank 0 reports
+                continue
             mean, half = _summary(nll_all)
-            bits = 1 / (dim * math.log(2))
             label = "PF-ODE" if name == "ode" else f"ELBO ({elbo_steps} steps)"
             table.add_row(
                 label,
                 f"{mean:.4f} ± {half:.4f}",
                 f"{mean * bits:.4f} ± {half * bits:.4f}",
-                f"{nfe / len(batches):.0f}",
+                f"{nfe:.0f}",
                 f"{time.perf_counter() - start:.1f} s",
             )
-        if problem.mixture is not None:
+        if nll_all is None:
+            return
+        if problem.mixture is not None:  # continuous data: x is in model units
             exact = -problem.mixture.marginal_log_prob(problem.sde, x, problem.sde.t_min)
             mean, half = _summary(exact)
             table.add_row(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import click
@@ -14,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import sde_diffusion as sd
 from sde_diffusion.atomic import atomic_path
+from sde_diffusion.distributed import local_batches
 from sde_diffusion.plotting import save_samples
 from sde_diffusion.problems import SDE_NAMES, load_problem
 
@@ -27,6 +27,7 @@ from .common import (
     parse_device,
     solver_option_flags,
     solver_option_values,
+    start_ranks,
     writable_output,
 )
 
@@ -72,41 +73,41 @@ def open_problem(model: str, sde: str | None, device: str, dtype: str = "float32
     return problem, device
 
 
-def sample_batches(
+def sample_with_progress(
     problem, solver, steps, schedule, num_samples, batch_size, seed, device, dtype, model, labels
-):
-    """Yield results batch by batch; sample i's noise is keyed by (seed, i), its label
-    is ``labels[i]`` (``labels`` is ``None`` for unconditional sampling)."""
-    shape = problem.event_shape
+) -> sd.SampleResult:
+    """``sd.sample_batched`` with a progress bar (this rank's batches and steps)."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
+    mine = len(local_batches(num_samples, batch_size))
     with Progress(*columns, console=console, transient=True) as bar:
-        batches = bar.add_task("batches", total=-(-num_samples // batch_size))
+        batches = bar.add_task("batches", total=mine)
         step_task = bar.add_task(f"{solver.name} steps", total=steps)
-        for first in range(0, num_samples, batch_size):
-            n = min(batch_size, num_samples - first)
-            bar.reset(step_task)
-            cond = None if labels is None else labels[first : first + n].to(device)
-            with torch.inference_mode():
-                res = sd.sample(
-                    model,
-                    problem.sde,
-                    (n, *shape),
-                    solver,
-                    steps,
-                    schedule,
-                    cond=cond,
-                    noise=sd.PerSampleNoise(seed, first),
-                    device=device,
-                    dtype=dtype,
-                    callback=lambda info: bar.advance(step_task),
-                )
+
+        def on_batch(start: int, stop: int) -> None:
             bar.advance(batches)
-            yield res
+            bar.reset(step_task)
+
+        with torch.inference_mode():
+            return sd.sample_batched(
+                model,
+                problem.sde,
+                (num_samples, *problem.event_shape),
+                solver,
+                steps,
+                schedule,
+                batch_size=batch_size,
+                cond=None if labels is None else labels.to(device),
+                seed=seed,
+                device=device,
+                dtype=dtype,
+                callback=lambda info: bar.advance(step_task),
+                on_batch=on_batch,
+            )
 
 
 @click.command()
@@ -180,7 +181,7 @@ def sample(
     writable_output(out, suffixes=OUT_SUFFIXES)
     solver = build_solver(solver, solver_option_values(kwargs))
     interval = parse_interval(guidance_interval)
-    problem, device = open_problem(model, sde, device, dtype)
+    problem, device = open_problem(model, sde, start_ranks(parse_device(device)), dtype)
     labels, columns = class_labels(problem, model, class_, num_samples)
     if labels is None and (guidance != 1.0 or interval is not None):
         raise click.UsageError("--guidance and --guidance-interval need --class")
@@ -197,26 +198,23 @@ def sample(
         highlight=False,
     )
     with friendly_errors("sampling"):
-        start = time.perf_counter()
-        results = list(
-            sample_batches(
-                problem,
-                solver,
-                steps,
-                schedule,
-                num_samples,
-                batch_size,
-                seed,
-                device,
-                DTYPES[dtype],
-                guided,
-                labels,
-            )
+        res = sample_with_progress(
+            problem,
+            solver,
+            steps,
+            schedule,
+            num_samples,
+            batch_size,
+            seed,
+            device,
+            DTYPES[dtype],
+            guided,
+            labels,
         )
-        wall = time.perf_counter() - start
-        x = torch.cat([r.x for r in results]).float().cpu()
-        nfe = results[0].nfe
-        passes = sum(r.network_passes for r in results) / len(results)
+        if res.x is None:  # another rank of a torchrun job: rank 0 writes
+            return
+        x, nfe, wall = res.x.float().cpu(), res.nfe, res.wall_time
+        passes = res.network_passes / len(local_batches(num_samples, batch_size, 0, 1))
         settings = {
             "model": model,
             "solver": solver.name,

@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 import torch
 
+from sde_diffusion.checkpoint import CheckpointError, load_checkpoint
 from sde_diffusion.data import load_data
+from sde_diffusion.distributed import rank_and_world
 from sde_diffusion.losses import WEIGHTINGS
 from sde_diffusion.networks import ResidualMLP, UNet
 from sde_diffusion.parametrization import PARAMETRIZATIONS, ScoreModel
@@ -18,11 +20,18 @@ from sde_diffusion.training import TrainConfig, Trainer
 
 from .common import (
     INTERRUPTED,
+    TERMINATED,
     console,
+    debug_enabled,
     err_console,
+    first_line,
     friendly_errors,
     not_nan,
+    on_sigterm,
     parse_device,
+    peer_failure,
+    rank_prefix,
+    start_ranks,
     writable_output,
 )
 from .sample import device_option, seed_option
@@ -52,6 +61,43 @@ def read_config(ctx: click.Context, param: click.Parameter, path: Path | None) -
             param,
         )
     ctx.default_map = {**(ctx.default_map or {}), **values}
+    return path
+
+
+def resume_defaults(ctx: click.Context, param: click.Parameter, path: Path | None):
+    """With ``--resume``, the run's own settings become the defaults.
+
+    Precedence: flags, then a ``--config`` file, then the checkpoint, then built-ins.
+    """
+    if path is None:
+        return None
+    try:
+        _, config = load_checkpoint(path, "cpu")
+        if "optimizer_groups" not in config:
+            raise click.BadParameter(
+                f"{path} holds no optimiser state: an exported model, not a training checkpoint",
+                ctx,
+                param,
+            )
+        train, net, data = config["train"], config["network"], config["data"]
+        values = {
+            "data": data.get("source", data["name"]),
+            "sde": config["sde"]["type"],
+            "network": net["type"],
+            "width": net.get("width", net.get("channels")),
+            "parametrization": config["parametrization"],
+            "conditional": net.get("num_classes") is not None,
+            "loss_weighting": train["loss_weighting"],
+            "cond_drop": train.get("cond_drop_prob", 0.1),
+            "ema": train["ema_decay"],
+            **{k: train[k] for k in ("steps", "batch_size", "lr", "checkpoint_every", "seed")},
+            "sample_every": train["sample_every"],
+        }
+    except (CheckpointError, KeyError, TypeError, AttributeError) as err:
+        raise click.BadParameter(
+            f"{path} is not a training checkpoint: {err}", ctx, param
+        ) from None
+    ctx.default_map = {**values, **(ctx.default_map or {})}  # a --config file wins
     return path
 
 
@@ -145,7 +191,10 @@ def build_model(
     "--resume",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="Continue from this checkpoint (weights, EMA, optimiser, RNG).",
+    callback=resume_defaults,
+    is_eager=True,
+    help="Continue from this checkpoint (weights, EMA, optimiser, RNG); its settings are "
+    "the defaults, so --resume FILE alone runs on to the step it was started for.",
 )
 @seed_option
 @device_option
@@ -182,9 +231,17 @@ def train(
     if resume is not None and source == click.core.ParameterSource.DEFAULT:
         out = resume  # continue in place unless --out says otherwise
     writable_output(out, suffixes=(".safetensors",))
-    device = parse_device(device)
+    device = start_ranks(parse_device(device))
+    world = rank_and_world()[1]
+    if batch_size % world:
+        raise click.BadParameter(
+            f"the global batch {batch_size} does not split evenly over {world} processes; "
+            f"use a multiple of {world}",
+            param_hint="--batch-size",
+        )
     with friendly_errors("training"):
         dataset = load_data(data, 20000, seed)
+        dataset.info["source"] = data  # what --resume loads again
         torch.manual_seed(seed)
         model = build_model(dataset, sde, network, width, parametrization, conditional)
         config = TrainConfig(
@@ -204,9 +261,10 @@ def train(
             trainer.resume(resume)
             console.print(f"resumed from {resume} at step {trainer.step}")
         params = sum(p.numel() for p in model.parameters())
+        ranks = "" if trainer.world == 1 else f" on {trainer.world} processes"
         console.print(
-            f"training a {params:,}-parameter {model.net.config['type']} on {dataset.name} "
-            f"{tuple(dataset.x.shape)} under {model.sde!r}"
+            f"training a {params:,}-parameter {trainer.net.config['type']} on {dataset.name} "
+            f"{tuple(dataset.x.shape)} under {model.sde!r}{ranks}"
         )
 
         def on_samples(step: int, x: torch.Tensor) -> None:
@@ -214,13 +272,26 @@ def train(
             data_units = x if x.ndim == 4 else dataset.to_data_units(x)
             save_samples(data_units.float().cpu(), picture, f"step {step}")
 
+        saved = f"checkpoint saved to {out}; continue with --resume {out}"
         try:
-            history = trainer.train(checkpoint=out, on_samples=on_samples)
+            with on_sigterm(lambda: setattr(trainer, "stop_requested", True)):
+                history = trainer.train(checkpoint=out, on_samples=on_samples)
         except KeyboardInterrupt:
             err_console.print(
-                f"[yellow]interrupted[/] at step {trainer.step}: checkpoint saved to {out}; "
-                f"continue with --resume {out}"
+                f"{rank_prefix()}[yellow]interrupted[/] at step {trainer.step}: {saved}"
             )
             raise SystemExit(INTERRUPTED) from None
+        except RuntimeError as err:
+            if not peer_failure(err) or debug_enabled():
+                raise
+            raise click.ClickException(
+                f"{rank_prefix()}training stopped at step {trainer.step}: another rank failed "
+                f"or stopped answering ({first_line(err)}); {saved}"
+            ) from None
+    if trainer.stop_requested:
+        err_console.print(
+            f"{rank_prefix()}[yellow]stopped[/] by SIGTERM at step {trainer.step}: {saved}"
+        )
+        raise SystemExit(TERMINATED)
     last = history[-1]["loss"] if history else float("nan")
     console.print(f"[bold green]done[/]: step {trainer.step}, last loss {last:.4f} -> {out}")

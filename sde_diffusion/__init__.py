@@ -16,12 +16,13 @@ from .likelihood import (
     elbo,
     likelihood_solvers,
     log_likelihood,
+    nll_batched,
 )
 from .models import ConditionError, FunctionModel, Model, as_model
 from .noise import BrownianNoise, GeneratorNoise, NoiseSource, PerSampleNoise
 from .parametrization import PREDICTIONS, ScoreModel
 from .reverse import ModelOutputError, ReverseProcess, ScoreFn
-from .sampling import NonFiniteError, SampleResult, StepInfo, sample, solve
+from .sampling import NonFiniteError, SampleResult, StepInfo, sample, sample_batched, solve
 from .sdes import EDMSDE, SDE, VESDE, VPSDE, DiscreteVPSDE, SubVPSDE, append_dims
 from .solvers import (
     Solver,
@@ -82,8 +83,10 @@ __all__ = [
     "likelihood_solvers",
     "list_solvers",
     "log_likelihood",
+    "nll_batched",
     "register_solver",
     "sample",
+    "sample_batched",
     "solve",
     "solver_names",
     "timesteps",

@@ -3,14 +3,21 @@
 ``Trainer`` runs AdamW with linear warm-up and gradient clipping, keeps an EMA of
 the weights through ``torch.optim.swa_utils``, optionally autocasts to bf16, shows
 a rich progress bar, and writes checkpoints (model, EMA, optimiser, RNG states)
-that resume bit for bit on CPU.  Under ``torchrun`` it trains data-parallel
-(DDP): each rank draws its own batches, rank 0 writes.  Ctrl-C saves a checkpoint
-before it stops.
+that resume bit for bit on CPU.  Ctrl-C (``KeyboardInterrupt``) and a failed peer
+rank save a checkpoint before the error goes on; ``stop_requested`` (set by a
+SIGTERM handler) ends the run after the current step with a checkpoint.
+
+Under ``torchrun`` it trains data-parallel (DDP): ``batch_size`` is the global
+batch.  Every rank draws the same global batch (indices, label dropout, times and
+noise) from one generator seeded alike on all ranks and keeps its own slice of
+``batch_size / world`` rows, so ranks see disjoint data and the run follows the
+single-process run with the same seed (to the rounding of the gradient all-reduce),
+whatever the world size; a checkpoint resumes on any number of processes.  Rank 0
+alone writes, and every rank waits at a barrier until the file is complete.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,12 +31,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .checkpoint import load_checkpoint, prefixed, save_checkpoint
 from .data import Dataset
+from .distributed import barrier, init_distributed, rank_and_world, sum_over_ranks
 from .losses import DenoisingScoreMatching
 from .networks import build_network
 from .parametrization import ScoreModel
 from .sdes import sde_config, sde_from_config
 
-__all__ = ["TrainConfig", "Trainer", "load_score_model"]
+__all__ = ["TrainConfig", "Trainer", "init_distributed", "load_score_model"]
 
 
 @dataclass
@@ -65,12 +73,6 @@ class TrainConfig:
             )
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class Trainer:
     """Trains ``model`` on ``data`` (a ``Dataset``) under ``config``."""
 
@@ -78,9 +80,17 @@ class Trainer:
         self.model, self.data, self.config = model, data, config
         self.device = torch.device(config.device)
         self.model.to(self.device)
-        self.rank, self.world = _world()
+        self.rank, self.world = rank_and_world()
+        if config.batch_size % self.world:
+            raise ValueError(
+                f"the global batch size {config.batch_size} does not split evenly over "
+                f"{self.world} processes; use a multiple of {self.world}"
+            )
         self.loss = DenoisingScoreMatching(model.sde, config.loss_weighting)
         self.net = self.model.net  # the bare network: saved, averaged, exported
+        if self.world > 1:  # every rank starts from rank 0's weights (EMA included)
+            for tensor in self.net.state_dict().values():
+                dist.broadcast(tensor, 0)
         self.ema = AveragedModel(
             model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
         )
@@ -90,9 +100,9 @@ class Trainer:
             self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
         self.step = 0
-        self.generator = torch.Generator(device=self.device).manual_seed(
-            config.seed * 1000 + self.rank
-        )
+        self.stop_requested = False  # set from a signal handler: save and stop after this step
+        # one stream, the same on every rank: the global batch is drawn alike everywhere
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed * 1000)
         self.history: list[dict[str, float]] = []
         # the data sets here are small: keep them on the device, index there (no host sync)
         self._x = data.x.to(self.device)
@@ -104,22 +114,30 @@ class Trainer:
         return self.config.lr * min(1.0, (step + 1) / max(1, self.config.warmup))
 
     def train_step(self) -> float:
-        idx = torch.randint(
-            len(self._x), (self.config.batch_size,), generator=self.generator, device=self.device
-        )
-        batch = self._x[idx]
+        """One optimiser step on the global batch; returns its mean loss."""
+        size, gen, device = self.config.batch_size, self.generator, self.device
+        idx = torch.randint(len(self._x), (size,), generator=gen, device=device)
         cond = self._condition(idx)
+        t = self.loss.sample_times(size, generator=gen, device=device)
+        eps = torch.randn(
+            (size, *self._x.shape[1:]), generator=gen, device=device, dtype=self._x.dtype
+        )
+        mine = slice(self.rank * size // self.world, (self.rank + 1) * size // self.world)
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
-            loss = self.loss(self.model, batch, cond, generator=self.generator).mean()
+            x0, cond = self._x[idx[mine]], None if cond is None else cond[mine]
+            loss = self.loss.loss_at(self.model, x0, t[mine], eps[mine], cond)
+            loss = loss.mean()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # under DDP the gradients are averaged over ranks here
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.ema.update_parameters(self.model)
         self.step += 1
-        return float(loss.detach())
+        if self.world == 1:
+            return float(loss.detach())
+        return sum_over_ranks([float(loss.detach())])[0] / self.world
 
     def _condition(self, idx: Tensor) -> Tensor | None:
         """The batch's labels, each replaced by the null label with ``cond_drop_prob``.
@@ -187,22 +205,25 @@ class Trainer:
                 task = bar.add_task(
                     "train", total=target, completed=self.step, loss=float("nan"), rate=0.0
                 )
-                while self.step < target:
+                while self.step < target and not self.stop_requested:
                     loss = self.train_step()
                     self.history.append({"step": self.step, "loss": loss})
                     rate = (self.step - first) / (time.perf_counter() - start)
                     bar.update(task, completed=self.step, loss=loss, rate=rate)
                     if checkpoint and self.step % self.config.checkpoint_every == 0:
                         self.save(checkpoint)
+                        barrier()  # no rank reads a checkpoint that is half written
                     every = self.config.sample_every
                     if on_samples and every and self.step % every == 0 and self.rank == 0:
                         on_samples(self.step, self.evaluation_samples())
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, RuntimeError):  # Ctrl-C or a failed peer rank: keep the work
             if checkpoint:
                 self.save(checkpoint)
             raise
         if checkpoint:
             self.save(checkpoint)
+            if not self.stop_requested:  # ranks may stop a step apart: no collective then
+                barrier()
         return self.history
 
     # -- checkpoints ------------------------------------------------------------
@@ -290,14 +311,3 @@ def load_score_model(
             f"{path}: cannot rebuild the model it describes ({str(err)[:300]}){hint}"
         ) from None
     return model.to(device).eval(), config
-
-
-def init_distributed() -> bool:
-    """Join the process group ``torchrun`` sets up (gloo on CPU, nccl on CUDA)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return dist.is_initialized()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return True

@@ -239,6 +239,30 @@ def test_train_config_file_resume_and_samples(tmp_path):
     assert sampled.exit_code == 0, sampled.output
 
 
+def test_resume_keeps_the_run_settings_unless_a_flag_changes_them(tmp_path):
+    """--resume FILE alone: same SDE, batch and target step; flags still win."""
+    out = tmp_path / "m.safetensors"
+    args = ["--data", "rings", "--sde", "ve", "--batch-size", "32", "--lr", "1e-3"]
+    first = run("train", *args, "--steps", "6", "--checkpoint-every", "2", "--out", str(out))
+    assert first.exit_code == 0, first.output
+    again = run("train", "--resume", str(out), "--steps", "9", "--lr", "5e-4")
+    assert again.exit_code == 0, again.output
+    _, cfg = load_checkpoint(out)
+    assert cfg["step"] == 9 and cfg["sde"]["type"] == "ve" and cfg["data"]["name"] == "rings"
+    assert cfg["train"]["batch_size"] == 32 and cfg["train"]["checkpoint_every"] == 2
+    assert cfg["train"]["lr"] == 5e-4
+
+
+def test_resume_from_a_file_that_is_not_a_training_checkpoint_is_a_usage_error(tmp_path):
+    from sde_diffusion.pretrained import pretrained_path
+
+    shipped = tmp_path / "m.safetensors"
+    shutil.copy(pretrained_path("moons"), shipped)  # weights and config, no training state
+    result = run("train", "--resume", str(shipped), "--steps", "2")
+    assert result.exit_code == 2 and "not a training checkpoint" in result.output
+    assert "Traceback" not in result.output
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

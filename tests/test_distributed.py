@@ -1,0 +1,255 @@
+"""Data-parallel training and sharded sampling: the batch partition, and real `torchrun` runs.
+
+The launcher tests start two CPU processes (gloo) through the command line, as a user
+would, and compare them with one process given the same seed, global batch and threads.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import sde_diffusion as sd
+from sde_diffusion.checkpoint import load_checkpoint
+from sde_diffusion.distributed import local_batches, map_batches
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default per process; alike for both
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def sdediff(*args, cwd, ranks=1, timeout=300):
+    """``sdediff ARGS`` in one process, or under ``torchrun`` with ``ranks`` processes."""
+    launcher = [sys.executable] if ranks == 1 else TORCHRUN
+    return subprocess.run(
+        [*launcher, "-m", "sde_diffusion", *args],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    tensors, _ = load_checkpoint(path)
+    return {k: v for k, v in tensors.items() if k.startswith(("model/", "ema/"))}
+
+
+# -- the batch partition ------------------------------------------------------------
+
+
+@given(st.integers(0, 200), st.integers(1, 40), st.integers(1, 5))
+def test_ranks_share_the_global_batches_without_overlap(total, batch_size, world):
+    """The union over ranks is the one-process partition, each batch on exactly one rank."""
+    single = local_batches(total, batch_size, 0, 1)
+    shards = [local_batches(total, batch_size, r, world) for r in range(world)]
+    assert sorted(b for shard in shards for b in shard) == single
+    assert [i for start, stop in single for i in range(start, stop)] == list(range(total))
+    assert all(stop - start <= batch_size for start, stop in single)
+
+
+def test_map_batches_in_one_process_concatenates_in_order():
+    rows = map_batches(lambda start, stop: torch.arange(start, stop)[:, None] * 2, 23, 5)
+    assert torch.equal(rows, torch.arange(23)[:, None] * 2)
+
+
+def test_batched_sampling_keys_noise_and_condition_by_global_index():
+    """Batch b of sample_batched equals sample() on that batch's rows, noise and labels."""
+    sde = sd.EDMSDE()
+    gmm = sd.eight_gaussians()
+    model = gmm.score_fn(sde)
+    labels = torch.arange(11) % 8
+    res = sd.sample_batched(model, sde, (11, 2), "heun", 6, batch_size=4, cond=labels, seed=3)
+    first, stop = 4, 8  # the second batch
+    alone = sd.sample(
+        model, sde, (4, 2), "heun", 6, cond=labels[first:stop], noise=sd.PerSampleNoise(3, first)
+    )
+    assert torch.equal(res.x[first:stop], alone.x)
+    assert res.nfe == alone.nfe == 12 and res.network_passes == 3 * 12  # 3 batches
+    assert res.x.shape == (11, 2) and torch.isfinite(res.x).all()
+
+
+# -- SIGTERM ------------------------------------------------------------------------
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
+    """What SLURM and torchrun send: stop after the step in hand, save, exit 143."""
+    args = ["train", "--data", "moons", "--steps", "100000", "--batch-size", "32"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sde_diffusion", *args, "--out", "m.safetensors"],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in proc.stdout:
+            if "training a" in line:
+                break
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM at step" in err and "Traceback" not in err
+    step = load_checkpoint(tmp_path / "m.safetensors")[1]["step"]
+    assert 0 < step < 100000 and [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+    resumed = sdediff("train", "--resume", "m.safetensors", "--steps", str(step + 3), cwd=tmp_path)
+    assert resumed.returncode == 0 and f"at step {step}" in resumed.stdout
+
+
+# -- torchrun, two CPU processes -----------------------------------------------------
+
+TRAIN = ["train", "--data", "moons", "--batch-size", "64", "--checkpoint-every", "5"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """12 steps on 2 processes and on 1; then both resumed or continued to 16 on 1."""
+    where = tmp_path_factory.mktemp("ddp")
+    two = sdediff(*TRAIN, "--steps", "12", "--out", "two/m.safetensors", cwd=where, ranks=2)
+    one = sdediff(*TRAIN, "--steps", "12", "--out", "one/m.safetensors", cwd=where)
+    resumed = sdediff(
+        "train", "--resume", "two/m.safetensors", "--steps", "16", "--out", "r.safetensors",
+        cwd=where,
+    )  # fmt: skip
+    straight = sdediff(*TRAIN, "--steps", "16", "--out", "s.safetensors", cwd=where)
+    for run in (two, one, resumed, straight):
+        assert run.returncode == 0, run.stderr[-3000:]
+    return where, two, resumed
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_weights_of_one(runs):
+    """Same global batch, same data order: the weights agree to float rounding."""
+    where, _, _ = runs
+    two, one = weights(where / "two/m.safetensors"), weights(where / "one/m.safetensors")
+    assert two.keys() == one.keys()
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert load_checkpoint(where / "two/m.safetensors")[1]["step"] == 12
+
+
+@pytest.mark.slow
+def test_only_rank_zero_reports_and_writes(runs):
+    where, two, _ = runs
+    assert two.stdout.count("training a ") == 1 and "on 2 processes" in two.stdout
+    assert two.stdout.count("done") == 1
+    assert len(re.findall(r"^train .*12/12", two.stdout, re.M)) == 1  # one progress bar
+    assert sorted(p.name for p in (where / "two").iterdir()) == ["m.safetensors"]
+
+
+@pytest.mark.slow
+def test_a_two_process_checkpoint_resumes_on_one_process(runs):
+    """It continues at the saved step, and lands where an uninterrupted run does."""
+    where, _, resumed = runs
+    assert "resumed from two/m.safetensors at step 12" in resumed.stdout
+    assert load_checkpoint(where / "r.safetensors")[1]["step"] == 16
+    after, straight = weights(where / "r.safetensors"), weights(where / "s.safetensors")
+    for name in straight:
+        torch.testing.assert_close(after[name], straight[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--model", "moons", "-n", "70", "--batch-size", "16", "--steps", "8"],
+        [
+            "--model",
+            "digits-cond",
+            "--class",
+            "all",
+            "-n",
+            "10",
+            "--batch-size",
+            "8",
+            "--steps",
+            "4",
+            "--guidance",
+            "2",
+        ],
+    ],
+    ids=["moons", "digits-cond-guided"],
+)
+def test_sharded_sampling_is_the_single_process_sampling_bit_for_bit(tmp_path, args):
+    two = sdediff("sample", *args, "--out", "two.npz", cwd=tmp_path, ranks=2)
+    one = sdediff("sample", *args, "--out", "one.npz", cwd=tmp_path)
+    assert two.returncode == 0 and one.returncode == 0, two.stderr[-3000:]
+    a, b = np.load(tmp_path / "two.npz"), np.load(tmp_path / "one.npz")
+    assert np.array_equal(a["samples"], b["samples"]) and str(a["settings"]) == str(b["settings"])
+    assert two.stdout.count("samples from") == 1
+
+
+@pytest.mark.slow
+def test_sharded_likelihood_equals_the_single_process_value(tmp_path):
+    args = ["likelihood", "--model", "gmm8", "-n", "40", "--batch-size", "8", "--steps", "20"]
+    args += ["--solver", "heun"]
+    two = sdediff(*args, cwd=tmp_path, ranks=2)
+    one = sdediff(*args, cwd=tmp_path)
+    assert two.returncode == 0 and one.returncode == 0, two.stderr[-3000:] + one.stderr[-3000:]
+    row = re.compile(r"PF-ODE\s*│\s*([-\d.]+ ± [\d.]+)\s*│\s*([-\d.]+ ± [\d.]+)\s*│\s*(\d+)")
+    assert row.search(two.stdout).groups() == row.search(one.stdout).groups()
+    assert two.stdout.count("PF-ODE") == 1
+
+
+@pytest.mark.slow
+def test_a_global_batch_that_does_not_split_is_refused(tmp_path):
+    run = sdediff(*TRAIN[:3], "--batch-size", "63", "--steps", "2", cwd=tmp_path, ranks=2)
+    assert run.returncode != 0 and "does not split evenly over 2 processes" in run.stderr
+    assert not list(tmp_path.glob("**/*.safetensors"))
+
+
+def _worker(launcher_pid: int, rank: int) -> int | None:
+    """The pid of the ``torchrun`` child with environment ``RANK=rank``."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == launcher_pid and f"RANK={rank}".encode() in environ:
+            return int(proc.name)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_a_rank_that_dies_stops_the_others_with_a_message_and_a_checkpoint(tmp_path):
+    """Kill rank 1: no hang; rank 0 says why it stopped and saves; the launcher names rank 1."""
+    proc = subprocess.Popen(
+        [*TORCHRUN, "-m", "sde_diffusion", *TRAIN, "--steps", "1000000", "--out", "m.safetensors"],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "m.safetensors").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        victim = _worker(proc.pid, 1)
+        assert victim is not None, "rank 1 not found"
+        os.kill(victim, signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)  # a hang fails here
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert "rank 0: training stopped at step" in err and "another rank failed" in err
+    assert re.search(r"rank\s*: 1 \(local_rank: 1\)", err)  # torchrun's root cause
+    step = load_checkpoint(tmp_path / "m.safetensors")[1]["step"]
+    assert step >= 5 and [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
