@@ -25,7 +25,12 @@ from rich.console import Console
 import sde_diffusion as sd
 from sde_diffusion.checkpoint import CheckpointError
 from sde_diffusion.data import DataError
-from sde_diffusion.distributed import init_distributed, rank_and_world
+from sde_diffusion.distributed import (
+    init_distributed,
+    rank_and_world,
+    report_failure,
+    reported_failures,
+)
 from sde_diffusion.problems import ProblemError
 from sde_diffusion.sampling import NonFiniteError
 from sde_diffusion.solvers import SolverOptionError, UnknownSolverError
@@ -78,17 +83,16 @@ def friendly_errors(what: str) -> Iterator[None]:
     except USAGE_ERRORS as err:
         if debug_enabled():
             raise
+        report_failure(str(err))
         raise click.UsageError(rank_prefix() + str(err)) from None
     except RUNTIME_ERRORS as err:
         if debug_enabled():
             raise
         if peer_failure(err):
             raise click.ClickException(
-                f"{rank_prefix()}{what} stopped: another rank failed or stopped answering "
-                f"(its own message, or the launcher's summary, names it): {first_line(err)}"
+                f"{rank_prefix()}{what} stopped: {peer_story(err)}"
             ) from None
-        if debug_enabled():
-            raise
+        report_failure(f"{what} failed: {first_line(err)}")
         raise click.ClickException(f"{rank_prefix()}{what} failed: {first_line(err)}") from None
 
 
@@ -102,6 +106,22 @@ def peer_failure(err: BaseException) -> bool:
     text = str(err).lower()
     return isinstance(err, dist.DistError) or (
         isinstance(err, RuntimeError) and any(sign in text for sign in PEER_SIGNS)
+    )
+
+
+def failed_ranks() -> str:
+    """``"rank 1 failed (why)"`` for each rank that reported a failure; ``""`` if none."""
+    return "; ".join(f"rank {rank} failed ({why})" for rank, why in reported_failures().items())
+
+
+def peer_story(err: BaseException) -> str:
+    """Which rank failed and why, as far as the ranks that reported say (one line)."""
+    reported = failed_ranks()
+    if reported:
+        return reported
+    return (
+        "another rank failed or stopped answering without a message (killed? out of "
+        f"memory? the launcher's summary names it): {first_line(err)}"
     )
 
 

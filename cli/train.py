@@ -24,12 +24,13 @@ from .common import (
     console,
     debug_enabled,
     err_console,
-    first_line,
+    failed_ranks,
     friendly_errors,
     not_nan,
     on_sigterm,
     parse_device,
     peer_failure,
+    peer_story,
     rank_prefix,
     start_ranks,
     writable_output,
@@ -273,6 +274,8 @@ def train(
             save_samples(data_units.float().cpu(), picture, f"step {step}")
 
         saved = f"checkpoint saved to {out}; continue with --resume {out}"
+        if trainer.rank != 0:
+            saved = "rank 0 writes the checkpoints"
         try:
             with on_sigterm(lambda: setattr(trainer, "stop_requested", True)):
                 history = trainer.train(checkpoint=out, on_samples=on_samples)
@@ -285,12 +288,14 @@ def train(
             if not peer_failure(err) or debug_enabled():
                 raise
             raise click.ClickException(
-                f"{rank_prefix()}training stopped at step {trainer.step}: another rank failed "
-                f"or stopped answering ({first_line(err)}); {saved}"
+                f"{rank_prefix()}training stopped at step {trainer.step}: {peer_story(err)}; "
+                f"{saved}"
             ) from None
     if trainer.stop_requested:
+        why = failed_ranks()
         err_console.print(
-            f"{rank_prefix()}[yellow]stopped[/] by SIGTERM at step {trainer.step}: {saved}"
+            f"{rank_prefix()}[yellow]stopped[/] by SIGTERM at step {trainer.step}"
+            f"{f' after {why}' if why else ''}: {saved}"
         )
         raise SystemExit(TERMINATED)
     last = history[-1]["loss"] if history else float("nan")

@@ -15,6 +15,7 @@ number of processes, and :func:`map_batches` puts it back in global order on ran
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 from collections.abc import Callable
 from datetime import timedelta
@@ -30,6 +31,8 @@ __all__ = [
     "local_batches",
     "map_batches",
     "rank_and_world",
+    "report_failure",
+    "reported_failures",
     "sum_over_ranks",
 ]
 
@@ -72,6 +75,36 @@ def barrier() -> None:
     """Wait for every rank (nothing to wait for in a single process)."""
     if rank_and_world()[1] > 1:
         dist.barrier()
+
+
+def _store():
+    """The group's key-value store (the launcher's), or ``None`` where torch hides it."""
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError, ValueError):
+        return None
+
+
+def report_failure(message: str) -> None:
+    """Leave this rank's reason for stopping where the other ranks can read it."""
+    store = _store()
+    if store is not None and rank_and_world()[1] > 1:
+        with contextlib.suppress(RuntimeError, OSError):  # the store went first: no one to tell
+            store.set(f"sde_diffusion/failed/{dist.get_rank()}", message)
+
+
+def reported_failures() -> dict[int, str]:
+    """``rank -> message`` for every rank that reported a failure (none are waited for)."""
+    store, (_, world) = _store(), rank_and_world()
+    found: dict[int, str] = {}
+    for rank in range(world if store is not None else 0):
+        key = f"sde_diffusion/failed/{rank}"
+        try:
+            if store.check([key]):
+                found[rank] = store.get(key).decode(errors="replace")
+        except (RuntimeError, OSError):
+            break
+    return found
 
 
 def sum_over_ranks(values: list[float]) -> list[float]:
