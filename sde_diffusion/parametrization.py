@@ -48,6 +48,7 @@ Parametrization = Literal["eps", "x0", "v", "score", "edm"]
 Prediction = Literal["eps", "x0", "v", "score", "velocity"]
 PARAMETRIZATIONS = ("eps", "x0", "v", "score", "edm")
 PREDICTIONS = ("eps", "x0", "v", "score", "velocity")
+"""What a model may declare it predicts (its ``prediction`` attribute)."""
 
 
 @dataclass(frozen=True)

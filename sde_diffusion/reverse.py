@@ -30,7 +30,9 @@ from .sdes import SDE, Time
 
 __all__ = ["ModelOutputError", "ReverseProcess", "ScoreFn"]
 
-ScoreFn = Any  # a model, or a plain score_fn(x, t)
+ScoreFn = Any
+"""What the solvers accept: a model ``model(x, t, cond)`` with a ``prediction``, or a
+plain ``score_fn(x, t)`` returning the score (wrapped by :func:`sde_diffusion.as_model`)."""
 
 
 class ModelOutputError(ValueError):

@@ -26,6 +26,7 @@ from .sdes import SDE
 __all__ = ["SCHEDULES", "timesteps", "validate_grid"]
 
 SCHEDULES = ("uniform", "quadratic", "karras", "logsnr")
+"""The grid families of :func:`timesteps`."""
 
 
 def timesteps(

@@ -1,0 +1,69 @@
+"""mkdocs hooks: the benchmark pictures and real ``sdediff`` output become part of the site.
+
+- Every PNG under ``benchmarks/results`` is published as ``img/<name>``, so pages link
+  ``img/peers_gmm8.png`` and the pictures the benchmarks write are the ones shown.
+- A line ``<!-- sdediff ARGS -->`` in a page is replaced by ``$ sdediff ARGS`` and the
+  command's real output, run at build time, so the reference cannot drift.
+- A line ``<!-- solver-table -->`` becomes the registry as a table (every solver's
+  metadata with default options, its options and its reference).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from pathlib import Path
+
+from mkdocs.structure.files import File, Files
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+COMMAND = re.compile(r"^<!-- sdediff (.+?) -->$", re.M)
+
+
+def on_files(files: Files, config) -> Files:
+    for picture in sorted(RESULTS.glob("*.png")):
+        files.append(File.generated(config, f"img/{picture.name}", abs_src_path=str(picture)))
+    return files
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    markdown = markdown.replace("<!-- solver-table -->", solver_table())
+    return COMMAND.sub(lambda m: _run(m.group(1)), markdown)
+
+
+def solver_table() -> str:
+    """The registry, one row per solver, from ``sd.list_solvers()`` and the default instance."""
+    import sde_diffusion as sd
+    from sde_diffusion.benchmark import fixed_grid
+    from sde_diffusion.solvers.registry import solver_class, solver_options
+
+    rows = [
+        "| name | integrates | order | NFE / step | stochastic | options | reference |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for info in sd.list_solvers():
+        solver = sd.get_solver(info.name)
+        aliases = f" ({', '.join(f'`{a}`' for a in info.aliases)})" if info.aliases else ""
+        options = ", ".join(f"`{o}`" for o in solver_options(solver_class(info.name))) or "–"
+        nfe = str(solver.nfe_per_step) if fixed_grid(solver) else "adaptive"
+        process = "reverse SDE" if solver.kind == "sde" else "PF-ODE"
+        rows.append(
+            f"| `{info.name}`{aliases} | {process} | {solver.order:g} | {nfe} | "
+            f"{'yes' if solver.stochastic else 'no'} | {options} | {info.reference or '–'} |"
+        )
+    return "\n".join(rows)
+
+
+def _run(args: str) -> str:
+    from click.testing import CliRunner
+    from sdediff_cli.main import main
+
+    os.environ["COLUMNS"] = "110"  # rich tables at a width the page shows whole
+    result = CliRunner().invoke(
+        main, shlex.split(args), prog_name="sdediff", catch_exceptions=False
+    )
+    if result.exit_code != 0:
+        raise RuntimeError(f"sdediff {args} exited {result.exit_code}: {result.output}")
+    return f"```text\n$ sdediff {args}\n{result.output.rstrip()}\n```"
