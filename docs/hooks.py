@@ -6,6 +6,7 @@
   command's real output, run at build time, so the reference cannot drift.
 - A line ``<!-- solver-table -->`` becomes the registry as a table (every solver's
   metadata with default options, its options and its reference).
+- Sphinx roles in docstrings (``:class:`X```) render as plain code.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from mkdocs.structure.files import File, Files
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 COMMAND = re.compile(r"^<!-- sdediff (.+?) -->$", re.M)
+ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc):(?=<code>)")
 
 
 def on_files(files: Files, config) -> Files:
@@ -31,6 +33,10 @@ def on_files(files: Files, config) -> Files:
 def on_page_markdown(markdown: str, page, config, files) -> str:
     markdown = markdown.replace("<!-- solver-table -->", solver_table())
     return COMMAND.sub(lambda m: _run(m.group(1)), markdown)
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    return ROLE.sub("", html)
 
 
 def solver_table() -> str:
