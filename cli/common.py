@@ -264,6 +264,13 @@ def solver_option_values(kwargs: dict) -> dict[str, object]:
     return {name: kwargs.pop(name) for name in _solver_option_specs() if name in kwargs}
 
 
+def finite(ctx, param, value: float) -> float:
+    """A click callback: a finite number (``FloatRange(min=0)`` lets ``inf`` through)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number, got {value}", ctx, param)
+    return value
+
+
 def not_nan(ctx, param, value: float) -> float:
     """A click callback: NaN passes ``FloatRange`` checks (its comparisons are false)."""
     if value is not None and math.isnan(value):

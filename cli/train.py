@@ -16,7 +16,7 @@ from sde_diffusion.networks import ResidualMLP, UNet
 from sde_diffusion.parametrization import PARAMETRIZATIONS, ScoreModel
 from sde_diffusion.plotting import save_samples
 from sde_diffusion.problems import SDE_NAMES
-from sde_diffusion.training import TrainConfig, Trainer
+from sde_diffusion.training import NonFiniteLossError, TrainConfig, Trainer
 
 from .common import (
     INTERRUPTED,
@@ -25,6 +25,7 @@ from .common import (
     debug_enabled,
     err_console,
     failed_ranks,
+    finite,
     friendly_errors,
     not_nan,
     on_sigterm,
@@ -173,7 +174,13 @@ def build_model(
 )
 @click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    callback=finite,
+    default=2e-3,
+    show_default=True,
+)
 @click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.999, show_default=True)
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option(
@@ -284,6 +291,14 @@ def train(
                 f"{rank_prefix()}[yellow]interrupted[/] at step {trainer.step}: {saved}"
             )
             raise SystemExit(INTERRUPTED) from None
+        except NonFiniteLossError as err:
+            if debug_enabled():
+                raise
+            kept = f"{out} holds step {trainer.step}" if trainer.rank == 0 else "rank 0 saved"
+            raise click.ClickException(
+                f"{rank_prefix()}training stopped: {err}; {kept} (finite): lower --lr and "
+                f"continue with --resume {out}, or rescale the data"
+            ) from None
         except RuntimeError as err:
             if not peer_failure(err) or debug_enabled():
                 raise

@@ -18,6 +18,7 @@ alone writes, and every rank waits at a barrier until the file is complete.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -37,7 +38,11 @@ from .networks import build_network
 from .parametrization import ScoreModel
 from .sdes import sde_config, sde_from_config
 
-__all__ = ["TrainConfig", "Trainer", "init_distributed", "load_score_model"]
+__all__ = ["NonFiniteLossError", "TrainConfig", "Trainer", "init_distributed", "load_score_model"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss or gradient; the weights were not updated."""
 
 
 @dataclass
@@ -66,7 +71,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.cond_drop_prob < 1:
             raise ValueError(f"cond_drop_prob must lie in [0, 1), got {self.cond_drop_prob}")
-        if not self.lr > 0 or self.warmup < 0 or not 0 <= self.ema_decay < 1:
+        if not 0 < self.lr < math.inf or self.warmup < 0 or not 0 <= self.ema_decay < 1:
             raise ValueError(
                 f"need lr > 0, warmup >= 0 and 0 <= ema_decay < 1, got lr={self.lr}, "
                 f"warmup={self.warmup}, ema_decay={self.ema_decay}"
@@ -114,7 +119,11 @@ class Trainer:
         return self.config.lr * min(1.0, (step + 1) / max(1, self.config.warmup))
 
     def train_step(self) -> float:
-        """One optimiser step on the global batch; returns its mean loss."""
+        """One optimiser step on the global batch; returns its mean loss.
+
+        The loss and the gradient norm are read before the step: if either is not
+        finite, :class:`NonFiniteLossError` is raised and the weights stay as they were.
+        """
         size, gen, device = self.config.batch_size, self.generator, self.device
         idx = torch.randint(len(self._x), (size,), generator=gen, device=device)
         cond = self._condition(idx)
@@ -131,13 +140,29 @@ class Trainer:
             loss = loss.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP the gradients are averaged over ranks here
-        torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
+        value, norm = torch.stack([loss.detach().float(), norm.float()]).tolist()  # one read
+        if self.world > 1:
+            value = sum_over_ranks([value])[0] / self.world
+        if not (math.isfinite(value) and math.isfinite(norm)):
+            raise NonFiniteLossError(self._non_finite_message(value, norm))
         self.optimizer.step()
         self.ema.update_parameters(self.model)
         self.step += 1
-        if self.world == 1:
-            return float(loss.detach())
-        return sum_over_ranks([float(loss.detach())])[0] / self.world
+        return value
+
+    def _non_finite_message(self, loss: float, norm: float) -> str:
+        what = (
+            f"the loss became {loss}"
+            if not math.isfinite(loss)
+            else f"the gradient norm became {norm}"
+        )
+        scale = float(self._x.abs().max())
+        return (
+            f"{what} at step {self.step + 1}, before the weights were updated; likely "
+            f"causes: a learning rate too high (now {self.learning_rate(self.step):.3g}) or "
+            f"data far from unit scale (max |x| = {scale:.3g})"
+        )
 
     def _condition(self, idx: Tensor) -> Tensor | None:
         """The batch's labels, each replaced by the null label with ``cond_drop_prob``.
@@ -216,7 +241,8 @@ class Trainer:
                     every = self.config.sample_every
                     if on_samples and every and self.step % every == 0 and self.rank == 0:
                         on_samples(self.step, self.evaluation_samples())
-        except (KeyboardInterrupt, RuntimeError):  # Ctrl-C or a failed peer rank: keep the work
+        except (KeyboardInterrupt, RuntimeError, NonFiniteLossError):
+            # Ctrl-C, a failed peer rank, a non-finite loss (the weights are not updated)
             if checkpoint:
                 self.save(checkpoint)
             raise
@@ -240,11 +266,21 @@ class Trainer:
         }
 
     def save(self, path: str | Path) -> Path | None:
-        """Write model, EMA, optimiser and RNG states (rank 0 only)."""
+        """Write model, EMA, optimiser and RNG states (rank 0 only).
+
+        Non-finite weights are never written: :class:`NonFiniteLossError`, and the file
+        already at ``path`` stays as it was.
+        """
         if self.rank != 0:
             return None
         tensors = {f"model/{k}": v for k, v in self.net.state_dict().items()}
         tensors |= {f"ema/{k}": v for k, v in self._ema_net_state().items()}
+        finite = [torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point()]
+        if not bool(torch.stack(finite).all()):  # one host read
+            raise NonFiniteLossError(
+                f"the weights at step {self.step} are not finite; they were not written and "
+                f"{path} keeps its last finite state"
+            )
         tensors["ema_n_averaged"] = self.ema.n_averaged
         optim = self.optimizer.state_dict()
         for index, state in optim["state"].items():

@@ -239,6 +239,21 @@ def test_train_config_file_resume_and_samples(tmp_path):
     assert sampled.exit_code == 0, sampled.output
 
 
+def test_training_that_goes_non_finite_stops_and_keeps_a_finite_checkpoint(tmp_path):
+    out = tmp_path / "m.safetensors"
+    args = ["--data", "moons", "--lr", "1e30", "--steps", "50", "--checkpoint-every", "1"]
+    result = run("train", *args, "--out", str(out))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    message = " ".join(result.output.split())
+    assert re.search(r"the loss became (inf|nan) at step \d+", message)
+    assert "lower --lr" in message and f"--resume {out}" in message
+    tensors, config = load_checkpoint(out)
+    assert all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point())
+    assert f"holds step {config['step']}" in message
+    infinite = run("train", "--data", "moons", "--lr", "inf", "--out", str(tmp_path / "x.st"))
+    assert infinite.exit_code == 2 and "must be a finite number" in infinite.output
+
+
 def test_resume_keeps_the_run_settings_unless_a_flag_changes_them(tmp_path):
     """--resume FILE alone: same SDE, batch and target step; flags still win."""
     out = tmp_path / "m.safetensors"

@@ -13,7 +13,7 @@ from sde_diffusion.checkpoint import CheckpointError, load_checkpoint, save_chec
 from sde_diffusion.data import TOY_DATASETS, DataError, digits, load_data, toy_2d
 from sde_diffusion.networks import ResidualMLP
 from sde_diffusion.parametrization import ScoreModel
-from sde_diffusion.training import TrainConfig, Trainer, load_score_model
+from sde_diffusion.training import NonFiniteLossError, TrainConfig, Trainer, load_score_model
 
 # -- data ------------------------------------------------------------------------
 
@@ -186,7 +186,36 @@ def test_loss_decreases_and_warmup_ramps():
     assert late < 0.8 * early
 
 
-@pytest.mark.parametrize("bad", [dict(steps=0), dict(lr=0.0), dict(ema_decay=1.0)])
+def test_a_non_finite_loss_stops_before_the_weights_change_and_keeps_them(tmp_path):
+    """lr = 1e30: the first step is finite but huge, the second loss overflows."""
+    trainer = _trainer(steps=50, lr=1e30)
+    trainer.config.checkpoint_every = 1
+    path = tmp_path / "m.safetensors"
+    with pytest.raises(NonFiniteLossError, match=r"at step (\d+).*learning rate") as caught:
+        trainer.train(checkpoint=path, progress=False)
+    step = int(caught.value.args[0].split("at step ")[1].split(",")[0])
+    assert trainer.step == step - 1 >= 1  # the failing step was not taken
+    tensors, config = load_checkpoint(path)
+    assert config["step"] == trainer.step
+    assert all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point())
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    trainer = _trainer(steps=2)
+    trainer.train(progress=False)
+    path = trainer.save(tmp_path / "m.safetensors")
+    before = path.read_bytes()
+    with torch.no_grad():
+        next(trainer.net.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="not finite; they were not written"):
+        trainer.save(path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+@pytest.mark.parametrize(
+    "bad", [dict(steps=0), dict(lr=0.0), dict(lr=float("inf")), dict(ema_decay=1.0)]
+)
 def test_bad_training_config(bad):
     with pytest.raises(ValueError):
         TrainConfig(**bad)
