@@ -31,6 +31,7 @@ installed file with that one helper beside it (``pip install --no-deps k-diffusi
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import statistics
@@ -622,13 +623,93 @@ def plot(acc: list[dict]) -> None:
         )
 
 
+# k-diffusion samplers beside ours on identical work: the same grid, x_T and Brownian path
+KDIFFUSION_PARITY = [
+    ("euler_ancestral", "euler_ancestral", {}),
+    ("dpm_2", "dpm_2", {}),
+    ("dpm_2_ancestral", "dpm_2_ancestral", {}),
+    ("dpmpp_2s_ancestral", "dpmpp_2s_ancestral", {}),
+    ("dpmpp_2s", "dpmpp_2s_ancestral", {"eta": 0.0}),
+    ("dpmpp_sde", "dpmpp_sde", {}),
+    ("dpmpp_2m_sde", "dpmpp_2m_sde", {}),
+    ("dpmpp_2m_sde", "dpmpp_2m_sde", {"variant": "heun"}),
+    ("dpmpp_3m_sde", "dpmpp_3m_sde", {}),
+]
+
+
+def _side_by_side(kd, case: Case, theirs: str, solver, options: dict, grid, seed: int):
+    """``(ours, k-diffusion's)`` endpoints from the same x_T on the same Brownian path."""
+    x_T, sigmas = case.x_T.double(), torch.tensor(grid, dtype=torch.float64)
+    noise = sd.BrownianNoise(x_T, grid[0], grid[-2] / 2, seed=seed)
+    kd_options = {("solver_type" if k == "variant" else k): v for k, v in options.items()}
+    if "noise_sampler" in inspect.signature(getattr(kd, f"sample_{theirs}")).parameters:
+        kd_options["noise_sampler"] = lambda a, b: noise(x_T, float(a), float(b))
+    sample = getattr(kd, f"sample_{theirs}")
+    with torch.inference_mode():
+        theirs_x = sample(case.denoise, x_T.clone(), sigmas, disable=True, **kd_options)
+        ours_x = sd.solve(case.score, case.sde, x_T, sigmas, solver, noise=noise).x
+    return ours_x, theirs_x
+
+
+def kdiffusion_parity(cases: list[Case], kd) -> list[dict]:
+    """Our k-diffusion-family solvers and k-diffusion's functions on one Karras grid, from
+    the same x_T, on the same Brownian path (ours passed to k-diffusion as its
+    ``noise_sampler``): endpoint RMS error for deterministic runs, median sliced W2 over
+    ``SEEDS`` paths for stochastic ones, and the largest difference between the two."""
+    rows = []
+    for case in cases:
+        for ours, theirs, options in KDIFFUSION_PARITY:
+            solver = sd.get_solver(ours, **options)
+            for budget in (10, 20, 50):
+                grid = diffusers_grid(PEERS["euler"], steps_for_nfe(solver, budget, to_zero=True))
+                pairs = [
+                    _side_by_side(kd, case, theirs, solver, options, grid, seed)
+                    for seed in range(SEEDS if solver.stochastic else 1)
+                ]
+                row = {"problem": case.name, "method": ours, "options": options}
+                row["nfe_budget"] = budget
+                row["max_rel_difference"] = max(
+                    float((a - b).abs().max() / b.abs().max()) for a, b in pairs
+                )
+                for index, library in enumerate(("ours", "kdiff")):
+                    xs = [pair[index] for pair in pairs]
+                    if solver.stochastic:
+                        row[f"{library}_quality"] = statistics.median(
+                            case.problem.quality(x.float(), 0) for x in xs
+                        )
+                    else:
+                        row[f"{library}_error"] = case.judge(xs[0], False)["error"]
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
+
+
+def parity_markdown(rows: list[dict]) -> str:
+    lines = [
+        "| problem | method | NFE | ours / k-diffusion | max relative difference |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        key = "error" if "ours_error" in r else "quality"
+        ratio = r[f"ours_{key}"] / r[f"kdiff_{key}"]
+        name = r["method"] + "".join(f" {k}={v}" for k, v in r["options"].items())
+        measure = "error" if key == "error" else "sliced W2"
+        lines.append(
+            f"| {r['problem']} | `{name}` | {r['nfe_budget']} | {ratio:.3f} ({measure}) | "
+            f"{r['max_rel_difference']:.1e} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--unet-images", type=int, default=256)
     parser.add_argument(
-        "--part", choices=["accuracy", "ours", "speed", "report"], help="one part only"
+        "--part",
+        choices=["accuracy", "ours", "kdiffusion", "speed", "report"],
+        help="one part only",
     )
     parser.add_argument("--probe-memory", nargs=2, metavar=("METHOD", "LIBRARY"))
     args = parser.parse_args()
@@ -647,6 +728,9 @@ def main() -> None:
         plot(payload["accuracy"])
     if args.part in (None, "accuracy", "ours"):
         payload["ours_best"] = ours_best(cases)
+    kd = sd.adapters.kdiffusion_sampling()
+    if args.part in (None, "kdiffusion") and kd is not None:
+        payload["kdiffusion_parity"] = kdiffusion_parity(cases, kd)
     if args.part in (None, "speed"):  # alone on the machine: nothing else running
         speed = speed_analytic(Case("gmm8", 4096, sigmas), args.repeats)
         speed += speed_unet(UNetCase(args.unet_images, args.device), args.repeats)
@@ -660,6 +744,10 @@ def main() -> None:
         payload.get("memory", []),
         payload.get("noise_floor", {}),
     )
+    if payload.get("kdiffusion_parity"):
+        md += "\n## The k-diffusion family on identical Brownian paths\n\n" + parity_markdown(
+            payload["kdiffusion_parity"]
+        )
     write_results("peers", payload, md)
     print(md)
 

@@ -23,7 +23,7 @@ from .noise import BrownianNoise, GeneratorNoise, NoiseSource, PerSampleNoise
 from .parametrization import PREDICTIONS, ScoreModel
 from .reverse import ModelOutputError, ReverseProcess, ScoreFn
 from .sampling import NonFiniteError, SampleResult, StepInfo, sample, sample_batched, solve
-from .sdes import EDMSDE, SDE, VESDE, VPSDE, DiscreteVPSDE, SubVPSDE, append_dims
+from .sdes import EDMSDE, SDE, VESDE, VPSDE, DiscreteVPSDE, RectifiedFlow, SubVPSDE, append_dims
 from .solvers import (
     Solver,
     SolverInfo,
@@ -61,6 +61,7 @@ __all__ = [
     "NoiseSource",
     "NonFiniteError",
     "PerSampleNoise",
+    "RectifiedFlow",
     "ReverseProcess",
     "SampleResult",
     "ScoreFn",

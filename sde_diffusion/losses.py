@@ -15,6 +15,11 @@ summed over the event dimensions, one value per sample.  Weightings:
 - ``edm``: ``nu = sigma / alpha ~ LogNormal(P_mean, P_std)`` and
   ``lambda = (nu^2 + sigma_data^2) / (nu sigma_data)^2`` on the denoiser error
   ``|| D_theta - x_0 ||^2`` (Karras et al. 2022, table 1).
+- ``flow``: conditional flow matching, ``|| v_theta(x_t, t) - (alpha' x_0 + sigma' eps) ||^2``
+  with ``t ~ U[t_min, T]`` (Lipman et al. 2023; Liu et al. 2023).  The target is the
+  velocity of the path ``x_t = alpha x_0 + sigma eps``; its conditional mean is the
+  PF-ODE velocity, so for rectified flow (``alpha = 1 - t``, ``sigma = t``) this is
+  ``|| v_theta - (eps - x_0) ||^2``, which is ``|| eps_theta - eps ||^2 / (1 - t)^2``.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from .sdes import SDE, append_dims
 
 __all__ = ["WEIGHTINGS", "DenoisingScoreMatching"]
 
-WEIGHTINGS = ("sigma2", "likelihood", "edm")
+WEIGHTINGS = ("sigma2", "likelihood", "edm", "flow")
 
 
 class DenoisingScoreMatching:
@@ -77,7 +82,7 @@ class DenoisingScoreMatching:
         """Training times of this weighting, float64, shape ``(n,)``."""
         u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
         t_min, t_max = self.sde.t_min, self.sde.T
-        if self.weighting == "sigma2":
+        if self.weighting in ("sigma2", "flow"):
             return t_min + (t_max - t_min) * u
         if self.weighting == "likelihood":
             cdf, times = self._cdf.to(u.device), self._times.to(u.device)
@@ -106,6 +111,10 @@ class DenoisingScoreMatching:
             weight = (nu**2 + model.sigma_data**2) / (nu * model.sigma_data) ** 2
             x0_hat = convert(value, x_t, t, self.sde, kind, "x0")
             return weight * (x0_hat - x0).flatten(1).pow(2).sum(1)
+        if self.weighting == "flow":
+            v_hat = convert(value, x_t, t, self.sde, kind, "velocity")
+            target = convert(eps, x_t, t, self.sde, "eps", "velocity")  # alpha' x0 + sigma' eps
+            return (v_hat - target).flatten(1).pow(2).sum(1)
         eps_hat = convert(value, x_t, t, self.sde, kind, "eps")
         per_sample = (eps_hat - eps).flatten(1).pow(2).sum(1)
         return per_sample * self.normaliser if self.weighting == "likelihood" else per_sample

@@ -46,7 +46,7 @@ __all__ = [
 
 Parametrization = Literal["eps", "x0", "v", "score", "edm"]
 Prediction = Literal["eps", "x0", "v", "score", "velocity"]
-PARAMETRIZATIONS = ("eps", "x0", "v", "score", "edm")
+PARAMETRIZATIONS = ("eps", "x0", "v", "score", "velocity", "edm")
 PREDICTIONS = ("eps", "x0", "v", "score", "velocity")
 """What a model may declare it predicts (its ``prediction`` attribute)."""
 

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .analytic import GaussianMixture, eight_gaussians, high_dim_mixture
 from .reverse import ScoreFn
-from .sdes import EDMSDE, SDE, VESDE, VPSDE, SubVPSDE
+from .sdes import EDMSDE, SDE, VESDE, VPSDE, RectifiedFlow, SubVPSDE
 
 __all__ = ["ANALYTIC_PROBLEMS", "SDE_NAMES", "Problem", "ProblemError", "load_problem"]
 
@@ -35,6 +35,7 @@ SDE_NAMES: dict[str, Callable[[], SDE]] = {
     "vp": VPSDE,
     "subvp": SubVPSDE,
     "ve": VESDE,
+    "rectified_flow": RectifiedFlow,
 }
 
 

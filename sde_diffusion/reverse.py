@@ -96,6 +96,15 @@ class ReverseProcess:
             self.precompute([t])
         return self._coefficients[t]
 
+    def times_at_log_snr(self, lams: list[float]) -> list[float]:
+        """The times whose ``log(alpha/sigma)`` are ``lams`` (a solver's stage points),
+        with their coefficients computed in one batched op each."""
+        if not lams:
+            return []
+        times = self.sde.t_from_log_snr(torch.tensor(lams, dtype=torch.float64)).tolist()
+        self.precompute(times)
+        return times
+
     def batch_time(self, t: Time) -> Tensor:
         """``t`` as shape ``(B,)`` on ``x``'s device and dtype."""
         t = float(t)

@@ -9,6 +9,7 @@ SDE_FACTORIES = {
     "ve": lambda: sd.VESDE(),
     "edm": lambda: sd.EDMSDE(),
     "discrete": lambda: sd.DiscreteVPSDE(linear_beta_table(1e-4, 0.02, 1000)),
+    "rectified_flow": lambda: sd.RectifiedFlow(),
 }
 
 

@@ -62,7 +62,7 @@ def sdediff_lines(page: Path) -> list[tuple[str, bool]]:
     ``fails`` when the output the page shows under it is an error."""
     found = []
     for block in SHELL_BLOCK.findall(page.read_text()):
-        lines = block.splitlines()
+        lines = re.sub(r"\\\n\s*", " ", block).splitlines()  # join continued lines
         for i, line in enumerate(lines):
             command = re.sub(r"^\$ ", "", line.strip())
             if not command.startswith("sdediff "):

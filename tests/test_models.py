@@ -144,7 +144,28 @@ def test_edm_weighting_formula():
     torch.testing.assert_close(loss, weight * ((model.denoise(x_t, t) - x0) ** 2).sum(1))
 
 
-@pytest.mark.parametrize("weighting", ["sigma2", "likelihood", "edm"])
+def test_flow_matching_regresses_onto_the_path_velocity(any_sde):
+    """The flow target is alpha' x0 + sigma' eps (derivatives by autograd), for any SDE;
+    for rectified flow that is eps - x0, and a velocity network is compared with it."""
+    sde = any_sde
+    model = ScoreModel(ResidualMLP(2, width=16, depth=1, emb_dim=8), sde, "velocity").double()
+    x0, eps = torch.randn(6, 2, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    t = torch.linspace(0.1, 0.9, 6, dtype=torch.float64) * (sde.T - sde.t_min) + sde.t_min
+    u = t.clone().requires_grad_(True)
+    d_alpha, d_sigma = (  # a constant alpha = 1 has no graph: derivative 0
+        torch.autograd.grad(v.sum(), u)[0] if v.requires_grad else torch.zeros_like(t)
+        for v in (sde.alpha(u), sde.sigma(u))
+    )
+    target = d_alpha[:, None] * x0 + d_sigma[:, None] * eps
+    x_t = sde.alpha(t)[:, None] * x0 + sde.sigma(t)[:, None] * eps
+    loss = DenoisingScoreMatching(sde, "flow").loss_at(model, x0, t, eps)
+    assert model.prediction == "velocity"
+    torch.testing.assert_close(loss, ((model(x_t, t) - target) ** 2).sum(1))
+    if isinstance(sde, sd.RectifiedFlow):
+        torch.testing.assert_close(target, eps - x0)
+
+
+@pytest.mark.parametrize("weighting", ["sigma2", "likelihood", "edm", "flow"])
 def test_training_times_lie_in_range(any_sde, weighting):
     t = DenoisingScoreMatching(any_sde, weighting).sample_times(
         5000, generator=torch.Generator().manual_seed(0)

@@ -15,7 +15,10 @@ finite = dict(allow_nan=False, allow_infinity=False)
 
 @st.composite
 def sdes(draw):
-    kind = draw(st.sampled_from(["vp", "subvp", "ve", "edm", "discrete"]))
+    kind = draw(st.sampled_from(["vp", "subvp", "ve", "edm", "discrete", "rectified_flow"]))
+    if kind == "rectified_flow":
+        t_min = draw(st.floats(1e-5, 0.05, **finite))
+        return sd.RectifiedFlow(t_min=t_min, T=draw(st.floats(0.5, 0.9999, **finite)))
     if kind == "discrete":
         start = draw(st.floats(1e-5, 1e-3, **finite))
         end = draw(st.floats(5e-3, 0.05, **finite))
@@ -187,6 +190,7 @@ def test_user_subclass_gets_the_rest():
         sd.VESDE,
         sd.EDMSDE,
         lambda: sd.DiscreteVPSDE(linear_beta_table(1e-4, 0.02, 1000)),
+        sd.RectifiedFlow,
     ],
 )
 def test_log_snr_inverse(make):
