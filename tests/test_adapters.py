@@ -189,3 +189,41 @@ def test_kdiffusion_conditions_pass_as_keywords():
     assert seen["class_labels"] is labels
     sd.sample(model, sde, (4, 2), "euler", steps=2, cond=labels)
     assert seen["cond"] is labels
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "options"),
+    [
+        ("euler_ancestral", "euler_ancestral", {"eta": 0.7}),
+        ("dpm_2", "dpm_2", {}),
+        ("dpm_2_ancestral", "dpm_2_ancestral", {}),
+        ("dpmpp_2s", "dpmpp_2s_ancestral", {"eta": 0.0}),
+        ("dpmpp_2s_ancestral", "dpmpp_2s_ancestral", {}),
+        ("dpmpp_sde", "dpmpp_sde", {"r": 0.4}),
+        ("dpmpp_2m_sde", "dpmpp_2m_sde", {}),
+        ("dpmpp_2m_sde", "dpmpp_2m_sde", {"variant": "heun", "eta": 0.5}),
+        ("dpmpp_3m_sde", "dpmpp_3m_sde", {"s_noise": 0.9}),
+    ],
+    ids=str,
+)
+def test_the_kdiffusion_family_equals_kdiffusion_on_one_brownian_path(ours, theirs, options):
+    """Same Karras grid, x_T and Brownian path (ours given to k-diffusion as its noise
+    sampler): the same samples, to float64 rounding."""
+    import inspect
+
+    kd = adapters.kdiffusion_sampling()
+    if kd is None:
+        pytest.skip("k-diffusion is not installed (pip install --no-deps k-diffusion)")
+    gmm, edm = small_mixture(), sd.EDMSDE()
+    sigmas = kd.get_sigmas_karras(12, 0.002, 80.0, device="cpu").double()
+    x = 80.0 * torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    noise = sd.BrownianNoise(x, 80.0, 0.001, seed=4)
+    sampler = getattr(kd, f"sample_{theirs}")
+    extra = {("solver_type" if k == "variant" else k): v for k, v in options.items()}
+    if "noise_sampler" in inspect.signature(sampler).parameters:
+        extra["noise_sampler"] = lambda a, b: noise(x, float(a), float(b))
+    expected = sampler(
+        lambda x, s: gmm.denoise(edm, x, s), x.clone(), sigmas, disable=True, **extra
+    )
+    res = sd.solve(gmm.score_fn(edm), edm, x, sigmas, ours, noise=noise, **options)
+    torch.testing.assert_close(res.x, expected, rtol=1e-6, atol=1e-6)
