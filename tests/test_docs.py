@@ -160,6 +160,16 @@ def test_every_public_name_has_a_docstring_and_an_api_page():
     assert not missing_page, f"public names on no API page: {missing_page}"
 
 
+def test_every_solver_module_has_an_api_entry():
+    import pkgutil
+
+    import sde_diffusion.solvers as solvers
+
+    documented = _api_modules()
+    for module in pkgutil.iter_modules(solvers.__path__):
+        assert f"sde_diffusion.solvers.{module.name}" in documented, module.name
+
+
 def test_every_api_page_is_in_the_site_navigation():
     nav = (ROOT / "mkdocs.yml").read_text()
     for page in (ROOT / "docs" / "api").glob("*.md"):
