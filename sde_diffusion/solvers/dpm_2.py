@@ -6,8 +6,7 @@ import math
 
 import torch
 
-from .base import Solver
-from .euler_ancestral import ancestral_split, check_eta, stage_times
+from .euler_ancestral import EtaSolver, ancestral_split, stage_times
 from .registry import register_solver
 
 
@@ -19,7 +18,7 @@ from .registry import register_solver
     stochastic=False,
     reference="Lu et al. 2022, DPM-Solver-2; Karras et al. 2022 (k-diffusion sample_dpm_2)",
 )
-class DPM2(Solver):
+class DPM2(EtaSolver):
     """DPM-Solver-2 in scaled units y = x/α, σ̃ = σ/α: an Euler step to the geometric
     midpoint σ̃_m = √(σ̃_t σ̃_s), then the full step with the slope found there:
 
@@ -29,14 +28,8 @@ class DPM2(Solver):
     (``ancestral_split``).  Order 2 (deterministic), 2 NFE per step.
     """
 
-    uses = frozenset({"denoise"})
-
     def __init__(self, eta: float = 0.0, s_noise: float = 1.0):
-        self.eta, self.s_noise = check_eta(eta, s_noise)
-
-    @property
-    def stochastic(self) -> bool:
-        return self.eta > 0 and self.s_noise > 0
+        super().__init__(eta, s_noise)
 
     def init(self, process, grid, x, noise):
         return stage_times(process, grid, self.eta)  # the midpoints, computed together
@@ -56,9 +49,7 @@ class DPM2(Solver):
         x0_mid = process.denoise(y_mid * alpha_mid, t_mid)
         slope = (y_mid - x0_mid) / sig_mid
         x = torch.add(y, slope, alpha=down - sig0) * c1.alpha
-        if up > 0 and self.s_noise > 0:
-            x = torch.add(x, noise(x, t0, t1), alpha=c1.alpha * up * self.s_noise)
-        return x, state
+        return self.add_noise(x, noise, t0, t1, c1.alpha * up), state
 
 
 @register_solver(

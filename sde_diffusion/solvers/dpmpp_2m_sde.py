@@ -6,8 +6,7 @@ import math
 
 import torch
 
-from .base import Solver
-from .euler_ancestral import check_eta
+from .euler_ancestral import EtaSolver
 from .registry import register_solver
 
 VARIANTS = ("midpoint", "heun")
@@ -21,7 +20,7 @@ VARIANTS = ("midpoint", "heun")
     stochastic=True,
     reference="Lu et al. 2022, SDE-DPM-Solver++(2M); k-diffusion sample_dpmpp_2m_sde",
 )
-class DPMSolverPP2MSDE(Solver):
+class DPMSolverPP2MSDE(EtaSolver):
     """DPM-Solver++(2M) SDE in λ = log(α/σ), ``h = λ_s − λ_t``, ``η h`` the noise share:
 
     ``x_s = (σ_s/σ_t) e^{−ηh} x + α_s (1 − e^{−(1+η)h}) x̂_0 + correction
@@ -32,17 +31,11 @@ class DPMSolverPP2MSDE(Solver):
     1 NFE per step; a step to t = 0 returns x̂_0.
     """
 
-    uses = frozenset({"denoise"})
-
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0, variant: str = "midpoint"):
-        self.eta, self.s_noise = check_eta(eta, s_noise)
+        super().__init__(eta, s_noise)
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         self.variant = variant
-
-    @property
-    def stochastic(self) -> bool:
-        return self.eta > 0 and self.s_noise > 0
 
     def step(self, process, t0, t1, x, state, noise):
         x0 = process.denoise(x, t0)
@@ -61,7 +54,5 @@ class DPMSolverPP2MSDE(Solver):
             else:
                 scale = (weight / (-h - eta_h) + 1) / r
             x_new = torch.add(x_new, x0 - x0_prev, alpha=c1.alpha * scale)
-        if eta_h > 0 and self.s_noise > 0:
-            std = c1.sigma * math.sqrt(-math.expm1(-2 * eta_h)) * self.s_noise
-            x_new = torch.add(x_new, noise(x, t0, t1), alpha=std)
-        return x_new, (x0, h)
+        std = c1.sigma * math.sqrt(-math.expm1(-2 * eta_h))
+        return self.add_noise(x_new, noise, t0, t1, std), (x0, h)

@@ -6,8 +6,7 @@ import math
 
 import torch
 
-from .base import Solver
-from .euler_ancestral import ancestral_split, check_eta, stage_times
+from .euler_ancestral import EtaSolver, ancestral_split, stage_times
 from .registry import register_solver
 
 
@@ -19,7 +18,7 @@ from .registry import register_solver
     stochastic=False,
     reference="Lu et al. 2022, DPM-Solver++, alg. 1 (2S, r = 1/2)",
 )
-class DPMSolverPP2S(Solver):
+class DPMSolverPP2S(EtaSolver):
     """DPM-Solver++(2S) in log-SNR λ = log(α/σ), midpoint r = 1/2:
 
     ``h = λ_s − λ_t``, ``u = (σ_m/σ_t) x − α_m (e^{−h/2} − 1) x̂_0(t)`` at λ_m = λ_t + h/2,
@@ -28,14 +27,8 @@ class DPMSolverPP2S(Solver):
     (``ancestral_split``).  Order 2 (deterministic), 2 NFE per step.
     """
 
-    uses = frozenset({"denoise"})
-
     def __init__(self, eta: float = 0.0, s_noise: float = 1.0):
-        self.eta, self.s_noise = check_eta(eta, s_noise)
-
-    @property
-    def stochastic(self) -> bool:
-        return self.eta > 0 and self.s_noise > 0
+        super().__init__(eta, s_noise)
 
     def init(self, process, grid, x, noise):
         return stage_times(process, grid, self.eta)  # the midpoints, computed together
@@ -55,9 +48,7 @@ class DPMSolverPP2S(Solver):
         # in scaled units: y_down = (σ_down/σ̃_t) y − (e^{−h} − 1) x̂_0(m), then x = α_s y
         y = torch.add(x * (down / (sig0 * c0.alpha)), x0_mid, alpha=-math.expm1(-h))
         x = y * c1.alpha
-        if up > 0 and self.s_noise > 0:
-            x = torch.add(x, noise(x, t0, t1), alpha=c1.alpha * up * self.s_noise)
-        return x, state
+        return self.add_noise(x, noise, t0, t1, c1.alpha * up), state
 
 
 @register_solver(

@@ -6,8 +6,7 @@ import math
 
 import torch
 
-from .base import Solver
-from .euler_ancestral import check_eta
+from .euler_ancestral import EtaSolver
 from .registry import register_solver
 
 
@@ -19,7 +18,7 @@ from .registry import register_solver
     stochastic=True,
     reference="Lu et al. 2022, DPM-Solver++; k-diffusion sample_dpmpp_3m_sde",
 )
-class DPMSolverPP3MSDE(Solver):
+class DPMSolverPP3MSDE(EtaSolver):
     """DPM-Solver++(3M) SDE in λ = log(α/σ), ``h = λ_s − λ_t``, ``h_η = (1 + η) h``:
 
     ``x_s = (σ_s/σ_t) e^{−ηh} x + α_s (1 − e^{−h_η}) x̂_0 + α_s (φ₂ d₁ − φ₃ d₂)
@@ -28,15 +27,6 @@ class DPMSolverPP3MSDE(Solver):
     (only d₁ after one step; none on the first).  ``eta = 0`` is a deterministic
     third-order multistep solver.  1 NFE per step; a step to t = 0 returns x̂_0.
     """
-
-    uses = frozenset({"denoise"})
-
-    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta, self.s_noise = check_eta(eta, s_noise)
-
-    @property
-    def stochastic(self) -> bool:
-        return self.eta > 0 and self.s_noise > 0
 
     def step(self, process, t0, t1, x, state, noise):
         x0 = process.denoise(x, t0)
@@ -64,7 +54,5 @@ class DPMSolverPP3MSDE(Solver):
         elif len(history) == 1:
             ((x0_1, h_1),) = history
             x_new = torch.add(x_new, (x0 - x0_1) / (h_1 / h), alpha=c1.alpha * phi_2)
-        if self.eta > 0 and self.s_noise > 0:
-            std = c1.sigma * math.sqrt(-math.expm1(-2 * h * self.eta)) * self.s_noise
-            x_new = torch.add(x_new, noise(x, t0, t1), alpha=std)
-        return x_new, [(x0, h), *history[:1]]
+        std = c1.sigma * math.sqrt(-math.expm1(-2 * h * self.eta))
+        return self.add_noise(x_new, noise, t0, t1, std), [(x0, h), *history[:1]]

@@ -6,8 +6,7 @@ from itertools import pairwise
 
 import torch
 
-from .base import Solver
-from .euler_ancestral import ancestral_split, check_eta
+from .euler_ancestral import EtaSolver, ancestral_split
 from .registry import register_solver
 
 
@@ -19,7 +18,7 @@ from .registry import register_solver
     stochastic=True,
     reference="Lu et al. 2022, SDE-DPM-Solver++; Karras et al. 2022 (k-diffusion sample_dpmpp_sde)",
 )
-class DPMSolverPPSDE(Solver):
+class DPMSolverPPSDE(EtaSolver):
     """Two ancestral DPM-Solver++ stages per step, in scaled units σ̃ = σ/α, λ = −log σ̃.
 
     With ``h = λ_s − λ_t`` and the stage point ``λ_m = λ_t + r h``: stage 1 steps x to
@@ -30,17 +29,11 @@ class DPMSolverPPSDE(Solver):
     second-order single-step solver).  2 NFE per step; a step to t = 0 returns x̂_0.
     """
 
-    uses = frozenset({"denoise"})
-
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0, r: float = 0.5):
-        self.eta, self.s_noise = check_eta(eta, s_noise)
+        super().__init__(eta, s_noise)
         if not 0.0 < r <= 1.0:
             raise ValueError(f"r must lie in (0, 1], got {r!r}")
         self.r = float(r)
-
-    @property
-    def stochastic(self) -> bool:
-        return self.eta > 0 and self.s_noise > 0
 
     def _ancestral(self, x, x0, c0, c_to, noise, t0, t_to):
         """x from t0 to t_to with x̂_0 = x0: exponential step to σ_down, then σ_up noise."""
@@ -48,9 +41,7 @@ class DPMSolverPPSDE(Solver):
         down, up = ancestral_split(sig0, c_to.sigma / c_to.alpha, self.eta)
         y = torch.add(x * (down / c0.sigma), x0, alpha=1 - down / sig0)  # 1 − e^{−h}
         x = y * c_to.alpha
-        if up > 0 and self.s_noise > 0:
-            x = torch.add(x, noise(x, t0, t_to), alpha=c_to.alpha * up * self.s_noise)
-        return x
+        return self.add_noise(x, noise, t0, t_to, c_to.alpha * up)
 
     def init(self, process, grid, x, noise):
         """``t0 -> t_m``, the stage points ``λ_t + r h``, computed together."""

@@ -39,13 +39,28 @@ def stage_times(process, grid: list[float], eta: float, r: float = 0.5) -> dict[
     return dict(zip(starts, process.times_at_log_snr(lams), strict=True))
 
 
-def check_eta(eta: float, s_noise: float) -> tuple[float, float]:
-    """The stochasticity knob: ``eta`` in [0, 1] (0: the ODE, 1: the reverse SDE)."""
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
-    if not 0.0 <= s_noise < math.inf:
-        raise ValueError(f"s_noise must be a finite number >= 0, got {s_noise!r}")
-    return float(eta), float(s_noise)
+class EtaSolver(Solver):
+    """A data-prediction solver with the stochasticity knob: ``eta`` in [0, 1] (0: the
+    probability-flow ODE, 1: the reverse SDE) and ``s_noise``, a factor on the noise."""
+
+    uses = frozenset({"denoise"})
+
+    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
+        if not 0.0 <= s_noise < math.inf:
+            raise ValueError(f"s_noise must be a finite number >= 0, got {s_noise!r}")
+        self.eta, self.s_noise = float(eta), float(s_noise)
+
+    @property
+    def stochastic(self) -> bool:
+        return self.eta > 0 and self.s_noise > 0
+
+    def add_noise(self, x, noise, t0: float, t1: float, std: float):
+        """``x + s_noise · std · z`` with z the noise of the interval ``t0 -> t1``."""
+        if std > 0 and self.s_noise > 0:
+            x = torch.add(x, noise(x, t0, t1), alpha=std * self.s_noise)
+        return x
 
 
 @register_solver(
@@ -56,7 +71,7 @@ def check_eta(eta: float, s_noise: float) -> tuple[float, float]:
     stochastic=True,
     reference="Karras et al. 2022 (k-diffusion sample_euler_ancestral); Ho et al. 2020",
 )
-class EulerAncestral(Solver):
+class EulerAncestral(EtaSolver):
     """Euler ancestral, in scaled units y = x/α, σ̃ = σ/α (k-diffusion's form on any SDE).
 
     With ``(σ_down, σ_up) = ancestral_split(σ̃_t, σ̃_s, η)``:
@@ -64,15 +79,6 @@ class EulerAncestral(Solver):
     the ``ancestral`` solver (the DDPM posterior step, same numbers) and at ``eta = 0``
     DDIM; on the EDM formulation it equals ``ddim --eta`` for every η.  1 NFE per step.
     """
-
-    uses = frozenset({"denoise"})
-
-    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta, self.s_noise = check_eta(eta, s_noise)
-
-    @property
-    def stochastic(self) -> bool:
-        return self.eta > 0 and self.s_noise > 0
 
     def step(self, process, t0, t1, x, state, noise):
         x0 = process.denoise(x, t0)
@@ -84,6 +90,4 @@ class EulerAncestral(Solver):
         # x_s = α_s (x̂_0 + (x/α_t − x̂_0) σ_down/σ̃_t) + α_s σ_up z
         on_x = c1.alpha * down / (sig0 * c0.alpha)
         x = torch.add(x * on_x, x0, alpha=c1.alpha * (1 - down / sig0))
-        if up > 0 and self.s_noise > 0:
-            x = torch.add(x, noise(x, t0, t1), alpha=c1.alpha * up * self.s_noise)
-        return x, state
+        return self.add_noise(x, noise, t0, t1, c1.alpha * up), state
