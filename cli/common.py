@@ -195,6 +195,11 @@ def writable_output(path: Path, hint: str = "--out", suffixes: tuple[str, ...] =
     return path
 
 
+def plural(count: int, noun: str) -> str:
+    """``noun`` with an ``s`` unless ``count`` is 1."""
+    return noun if count == 1 else noun + "s"
+
+
 def comma_list(value: str, convert=str, name: str = "value") -> list:
     """``"a,b,c"`` -> ``[a, b, c]`` with each item converted; a usage error otherwise."""
     items = [v.strip() for v in value.split(",") if v.strip()]

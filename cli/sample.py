@@ -25,6 +25,7 @@ from .common import (
     friendly_errors,
     not_nan,
     parse_device,
+    plural,
     solver_option_flags,
     solver_option_values,
     start_ranks,
@@ -113,7 +114,12 @@ def sample_with_progress(
 @click.command()
 @model_option()
 @click.option("--solver", type=SolverName(), default="heun", show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=25, show_default=True)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Grid intervals  [default: 25; 1 for adaptive solvers, which choose their own steps]",
+)
 @click.option("--schedule", type=click.Choice(sd.SCHEDULES), default="karras", show_default=True)
 @click.option("--num-samples", "-n", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
@@ -180,6 +186,8 @@ def sample(
     """
     writable_output(out, suffixes=OUT_SUFFIXES)
     solver = build_solver(solver, solver_option_values(kwargs))
+    if steps is None:
+        steps = 1 if solver.expected_nfe([1.0, 0.5]) is None else 25
     interval = parse_interval(guidance_interval)
     problem, device = open_problem(model, sde, start_ranks(parse_device(device)), dtype)
     labels, columns = class_labels(problem, model, class_, num_samples)
@@ -194,7 +202,7 @@ def sample(
         )
     console.print(
         f"sampling {num_samples} from {model} ({problem.sde!r}) with {solver.name}, "
-        f"{steps} {schedule} steps",
+        f"{steps} {schedule} {plural(steps, 'step')}",
         highlight=False,
     )
     with friendly_errors("sampling"):
@@ -236,8 +244,8 @@ def sample(
     cost = f"NFE {nfe}" if passes == nfe else f"NFE {nfe} ({passes:g} network passes)"
     console.print(
         f"[bold green]{num_samples}[/] samples from [bold]{model}[/] with {solver.name} "
-        f"({steps} steps): {cost}, {wall:.2f} s, {num_samples / wall:,.0f} samples/s "
-        f"-> {out}"
+        f"({steps} {plural(steps, 'step')}): {cost}, {wall:.2f} s, "
+        f"{num_samples / wall:,.0f} samples/s -> {out}"
     )
 
 

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .models import Cond, as_model, check_cond
-from .parametrization import Coefficients, convert_at
+from .models import Cond, as_model, check_cond, slice_cond
+from .parametrization import Coefficients, coefficients, convert_at
 from .sdes import SDE, Time
 
 __all__ = ["ModelOutputError", "ReverseProcess", "ScoreFn"]
@@ -114,7 +114,17 @@ class ReverseProcess:
 
     def evaluate(self, x: Tensor, t: Time) -> Tensor:
         """The model's raw prediction (``self.prediction``) at ``(x, t)``, in ``x``'s dtype."""
-        out = self.model(x, self.batch_time(t), self.cond)
+        return self._call(x, self.batch_time(t), self.cond)
+
+    def predict_rows(self, kind: str, x: Tensor, t: Tensor, rows: Tensor) -> Tensor:
+        """The prediction ``kind`` for the batch rows ``rows`` (indices), ``x`` holding
+        those rows, each at its own time ``t`` (shape ``(len(rows),)``): what solvers with
+        per-sample step sizes call.  Counted as one model call."""
+        out = self._call(x, t.to(x.dtype), slice_cond(self.cond, rows))
+        return convert_at(out, x, self.prediction, kind, coefficients(self.sde, t, x))
+
+    def _call(self, x: Tensor, t: Tensor, cond: Cond) -> Tensor:
+        out = self.model(x, t, cond)
         if self.nfe == 0:
             _check_output(out, x)
         self.nfe += 1

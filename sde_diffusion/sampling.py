@@ -22,15 +22,11 @@ from .models import Cond, slice_cond
 from .noise import GeneratorNoise, NoiseSource, PerSampleNoise
 from .reverse import ReverseProcess, ScoreFn
 from .sdes import SDE
-from .solvers.base import Solver
+from .solvers.base import NonFiniteError, Solver
 from .solvers.registry import get_solver
 from .timesteps import timesteps, validate_grid
 
 __all__ = ["NonFiniteError", "SampleResult", "StepInfo", "sample", "sample_batched", "solve"]
-
-
-class NonFiniteError(FloatingPointError):
-    """The state became NaN or infinite during a solve."""
 
 
 @dataclass(frozen=True)

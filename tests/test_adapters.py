@@ -227,3 +227,34 @@ def test_the_kdiffusion_family_equals_kdiffusion_on_one_brownian_path(ours, thei
     )
     res = sd.solve(gmm.score_fn(edm), edm, x, sigmas, ours, noise=noise, **options)
     torch.testing.assert_close(res.x, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:To copy construct")  # k-diffusion re-wraps its sigmas
+@pytest.mark.parametrize("order", [2, 3])
+def test_dpm_adaptive_equals_kdiffusion_sample_by_sample(order):
+    """k-diffusion controls the step of the whole batch; ours controls each sample's, so
+    each of our samples equals k-diffusion's run on that sample alone, NFE included."""
+    kd = adapters.kdiffusion_sampling()
+    if kd is None:
+        pytest.skip("k-diffusion is not installed (pip install --no-deps k-diffusion)")
+    gmm, edm = small_mixture(), sd.EDMSDE()
+    x = 80.0 * torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    options = {"order": order, "rtol": 2**-4, "atol": 2**-7}  # exact in k-diffusion's float32
+    sigma_min, sigma_max = (torch.tensor(s, dtype=torch.float64) for s in (0.002, 80.0))
+    theirs = [
+        kd.sample_dpm_adaptive(
+            lambda x, s: gmm.denoise(edm, x, s),
+            row.clone(),
+            sigma_min,
+            sigma_max,
+            disable=True,
+            return_info=True,
+            **options,
+        )
+        for row in x.split(1)
+    ]
+    ours = sd.solve(
+        gmm.score_fn(edm), edm, x, torch.tensor([80.0, 0.002]), "dpm_adaptive", **options
+    )
+    torch.testing.assert_close(ours.x, torch.cat([out for out, _ in theirs]), rtol=1e-9, atol=1e-9)
+    assert ours.nfe == max(info["nfe"] for _, info in theirs)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from helpers import small_mixture
+from helpers import fitted_order, rms, small_mixture
 from scipy.integrate import quad
 
 import sde_diffusion as sd
@@ -123,3 +123,63 @@ def test_unipc_weights_integrate_polynomials_exactly():
             exact = quad(lambda u, m=m: math.exp(-h * (1 - u)) * u**m, 0, 1)[0]
             moment = sum(w * r ** (m - 1) for w, r in zip(weights, ratios, strict=True))
             assert -scale * moment == pytest.approx(h * exact, rel=1e-9)
+
+
+def _adaptive_problem(batch=32):
+    sde = sd.EDMSDE()
+    score = small_mixture().score_fn(sde)
+    g = torch.Generator().manual_seed(0)
+    return sde, score, sde.prior_sample((batch, 2), generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_dpm_adaptive_error_falls_at_least_at_its_order_in_nfe(order):
+    """Tighter tolerances buy accuracy at the method's order (or faster: the controller
+    also moves the steps where they pay): error ∝ NFE^-p with p ≥ order - 0.3."""
+    sde, score, x_T = _adaptive_problem()
+    ts = sd.timesteps(sde, 1)
+    ref = sd.solve(score, sde, x_T, ts, "dop853", rtol=1e-12, atol=1e-12).x
+    runs = [
+        sd.solve(score, sde, x_T, ts, "dpm_adaptive", order=order, rtol=tol, atol=tol)
+        for tol in (1e-3, 1e-4, 1e-5, 1e-6)
+    ]
+    nfe, errors = [r.nfe for r in runs], [rms(r.x, ref) for r in runs]
+    assert nfe == sorted(nfe) and errors == sorted(errors, reverse=True)
+    assert fitted_order(nfe, errors) >= order - 0.3, (nfe, errors)
+
+
+def test_dpm_adaptive_is_batch_invariant_and_counts_the_busiest_sample():
+    """Each sample has its own step sizes: a batch gives each sample's solo result, bit
+    for bit; over one grid interval the NFE is the largest solo NFE."""
+    sde, score, x_T = _adaptive_problem(batch=6)
+    for ts in (sd.timesteps(sde, 3, "karras", to_zero=True), sd.timesteps(sde, 1)):
+        batch = sd.solve(score, sde, x_T, ts, "dpm_adaptive", rtol=1e-3, atol=1e-3)
+        solo = [
+            sd.solve(score, sde, x_T[i : i + 1], ts, "dpm_adaptive", rtol=1e-3, atol=1e-3)
+            for i in range(6)
+        ]
+        assert torch.equal(batch.x, torch.cat([r.x for r in solo]))
+    assert batch.nfe == max(r.nfe for r in solo) and len({r.nfe for r in solo}) > 1
+
+
+def test_dpm_adaptive_keeps_its_nfe_budget():
+    sde, score, x_T = _adaptive_problem()
+    ts = sd.timesteps(sde, 4, "karras", to_zero=True)
+    free = sd.solve(score, sde, x_T, ts, "dpm_adaptive", rtol=1e-4, atol=1e-4)
+    for cap in (free.nfe // 2, 20, 10):  # 10: the least for 3 intervals of order 3 and t = 0
+        capped = sd.solve(score, sde, x_T, ts, "dpm_adaptive", rtol=1e-4, atol=1e-4, max_nfe=cap)
+        assert capped.nfe <= cap and torch.isfinite(capped.x).all()
+    with pytest.raises(ValueError, match="max_nfe=9 is below the 10 evaluations"):
+        sd.solve(score, sde, x_T, ts, "dpm_adaptive", max_nfe=9)
+
+
+def test_dpm_adaptive_stops_on_a_non_finite_model_and_on_unreachable_tolerances():
+    sde = sd.EDMSDE()
+
+    def broken(x, t):
+        return torch.where(t[:, None] < 1.0, torch.nan, -x / (1 + t[:, None] ** 2))
+
+    with pytest.raises(sd.NonFiniteError, match="dpm_adaptive: the error estimate"):
+        sd.sample(broken, sde, (4, 2), "dpm_adaptive", steps=1)
+    with pytest.raises(ValueError, match=r"rtol and atol must be >= 1\.2e-06 for torch\.float32"):
+        sd.sample(broken, sde, (4, 2), "dpm_adaptive", steps=1, rtol=1e-9)

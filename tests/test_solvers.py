@@ -79,8 +79,9 @@ def test_never_evaluates_the_model_at_zero(name):
 def test_adaptive_nfe_is_counted_and_follows_tolerance(name):
     sde = sd.EDMSDE()
     score = small_mixture().score_fn(sde)
-    loose = sd.sample(score, sde, (16, 2), name, steps=1, rtol=1e-3, atol=1e-3)
-    tight = sd.sample(score, sde, (16, 2), name, steps=1, rtol=1e-8, atol=1e-8)
+    options = {"steps": 1, "dtype": torch.float64}  # 1e-8 is below float32's resolution
+    loose = sd.sample(score, sde, (16, 2), name, rtol=1e-3, atol=1e-3, **options)
+    tight = sd.sample(score, sde, (16, 2), name, rtol=1e-8, atol=1e-8, **options)
     assert 0 < loose.nfe < tight.nfe
 
 

@@ -7,6 +7,7 @@ from . import (  # noqa: F401  (imported to register)
     ancestral,
     ddim,
     dpm_2,
+    dpm_adaptive,
     dpmpp_2m,
     dpmpp_2m_sde,
     dpmpp_2s,

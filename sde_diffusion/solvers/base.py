@@ -24,10 +24,14 @@ from torch import Tensor
 from ..noise import NoiseSource
 from ..reverse import ReverseProcess
 
-__all__ = ["Observer", "Solver", "SolverInfo"]
+__all__ = ["NonFiniteError", "Observer", "Solver", "SolverInfo"]
 
 State = Any
 Observer = Callable[[int, float, float, Tensor], None]  # (step index, t0, t1, new x)
+
+
+class NonFiniteError(FloatingPointError):
+    """The state became NaN or infinite during a solve."""
 
 
 @dataclass(frozen=True)
