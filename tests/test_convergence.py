@@ -13,7 +13,11 @@ import sde_diffusion as sd
 
 ODE_FIXED = names(lambda i: i.kind == "ode" and not adaptive(i) and not i.stochastic)
 # Langevin corrector noise and EDM churn noise are not Brownian increments: no strong order.
-NO_STRONG_ORDER = {"pc": "Langevin corrector noise", "heun_sde": "EDM churn noise"}
+NO_STRONG_ORDER = {
+    "pc": "Langevin corrector noise",
+    "heun_sde": "EDM churn noise",
+    "restart": "forward re-noising",
+}
 SDE_FIXED = names(lambda i: i.kind == "sde" and not adaptive(i))
 
 # (sde, schedule, step counts) in each method's asymptotic range

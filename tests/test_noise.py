@@ -39,7 +39,23 @@ def test_dtype_and_device_follow_the_request(dtype):
     assert z.dtype == dtype and z.shape == (4, 2, 3) and torch.isfinite(z).all()
 
 
-@pytest.mark.parametrize("solver", ["heun", "euler_maruyama", "ancestral", "heun_sde", "ddim"])
+@pytest.mark.parametrize(
+    "solver",
+    [
+        "heun",
+        "euler_maruyama",
+        "ancestral",
+        "heun_sde",
+        "ddim",
+        "euler_ancestral",
+        "dpm_2_ancestral",
+        "dpmpp_2s_ancestral",
+        "dpmpp_sde",
+        "dpmpp_2m_sde",
+        "dpmpp_3m_sde",
+        "restart",
+    ],
+)
 def test_samples_do_not_depend_on_the_batch_size(solver):
     sde, gmm = sd.EDMSDE(), sd.eight_gaussians()
     options = {"eta": 1.0} if solver == "ddim" else {}

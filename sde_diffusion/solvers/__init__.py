@@ -21,6 +21,7 @@ from . import (  # noqa: F401  (imported to register)
     heun_sde,
     lms,
     pc,
+    restart,
     scipy_ivp,
     torchsde_methods,
     unipc,

@@ -56,12 +56,12 @@ class EDMStochasticHeun(Solver):
         """Precompute the churned times t̂ of every step (one vectorised inversion)."""
         sde = process.sde
         steps = len(grid) - 1
-        nu = [_nu(process.at(t)) for t in grid]
+        nu = [noise_to_signal(process.at(t)) for t in grid]
         gamma = [
             min(self.churn / steps, math.sqrt(2) - 1) if self.s_tmin <= v <= self.s_tmax else 0.0
             for v in nu[:-1]
         ]
-        nu_max = _nu(process.at(sde.T))
+        nu_max = noise_to_signal(process.at(sde.T))
         nu_hat = [min(v * (1 + g), nu_max) for v, g in zip(nu, gamma, strict=False)]
         t_hat = sde.t_from_log_snr(-torch.log(torch.tensor(nu_hat, dtype=torch.float64)))
         t_hat = [t if g > 0 else t0 for t, g, t0 in zip(t_hat.tolist(), gamma, grid, strict=False)]
@@ -84,6 +84,6 @@ class EDMStochasticHeun(Solver):
         return x_next * process.at(t1).alpha, (i + 1, nu, nu_hat, t_hat)
 
 
-def _nu(c) -> float:
+def noise_to_signal(c) -> float:
     """Noise-to-signal ratio sigma / alpha (0 at t = 0 for sigma(0) = 0)."""
     return c.sigma / c.alpha
