@@ -100,10 +100,45 @@ PEERS = {
     "euler_ancestral": Peer(
         "EulerAncestralDiscreteScheduler",
         {},  # no use_karras_sigmas; "linspace" timesteps of this schedule are a Karras grid
-        "ancestral",  # eta = 1: sigma_down / sigma = sigma_s^2 / sigma_t^2, the posterior mean
+        "euler_ancestral",  # eta = 1: the DDPM posterior step, as `ancestral`
         stochastic=True,
         k_diffusion="euler_ancestral",
         prediction="epsilon",
+    ),
+    "dpm_2": Peer(
+        "KDPM2DiscreteScheduler", KARRAS, "dpm_2", k_diffusion="dpm_2", prediction="epsilon"
+    ),
+    "dpm_2_ancestral": Peer(
+        "KDPM2AncestralDiscreteScheduler",
+        KARRAS,
+        "dpm_2_ancestral",
+        stochastic=True,
+        k_diffusion="dpm_2_ancestral",
+        prediction="epsilon",
+    ),
+    "dpmpp_sde": Peer(
+        "DPMSolverSDEScheduler",
+        KARRAS,
+        "dpmpp_sde",
+        stochastic=True,
+        k_diffusion="dpmpp_sde",
+        prediction="epsilon",
+    ),
+    "dpmpp_2m_sde": Peer(
+        "DPMSolverMultistepScheduler",
+        {**KARRAS, "solver_order": 2, "algorithm_type": "sde-dpmsolver++"},
+        "dpmpp_2m_sde",
+        vp_units=True,
+        stochastic=True,
+        k_diffusion="dpmpp_2m_sde",
+    ),
+    "dpmpp_3m_sde": Peer(
+        "DPMSolverMultistepScheduler",
+        {**KARRAS, "solver_order": 3, "algorithm_type": "sde-dpmsolver++"},
+        "dpmpp_3m_sde",
+        vp_units=True,
+        stochastic=True,
+        k_diffusion="dpmpp_3m_sde",
     ),
     "ddpm": Peer(
         "DDPMScheduler",
@@ -141,6 +176,11 @@ def current_sigma(sched, t) -> float:
     """The noise level (EDM sigma) at which the scheduler wants the model now."""
     if getattr(sched, "sigmas", None) is not None:
         index = sched.step_index if sched.step_index is not None else sched.index_for_timestep(t)
+        if not getattr(sched, "state_in_first_order", True):  # a two-stage method's 2nd stage
+            if getattr(sched, "sigmas_interpol", None) is not None:  # KDPM2: the midpoint
+                return float(sched.sigmas_interpol[index])
+            if getattr(sched, "mid_point_sigma", None) is not None:  # DPM-Solver++ SDE
+                return float(sched.mid_point_sigma)
         return float(sched.sigmas[index])
     abar = float(sched.alphas_cumprod[int(t)])
     return math.sqrt(1 / abar - 1)
@@ -158,7 +198,11 @@ def diffusers_grid(peer: Peer, steps: int) -> list[float]:
 
 def run_diffusers(peer: Peer, denoise, x_T: torch.Tensor, steps: int, seed: int = 0):
     """A plain scheduler loop; ``denoise(x_sigma, sigma)`` is the exact x̂_0."""
-    sched = make_scheduler(peer)
+    import diffusers
+
+    init = inspect.signature(getattr(diffusers, peer.scheduler)).parameters
+    seeded = peer.stochastic and "noise_sampler_seed" in init  # a Brownian tree of its own
+    sched = make_scheduler(peer, **({"noise_sampler_seed": seed} if seeded else {}))
     sched.set_timesteps(steps)
     generator = torch.Generator().manual_seed(seed)
     sigma0 = current_sigma(sched, sched.timesteps[0])
@@ -172,12 +216,12 @@ def run_diffusers(peer: Peer, denoise, x_T: torch.Tensor, steps: int, seed: int 
         nfe += 1
         if peer.prediction == "epsilon":  # sigma units here: x_sigma = x̂_0 + sigma eps
             denoised = (x_sigma - denoised) / sigma
-        kwargs = {"generator": generator} if peer.stochastic else {}
+        kwargs = {"generator": generator} if peer.stochastic and not seeded else {}
         x = sched.step(denoised, t, x, **kwargs).prev_sample
     return x, nfe
 
 
-def run_k_diffusion(kd, name: str, denoise, x_T: torch.Tensor, grid: list[float], seed: int = 0):
+def run_k_diffusion(kd, peer: Peer, denoise, x_T: torch.Tensor, grid: list[float], seed: int = 0):
     calls = []
 
     def model(x, sigma):
@@ -185,8 +229,9 @@ def run_k_diffusion(kd, name: str, denoise, x_T: torch.Tensor, grid: list[float]
         return denoise(x, sigma)
 
     sigmas = torch.tensor(grid, dtype=x_T.dtype)
-    fn = getattr(kd, f"sample_{name}")
-    kwargs = {"eta": 0.0} if name == "dpmpp_3m_sde" else {}
+    fn = getattr(kd, f"sample_{peer.k_diffusion}")
+    deterministic_3m = peer.k_diffusion == "dpmpp_3m_sde" and not peer.stochastic
+    kwargs = {"eta": 0.0} if deterministic_3m else {}
     torch.manual_seed(seed)  # k-diffusion draws its noise from the global generator
     return fn(model, x_T.clone(), sigmas, disable=True, **kwargs), len(calls)
 
@@ -252,10 +297,11 @@ def judged(case: Case, peer: Peer, run) -> dict[str, float]:
     return {"error": float("nan"), "quality": quality, "nfe": outs[0][1]}
 
 
-def accuracy(cases: list[Case], kd) -> list[dict]:
+def accuracy(cases: list[Case], kd, methods: list[str]) -> list[dict]:
     rows = []
     for case in cases:
-        for method, peer in PEERS.items():
+        for method in methods:
+            peer = PEERS[method]
             probe = peer.ours or "euler"  # steps that spend the budget, as our solver counts them
             for budget in NFES:
                 steps = steps_for_nfe(probe, budget, to_zero=True)
@@ -273,7 +319,7 @@ def accuracy(cases: list[Case], kd) -> list[dict]:
                     )
                 if kd is not None and peer.k_diffusion:
                     runs["kdiff"] = lambda s, p=peer, g=grid, c=case: run_k_diffusion(
-                        kd, p.k_diffusion, c.denoise, c.x_T, g, s
+                        kd, p, c.denoise, c.x_T, g, s
                     )
                 row = {"problem": case.name, "method": method, "nfe_budget": budget, "steps": steps}
                 with torch.inference_mode():
@@ -711,6 +757,12 @@ def main() -> None:
         choices=["accuracy", "ours", "kdiffusion", "speed", "report"],
         help="one part only",
     )
+    parser.add_argument(
+        "--methods",
+        type=lambda v: v.split(","),
+        default=list(PEERS),
+        help="accuracy: these peers only (comma-separated; other saved rows are kept)",
+    )
     parser.add_argument("--probe-memory", nargs=2, metavar=("METHOD", "LIBRARY"))
     args = parser.parse_args()
     if args.probe_memory:
@@ -723,10 +775,15 @@ def main() -> None:
     if args.part not in ("speed", "report"):
         cases = [Case("gmm8", 1024, sigmas), Case("gmm64", 512, sigmas)]
     if args.part in (None, "accuracy"):
-        payload["accuracy"] = accuracy(cases, sd.adapters.kdiffusion_sampling())
+        unknown = set(args.methods) - set(PEERS)
+        if unknown:
+            parser.error(f"unknown --methods {sorted(unknown)}; choose from {', '.join(PEERS)}")
+        kept = [r for r in payload.get("accuracy", []) if r["method"] not in args.methods]
+        fresh = accuracy(cases, sd.adapters.kdiffusion_sampling(), args.methods)
+        payload["accuracy"] = kept + fresh
         payload["noise_floor"] = {c.name: c.floor for c in cases}
         plot(payload["accuracy"])
-    if args.part in (None, "accuracy", "ours"):
+    if args.part == "ours" or (args.part in (None, "accuracy") and args.methods == list(PEERS)):
         payload["ours_best"] = ours_best(cases)
     kd = sd.adapters.kdiffusion_sampling()
     if args.part in (None, "kdiffusion") and kd is not None:
