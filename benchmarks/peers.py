@@ -178,7 +178,8 @@ def current_sigma(sched, t) -> float:
         index = sched.step_index if sched.step_index is not None else sched.index_for_timestep(t)
         if not getattr(sched, "state_in_first_order", True):  # a two-stage method's 2nd stage
             if getattr(sched, "sigmas_interpol", None) is not None:  # KDPM2: the midpoint
-                return float(sched.sigmas_interpol[index])
+                shift = "Ancestral" in type(sched).__name__  # its table lacks the leading NaN
+                return float(sched.sigmas_interpol[index - shift])
             if getattr(sched, "mid_point_sigma", None) is not None:  # DPM-Solver++ SDE
                 return float(sched.mid_point_sigma)
         return float(sched.sigmas[index])
@@ -293,8 +294,23 @@ def judged(case: Case, peer: Peer, run) -> dict[str, float]:
         x, nfe = run(0)
         return {**case.judge(x, False), "nfe": nfe}
     outs = [run(seed) for seed in range(SEEDS)]
-    quality = statistics.median(case.problem.quality(x, 0) for x, _ in outs)
-    return {"error": float("nan"), "quality": quality, "nfe": outs[0][1]}
+    qualities = [case.problem.quality(x, 0) for x, _ in outs]
+    return {
+        "error": float("nan"),
+        "quality": statistics.median(qualities),
+        "spread": statistics.stdev(qualities),
+        "nfe": outs[0][1],
+    }
+
+
+def noise_z(row: dict, peer: str) -> float:
+    """|ours − peer| in standard errors of the difference of two medians of ``SEEDS``
+    draws (a median's standard error is about 1.25 σ/√n)."""
+    spreads = (row.get("ours_spread"), row.get(f"{peer}_spread"))
+    if None in spreads or "ours_quality" not in row:
+        return float("nan")
+    se = 1.25 * math.sqrt((spreads[0] ** 2 + spreads[1] ** 2) / SEEDS)
+    return abs(row["ours_quality"] - row[f"{peer}_quality"]) / se
 
 
 def accuracy(cases: list[Case], kd, methods: list[str]) -> list[dict]:
@@ -329,6 +345,8 @@ def accuracy(cases: list[Case], kd, methods: list[str]) -> list[dict]:
                         assert result["nfe"] == row["nfe"], (method, library, result, row)
                         row[f"{library}_error"] = result["error"]
                         row[f"{library}_quality"] = result["quality"]
+                        if "spread" in result:
+                            row[f"{library}_spread"] = result["spread"]
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return rows
@@ -579,11 +597,22 @@ def markdown(acc, best, speed, mem, floors) -> str:
                 r["diffusers_quality"],
                 r.get("ours_quality", float("nan")),
                 r.get("kdiff_quality", float("nan")),
+                noise_z(r, "diffusers"),
+                noise_z(r, "kdiff"),
             ]
             for r in sto
         ]
         parts.append(f"\n### {case}: stochastic methods, sliced W2 (floor {fmt(floors[case])})\n\n")
-        parts.append(table(["method", "NFE", "diffusers", "ours", "k-diffusion"], body))
+        parts.append(
+            "Medians over 5 noise seeds; *z* is |ours − peer| in standard errors of that "
+            "difference (from the seed-to-seed spread): within noise when z ≤ 2.\n\n"
+        )
+        parts.append(
+            table(
+                ["method", "NFE", "diffusers", "ours", "k-diffusion", "z diffusers", "z k-diff"],
+                body,
+            )
+        )
         head = [
             "NFE",
             "best peer",
