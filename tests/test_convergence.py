@@ -27,8 +27,14 @@ ODE_PROBLEMS = {
 }
 
 
+# Methods that reach their asymptotic range later on a problem: iPNDM's Adams steps in
+# ρ = σ/α span ρ from 0.03 to 157 on VP, and at 64 steps the fit is still 3.6 for order 4.
+LATER = {("ipndm", "vp-logsnr"): [128, 256, 512]}
+
+
 def _ode_errors(solver, problem, **options):
     make, schedule, steps = ODE_PROBLEMS[problem]
+    steps = LATER.get((solver, problem), steps)
     sde = make()
     score = small_mixture().score_fn(sde)
     x_T = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -65,6 +71,9 @@ OPTION_CASES = [
     ("unipc", {"order": 2, "corrector": False}, "edm-karras"),
     ("unipc", {"order": 3, "corrector": False}, "edm-karras"),
     ("unipc", {"order": 2, "variant": "bh1"}, "vp-logsnr"),
+    ("deis", {"order": 2}, "vp-logsnr"),
+    ("ipndm", {"order": 2}, "vp-logsnr"),
+    ("ipndm", {"order": 3}, "vp-logsnr"),
 ]
 
 

@@ -244,3 +244,63 @@ def test_dpmpp_sde_keeps_its_two_noises_on_one_brownian_path_with_any_source():
     brownian = variance(sd.BrownianNoise(x_T, sde.T, sde.t_min, seed=1))
     fresh = variance(sd.PerSampleNoise(3))
     assert abs(math.log(fresh / brownian)) < 4.5 * math.sqrt(4 / n)  # two sample variances
+
+
+def test_ipndm_is_lms_on_the_edm_formulation():
+    """α = 1 and σ = t: Adams–Bashforth in ρ is Adams–Bashforth in t (to t_min; a last
+    step to t = 0 differs: lms extrapolates its history there, ipndm returns x̂_0)."""
+    sde = sd.EDMSDE()
+    x_T = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ts, score = sd.timesteps(sde, 12, "karras"), small_mixture().score_fn(sde)
+    a, b = (sd.solve(score, sde, x_T, ts, name).x for name in ("ipndm", "lms"))
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [sd.EDMSDE, sd.VPSDE], ids=["edm", "vp"])
+def test_deis_first_order_is_ddim(make):
+    a, b = _paths(make(), [("deis", {"order": 1}), ("ddim", {})])
+    torch.testing.assert_close(a, b)
+
+
+def test_deis_weights_integrate_polynomials_in_log_rho_exactly():
+    """Σ_j w_j ε_j = ∫ ε dρ for ε = (log ρ)^m, m below the number of nodes."""
+    from sde_diffusion.solvers.deis import log_rho_weights
+
+    nodes, rho_next = [2.0, 3.5, 7.0], 1.2
+    weights = log_rho_weights(nodes, rho_next)
+    for m in range(3):
+        exact = quad(lambda r, m=m: math.log(r) ** m, nodes[0], rho_next)[0]
+        assert sum(w * math.log(r) ** m for w, r in zip(weights, nodes, strict=True)) == (
+            pytest.approx(exact, rel=1e-10)
+        )
+
+
+@pytest.mark.parametrize("name", ["ipndm", "deis"])
+def test_analytical_first_step_replaces_the_first_call_by_its_exact_value_at_a_point_mass(name):
+    """Data at the origin: ε̂ = y/ρ exactly, so skipping the first call changes nothing
+    but the NFE."""
+    sde = sd.VPSDE()
+
+    def point_mass(x, t):  # the score of N(0, σ²) around x_0 = 0
+        return -x / sde.sigma(t)[:, None] ** 2
+
+    x_T = sde.prior_sample((16, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ts = sd.timesteps(sde, 8, "logsnr")
+    plain = sd.solve(point_mass, sde, x_T, ts, name)
+    afs = sd.solve(point_mass, sde, x_T, ts, name, afs=True)
+    torch.testing.assert_close(afs.x, plain.x)
+    assert afs.nfe == plain.nfe - 1 == sd.get_solver(name, afs=True).expected_nfe(ts.tolist())
+
+
+@pytest.mark.parametrize("name", ["ipndm", "deis"])
+def test_lower_order_final_ends_short_runs_with_a_ddim_step_and_leaves_long_ones(name):
+    sde = sd.EDMSDE()
+    score = small_mixture().score_fn(sde)
+    x_T = sde.prior_sample((16, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def run(steps, solver, **options):
+        return sd.solve(score, sde, x_T, sd.timesteps(sde, steps), solver, **options).x
+
+    torch.testing.assert_close(run(2, name, lower_order_final=True), run(2, "ddim"))
+    assert not torch.allclose(run(2, name), run(2, "ddim"))
+    torch.testing.assert_close(run(15, name, lower_order_final=True), run(15, name))

@@ -6,6 +6,7 @@ Importing this package registers every built-in method.
 from . import (  # noqa: F401  (imported to register)
     ancestral,
     ddim,
+    deis,
     dpm_2,
     dpm_adaptive,
     dpmpp_2m,
@@ -19,6 +20,7 @@ from . import (  # noqa: F401  (imported to register)
     euler_maruyama,
     heun,
     heun_sde,
+    ipndm,
     lms,
     pc,
     restart,
