@@ -47,6 +47,15 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head[:2] == b"PK" or head[:1] == b"\x80":  # torch.save: a zip or a raw pickle
+        raise CheckpointError(
+            f"{path} is a PyTorch pickle (torch.save), which sde-diffusion never loads: "
+            "unpickling can run code. For a k-diffusion or other PyTorch model, build it in "
+            "Python, load its weights with torch.load(..., weights_only=True) and sample "
+            "through sd.adapters.from_kdiffusion(model)"
+        )
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             metadata = f.metadata() or {}
@@ -55,7 +64,19 @@ def load_checkpoint(
         raise CheckpointError(
             f"{path} is not a readable .safetensors checkpoint (damaged or truncated?): {err}"
         ) from None
-    if metadata.get("format") != FORMAT:
+    found = metadata.get("format")
+    if isinstance(found, str) and found.startswith("sde-diffusion/") and found != FORMAT:
+        raise CheckpointError(
+            f"{path} was written in format {found!r} by another version of sde-diffusion; "
+            f"this version reads {FORMAT!r} (upgrade sde-diffusion to load it)"
+        )
+    if any(k.startswith(("conv_in.", "down_blocks.", "time_embedding.")) for k in tensors):
+        raise CheckpointError(
+            f"{path} holds a diffusers model, not an sde-diffusion checkpoint; load its "
+            f"folder with diffusers and wrap it: sd.adapters.from_diffusers("
+            f"UNet2DModel.from_pretrained({str(path.parent)!r}), scheduler)"
+        )
+    if found != FORMAT:
         raise CheckpointError(
             f"{path} is a .safetensors file but not an sde-diffusion "
             f"checkpoint (format {metadata.get('format')!r}, "

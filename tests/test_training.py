@@ -134,6 +134,22 @@ def test_damaged_truncated_and_foreign_checkpoints(tmp_path):
         load_checkpoint(tmp_path / "absent.safetensors")
 
 
+def test_files_of_other_tools_and_versions_say_what_to_do(tmp_path):
+    """A torch pickle is never opened; a diffusers file names its adapter; a checkpoint of
+    a newer format names the version."""
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "model.pth")
+    with pytest.raises(CheckpointError, match=r"PyTorch pickle .* never loads.*from_kdiffusion"):
+        load_checkpoint(tmp_path / "model.pth")
+    diffusers_keys = {"conv_in.weight": torch.zeros(2), "down_blocks.0.w": torch.zeros(1)}
+    save_file(diffusers_keys, tmp_path / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(CheckpointError, match=r"diffusers model.*from_diffusers"):
+        load_checkpoint(tmp_path / "diffusion_pytorch_model.safetensors")
+    newer = {"format": "sde-diffusion/2", "config": "{}"}
+    save_file({"w": torch.zeros(2)}, tmp_path / "newer.safetensors", metadata=newer)
+    with pytest.raises(CheckpointError, match=r"format 'sde-diffusion/2'.*upgrade"):
+        load_checkpoint(tmp_path / "newer.safetensors")
+
+
 def test_failed_write_leaves_the_old_checkpoint_intact(tmp_path):
     path = save_checkpoint(tmp_path / "c.safetensors", {"w": torch.ones(3)}, {"a": 1})
     before = path.read_bytes()
