@@ -14,6 +14,7 @@ from .info import info as info_command
 from .likelihood import likelihood
 from .sample import sample
 from .train import train
+from .tune import tune
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -67,7 +68,7 @@ def solvers(kind: str | None) -> None:
     console.print(table)
 
 
-for command in (sample, train, bench, likelihood, info_command):
+for command in (sample, train, tune, bench, likelihood, info_command):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -75,7 +75,18 @@ def open_problem(model: str, sde: str | None, device: str, dtype: str = "float32
 
 
 def sample_with_progress(
-    problem, solver, steps, schedule, num_samples, batch_size, seed, device, dtype, model, labels
+    problem,
+    solver,
+    steps,
+    schedule,
+    num_samples,
+    batch_size,
+    seed,
+    device,
+    dtype,
+    model,
+    labels,
+    grid=None,
 ) -> sd.SampleResult:
     """``sd.sample_batched`` with a progress bar (this rank's batches and steps)."""
     columns = (
@@ -106,6 +117,7 @@ def sample_with_progress(
                 seed=seed,
                 device=device,
                 dtype=dtype,
+                grid=grid,
                 callback=lambda info: bar.advance(step_task),
                 on_batch=on_batch,
             )
@@ -121,6 +133,14 @@ def sample_with_progress(
     help="Grid intervals  [default: 25; 1 for adaptive solvers, which choose their own steps]",
 )
 @click.option("--schedule", type=click.Choice(sd.SCHEDULES), default="karras", show_default=True)
+@click.option(
+    "--grid",
+    "grid_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A tuned time grid (sdediff tune); replaces --steps and --schedule, and sets "
+    "the solver unless --solver is given.",
+)
 @click.option("--num-samples", "-n", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @seed_option
@@ -162,6 +182,7 @@ def sample(
     solver,
     steps,
     schedule,
+    grid_file,
     num_samples,
     batch_size,
     seed,
@@ -183,13 +204,26 @@ def sample(
       sdediff sample --model gmm8 --solver ddim --eta 0.5 -n 4096 --out ring.npz
       sdediff sample --model digits-cond --class 3 --guidance 2.0
       sdediff sample --model digits-cond --class all --guidance 2 --guidance-interval 0.1,5
+      sdediff sample --model digits --grid grid.json      # a grid from sdediff tune
     """
     writable_output(out, suffixes=OUT_SUFFIXES)
-    solver = build_solver(solver, solver_option_values(kwargs))
+    options = solver_option_values(kwargs)
+    grid = read_grid(grid_file, steps, schedule) if grid_file else None
+    if grid is not None and click.get_current_context().get_parameter_source("solver").name == (
+        "DEFAULT"
+    ):
+        solver, options = grid.solver, {**grid.solver_options, **options}
+    solver = build_solver(solver, options)
+    if grid is not None:
+        steps, schedule = len(grid.times) - 1, "tuned"
     if steps is None:
         steps = 1 if solver.expected_nfe([1.0, 0.5]) is None else 25
     interval = parse_interval(guidance_interval)
     problem, device = open_problem(model, sde, start_ranks(parse_device(device)), dtype)
+    if grid is not None and grid.sde != repr(problem.sde):
+        raise click.UsageError(
+            f"{grid_file} was tuned for {grid.sde}; {model} runs {problem.sde!r}"
+        )
     labels, columns = class_labels(problem, model, class_, num_samples)
     if labels is None and (guidance != 1.0 or interval is not None):
         raise click.UsageError("--guidance and --guidance-interval need --class")
@@ -218,6 +252,7 @@ def sample(
             DTYPES[dtype],
             guided,
             labels,
+            None if grid is None else grid.tensor(),
         )
         if res.x is None:  # another rank of a torchrun job: rank 0 writes
             return
@@ -236,6 +271,8 @@ def sample(
             "nfe": nfe,
             "network_passes_per_batch": passes,
         }
+        if grid is not None:
+            settings["grid"] = grid.times
         if labels is not None:
             settings.update(
                 {"labels": labels.tolist(), "guidance": guidance, "guidance_interval": interval}
@@ -247,6 +284,17 @@ def sample(
         f"({steps} {plural(steps, 'step')}): {cost}, {wall:.2f} s, "
         f"{num_samples / wall:,.0f} samples/s -> {out}"
     )
+
+
+def read_grid(path: Path, steps: int | None, schedule: str) -> sd.TunedGrid:
+    """A tuned grid from ``--grid``; unreadable files and clashing flags are usage errors."""
+    ctx = click.get_current_context()
+    if steps is not None or ctx.get_parameter_source("schedule").name != "DEFAULT":
+        raise click.UsageError("--grid sets the steps and times; drop --steps and --schedule")
+    try:
+        return sd.load_grid(path)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--grid") from None
 
 
 def parse_interval(value: str | None) -> tuple[float, float] | None:

@@ -35,6 +35,7 @@ from .solvers import (
     solver_names,
 )
 from .timesteps import SCHEDULES, timesteps, validate_grid
+from .tuning import TunedGrid, load_grid, tune_timesteps
 
 __version__ = "0.1.0"
 
@@ -71,6 +72,7 @@ __all__ = [
     "SolverOptionError",
     "StepInfo",
     "SubVPSDE",
+    "TunedGrid",
     "UnknownSolverError",
     "__version__",
     "adapters",
@@ -83,6 +85,7 @@ __all__ = [
     "high_dim_mixture",
     "likelihood_solvers",
     "list_solvers",
+    "load_grid",
     "log_likelihood",
     "nll_batched",
     "register_solver",
@@ -91,5 +94,6 @@ __all__ = [
     "solve",
     "solver_names",
     "timesteps",
+    "tune_timesteps",
     "validate_grid",
 ]

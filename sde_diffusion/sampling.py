@@ -9,6 +9,7 @@ denoising step, and returns a :class:`SampleResult`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -182,13 +183,16 @@ def sample(
     denoise: bool = False,
     to_zero: bool = False,
     rho: float = 7.0,
+    grid: Tensor | None = None,
     callback: Callable[[StepInfo], None] | None = None,
     return_trajectory: bool = False,
     **options: Any,
 ) -> SampleResult:
     """Draw ``x_T`` from the prior and solve down to the data side.
 
-    The grid is ``timesteps(sde, steps, schedule, rho=rho, to_zero=to_zero)``.
+    The grid is ``timesteps(sde, steps, schedule, rho=rho, to_zero=to_zero)``, or
+    ``grid`` itself when given (a tuned grid, ``TunedGrid.tensor()``), which must start
+    at ``sde.T``.
     Randomness (``x_T`` included) comes from ``noise`` if given, else from
     ``generator``, else from a ``torch.Generator`` seeded with ``seed``: a
     seeded call is reproducible.  With ``noise=PerSampleNoise(seed)`` each
@@ -204,7 +208,7 @@ def sample(
         else:
             generator.seed()
     solver = _resolve(solver, options)
-    ts = timesteps(sde, steps, schedule, rho=rho, to_zero=to_zero, device=device)
+    ts = _grid(sde, steps, schedule, rho, to_zero, grid)
     if noise is None:
         noise = GeneratorNoise(generator)
         x_T = sde.prior_sample(tuple(shape), generator=generator, device=device, dtype=dtype)
@@ -224,6 +228,19 @@ def sample(
     )
 
 
+def _grid(sde: SDE, steps: int, schedule: str, rho: float, to_zero: bool, grid) -> Tensor:
+    """The standard grid, or ``grid`` checked to start at the prior."""
+    if grid is None:
+        return timesteps(sde, steps, schedule, rho=rho, to_zero=to_zero)
+    grid = torch.as_tensor(grid, dtype=torch.float64)
+    if grid.ndim != 1 or len(grid) < 2 or not math.isclose(float(grid[0]), sde.T, rel_tol=1e-9):
+        raise ValueError(
+            f"a sampling grid must start at the prior, t = T = {sde.T:g}; got "
+            f"{grid.tolist()[:3]}... (a grid tuned for another SDE?)"
+        )
+    return grid
+
+
 def sample_batched(
     model: ScoreFn,
     sde: SDE,
@@ -240,6 +257,7 @@ def sample_batched(
     denoise: bool = False,
     to_zero: bool = False,
     rho: float = 7.0,
+    grid: Tensor | None = None,
     callback: Callable[[StepInfo], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     **options: Any,
@@ -277,6 +295,7 @@ def sample_batched(
             denoise=denoise,
             to_zero=to_zero,
             rho=rho,
+            grid=grid,
             callback=callback,
         )
         counts[:] = [counts[0] + res.nfe, counts[1] + res.network_passes, counts[2] + 1]
@@ -291,7 +310,7 @@ def sample_batched(
         nfe=round(nfe / batches),
         network_passes=int(passes),
         solver=solver.name,
-        ts=timesteps(sde, steps, schedule, rho=rho, to_zero=to_zero),
+        ts=_grid(sde, steps, schedule, rho, to_zero, grid),
         wall_time=time.perf_counter() - start_time,
         options=solver.options(),
     )

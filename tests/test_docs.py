@@ -54,7 +54,15 @@ def test_every_python_example_runs(page, tmp_path):
 
 
 SHELL_BLOCK = re.compile(r"^```(?:bash|console|text|sh)?\n(.*?)^```", re.M | re.S)
-QUICK = {"--steps": 4, "-n": 16, "--num-samples": 16, "--elbo-steps": 10, "--checkpoint-every": 2}
+QUICK = {
+    "--steps": 4,
+    "-n": 16,
+    "--num-samples": 16,
+    "--elbo-steps": 10,
+    "--checkpoint-every": 2,
+    "--samples": 16,
+    "--max-evaluations": 10,
+}
 
 
 def sdediff_lines(page: Path) -> list[tuple[str, bool]]:
@@ -81,6 +89,9 @@ def quick(args: list[str]) -> list[str]:
     out = list(args)
     if out[0] == "train" and "--steps" not in out and "--resume" not in out:
         out += ["--steps", str(QUICK["--steps"])]  # instead of the default 2000
+    if out[0] == "tune":  # instead of 256 draws and 300 solves
+        out += [f for flag in ("--samples", "--max-evaluations") if flag not in out
+                for f in (flag, str(QUICK[flag]))]  # fmt: skip
     for i, arg in enumerate(out[:-1]):
         if arg in QUICK and out[i + 1].isdigit():
             out[i + 1] = str(min(int(out[i + 1]), QUICK[arg]))

@@ -1,0 +1,291 @@
+"""5–20 NFE: our solvers on standard and model-tuned grids beside the best peer configuration.
+
+    pip install -e ".[peers]"; pip install --no-deps k-diffusion
+    python benchmarks/low_nfe.py        # writes benchmarks/results/low_nfe.{json,md}
+
+Problems: the ring (gmm8) and the 64-D mixture (gmm64) under the EDM PF-ODE with the
+exact mixture denoiser, sigma in [0.002, 80], 4096 test draws x_T (``PerSampleNoise``),
+judged by the endpoint RMS error per dimension against DOP853 at 1e-10 (see peers.py).
+
+Ours: every deterministic fixed-grid solver (and the option variants of peers.py) on the
+Karras (rho = 7) and log-SNR grids, and the strongest few on grids from
+``sd.tune_timesteps``, fitted on quasi-random draws from another seed (256 for the ring;
+1024 for gmm64, whose error at low NFE comes from rare draws, see docs/benchmarks.md),
+never on the test draws.
+
+Peers, best configuration per budget over: k-diffusion's deterministic samplers (euler,
+heun, lms, dpm_2, dpmpp_2m, dpmpp_2s_ancestral and dpmpp_3m_sde at eta = 0, dpm_fast)
+on Karras grids with rho 3, 5, 7, 10, 15, exponential and polyexponential (rho 2)
+grids; diffusers' multistep schedulers (DPM-Solver++ 2M/3M, UniPC bh1/bh2 at orders 2
+and 3, DEIS 2/3) with Karras or exponential sigmas and linspace, leading and trailing
+timestep spacing.  A configuration counts at a budget if its NFE fits the budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import time
+
+import torch
+from common import RESULTS, table, write_results
+from peers import VARIANTS, Case, Peer, diffusers_grid, run_diffusers
+
+import sde_diffusion as sd
+from sde_diffusion.benchmark import fixed_grid_solvers, steps_for_nfe
+
+NFES = [4, 5, 6, 8, 10, 15, 20]
+TUNED = ["deis", "unipc", "dpmpp_3m", "ipndm", "dpmpp_2m"]
+FIT = {"gmm8": 256, "gmm64": 1024}  # tuning draws per problem
+KD_SAMPLERS = {  # name -> (options, NFE of n steps ending at 0)
+    "euler": ({}, lambda n: n),
+    "heun": ({}, lambda n: 2 * n - 1),
+    "lms": ({}, lambda n: n),
+    "dpm_2": ({}, lambda n: 2 * n - 1),
+    "dpmpp_2m": ({}, lambda n: n),
+    "dpmpp_2s_ancestral": ({"eta": 0.0}, lambda n: 2 * n - 1),
+    "dpmpp_3m_sde": ({"eta": 0.0}, lambda n: n),
+}
+KD_GRIDS = [("karras", {"rho": r}) for r in (3, 5, 7, 10, 15)] + [
+    ("exponential", {}),
+    ("polyexponential", {"rho": 2.0}),
+]
+MULTISTEP = {
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"solver_order": 2}),
+    "dpmpp_3m": ("DPMSolverMultistepScheduler", {"solver_order": 3}),
+    "unipc_bh2_2": ("UniPCMultistepScheduler", {"solver_order": 2, "solver_type": "bh2"}),
+    "unipc_bh2_3": ("UniPCMultistepScheduler", {"solver_order": 3, "solver_type": "bh2"}),
+    "unipc_bh1_3": ("UniPCMultistepScheduler", {"solver_order": 3, "solver_type": "bh1"}),
+    "deis_2": ("DEISMultistepScheduler", {"solver_order": 2}),
+    "deis_3": ("DEISMultistepScheduler", {"solver_order": 3}),
+}
+SPACINGS = {
+    "karras": {"use_karras_sigmas": True},
+    "exponential": {"use_exponential_sigmas": True},
+    "linspace": {"timestep_spacing": "linspace"},
+    "leading": {"timestep_spacing": "leading"},
+    "trailing": {"timestep_spacing": "trailing"},
+}
+
+
+def ours(case: Case) -> list[dict]:
+    """Standard grids for every deterministic solver, tuned grids for ``TUNED``."""
+    grid_sde = sd.EDMSDE(0.002, case.sde.sigma_max)
+    defaults = [(n, {}) for n in fixed_grid_solvers() if not sd.get_solver(n).stochastic]
+    rows = []
+    for budget in NFES:
+        for name, options in defaults + VARIANTS:
+            steps = steps_for_nfe(sd.get_solver(name, **options), budget, to_zero=True)
+            if steps is None:
+                continue
+            label = name + "".join(f" {k}={v}" for k, v in options.items())
+            for schedule in ("karras", "logsnr"):
+                grid = sd.timesteps(grid_sde, steps, schedule, to_zero=True).tolist()
+                x, nfe = case.ours(name, options, grid)
+                error = case.judge(x, False)["error"]
+                rows.append(_row(case, budget, "ours", label, schedule, nfe, error))
+        for name in TUNED:
+            start = time.perf_counter()
+            tuned = sd.tune_timesteps(
+                case.score_edm, grid_sde, nfe=budget, solver=name,
+                shape=(case.mixture.dim,), samples=FIT[case.name], seed=1, max_evaluations=300,
+            )  # fmt: skip
+            x, nfe = case.ours(name, {}, tuned.times)
+            row = _row(case, budget, "ours", name, "tuned", nfe, case.judge(x, False)["error"])
+            row.update(fit_error=tuned.record["error"], seconds=time.perf_counter() - start)
+            row["times"] = tuned.times
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "times"}), flush=True)
+    return rows
+
+
+def methods(case: Case, budget: int = 10) -> list[dict]:
+    """The tuner's methods side by side: dynamic programming, search, both."""
+    grid_sde = sd.EDMSDE(0.002, case.sde.sigma_max)
+    rows = []
+    for name in ("deis", "unipc", "dpmpp_3m"):
+        for method in ("dp", "search", "dp+search"):
+            start = time.perf_counter()
+            tuned = sd.tune_timesteps(
+                case.score_edm, grid_sde, nfe=budget, solver=name, shape=(case.mixture.dim,),
+                samples=FIT[case.name], seed=1, method=method, max_evaluations=300,
+            )  # fmt: skip
+            x, _ = case.ours(name, {}, tuned.times)
+            standard = [v for k, v in tuned.record["start_errors"].items() if k != "dp"]
+            rows.append({
+                "problem": case.name, "solver": name, "method": method, "nfe": budget,
+                "dp_grid_error": tuned.record["start_errors"].get("dp", float("nan")),
+                "best_standard": min(standard),
+                "fit_error": tuned.record["error"], "test_error": _error(case, x),
+                "seconds": time.perf_counter() - start,
+            })  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def k_diffusion(case: Case, kd) -> list[dict]:
+    rows = []
+    for name, (options, cost) in KD_SAMPLERS.items():
+        for grid_name, grid_options in KD_GRIDS:
+            make = getattr(kd, f"get_sigmas_{grid_name}")
+            for budget in NFES:
+                n = max((k for k in range(1, budget + 1) if cost(k) <= budget), default=None)
+                if n is None or (cost(n) == 2 * n - 1 and n < 2):
+                    continue
+                sigmas = make(n, 0.002, case.sde.sigma_max, **grid_options).to(case.x_T.dtype)
+                x, nfe = _kd_run(kd, name, case, sigmas, options)
+                label = f"{grid_name}" + "".join(f" {k}={v}" for k, v in grid_options.items())
+                rows.append(_row(case, budget, "k-diffusion", name, label, nfe, _error(case, x)))
+    for budget in NFES:  # DPM-Solver-fast picks its orders for the NFE; + 1 denoising step
+        calls = []
+
+        def model(x, sigma, calls=calls):
+            calls.append(1)
+            return case.denoise(x, sigma)
+
+        with torch.inference_mode():
+            x = kd.sample_dpm_fast(model, case.x_T.clone(), 0.002, case.sde.sigma_max, budget - 1)
+            x = model(x, torch.full((x.shape[0],), 0.002, dtype=x.dtype))
+        rows.append(_row(case, budget, "k-diffusion", "dpm_fast", "-", len(calls), _error(case, x)))
+    return rows
+
+
+def _kd_run(kd, name, case, sigmas, options):
+    calls = []
+
+    def model(x, sigma):
+        calls.append(1)
+        return case.denoise(x, sigma)
+
+    with torch.inference_mode():
+        x = getattr(kd, f"sample_{name}")(model, case.x_T.clone(), sigmas, disable=True, **options)
+    return x, len(calls)
+
+
+def diffusers(case: Case) -> list[dict]:
+    rows = []
+    for name, (scheduler, options) in MULTISTEP.items():
+        for spacing, spacing_options in SPACINGS.items():
+            import diffusers
+
+            init = inspect.signature(getattr(diffusers, scheduler)).parameters
+            final = {"final_sigmas_type": "zero"} if "final_sigmas_type" in init else {}
+            peer = Peer(scheduler, {**options, **spacing_options, **final}, None, vp_units=True)
+            for budget in NFES:
+                with torch.inference_mode():
+                    try:
+                        x, nfe = run_diffusers(peer, case.denoise, case.x_T, budget)
+                    except (ValueError, NotImplementedError, TypeError) as err:  # not supported
+                        print(f"skip {name} {spacing}: {err}")
+                        break
+                rows.append(_row(case, budget, "diffusers", name, spacing, nfe, _error(case, x)))
+    return rows
+
+
+def _error(case: Case, x: torch.Tensor) -> float:
+    return case.judge(x, False)["error"]
+
+
+def _row(case, budget, library, method, grid, nfe, error) -> dict:
+    return {
+        "problem": case.name, "nfe_budget": budget, "library": library, "method": method,
+        "grid": grid, "nfe": nfe, "error": error,
+    }  # fmt: skip
+
+
+def markdown(rows: list[dict], compared: list[dict] | None = None) -> str:
+    parts = []
+    if compared:
+        head = ["problem", "solver", "method", "DP grid", "best standard grid", "fit", "test",
+                "seconds"]  # fmt: skip
+        body = [
+            [r["problem"], r["solver"], r["method"], r["dp_grid_error"], r["best_standard"],
+             r["fit_error"], r["test_error"], r["seconds"]]
+            for r in compared
+        ]  # fmt: skip
+        parts.append("### Tuning methods at NFE 10 (endpoint RMS error)\n\n" + table(head, body))
+        parts.append("\n")
+    for problem in dict.fromkeys(r["problem"] for r in rows):
+        mine = [r for r in rows if r["problem"] == problem and math.isfinite(r["error"])]
+        body = []
+        for budget in NFES:
+            here = [r for r in mine if r["nfe_budget"] == budget and r["nfe"] <= budget]
+            peer = min((r for r in here if r["library"] != "ours"), key=lambda r: r["error"])
+            standard = min(
+                (r for r in here if r["library"] == "ours" and r["grid"] != "tuned"),
+                key=lambda r: r["error"],
+            )
+            best = min((r for r in here if r["library"] == "ours"), key=lambda r: r["error"])
+            body.append([
+                budget,
+                f"{peer['library']} {peer['method']} ({peer['grid']})", peer["error"],
+                f"{standard['method']} ({standard['grid']})", standard["error"],
+                f"{best['method']} ({best['grid']})", best["error"],
+                best["error"] / peer["error"],
+            ])  # fmt: skip
+        parts.append(f"### {problem}: endpoint RMS error, best configuration per budget\n\n")
+        head = ["NFE", "best peer", "error", "ours, standard grid", "error", "ours, any grid",
+                "error", "ours / peer"]  # fmt: skip
+        parts.append(table(head, body) + "\n")
+        tuned = [r for r in mine if r["grid"] == "tuned"]
+        lines = [
+            [r["method"], r["nfe_budget"], r["fit_error"], r["error"], r["error"] / r["fit_error"],
+             r["seconds"]]
+            for r in tuned
+        ]  # fmt: skip
+        parts.append(f"### {problem}: tuned grids, fitting draws against test draws\n\n")
+        parts.append(
+            table(["solver", "NFE", "fit error", "test error", "test / fit", "seconds"], lines)
+            + "\n"
+        )
+        full = [
+            [r["library"], r["method"], r["grid"], r["nfe_budget"], r["nfe"], r["error"]]
+            for r in mine
+        ]
+        parts.append(f"<details><summary>{problem}: every configuration</summary>\n\n")
+        parts.append(table(["library", "method", "grid", "budget", "NFE", "error"], full))
+        parts.append("\n</details>\n\n")
+    return "".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--problems", default="gmm8,gmm64")
+    parser.add_argument("--report", action="store_true", help="rewrite the .md from the .json")
+    parser.add_argument("--methods", action="store_true", help="compare the tuning methods only")
+    args = parser.parse_args()
+    saved = RESULTS / "low_nfe.json"
+    if args.methods:
+        payload = json.loads(saved.read_text()) if saved.exists() else {"rows": []}
+        payload["methods"] = []
+        for name in args.problems.split(","):
+            case = Case(name, 4096, (80.0, 0.002))
+            case.score_edm = case.mixture.score_fn(sd.EDMSDE(0.002, case.sde.sigma_max))
+            payload["methods"] += methods(case)
+        write_results("low_nfe", payload, markdown(payload["rows"], payload["methods"]))
+        return
+    if args.report:
+        rows = json.loads(saved.read_text())["rows"]
+    else:
+        kd = sd.adapters.kdiffusion_sampling()
+        karras = diffusers_grid(
+            Peer("EulerDiscreteScheduler", {"use_karras_sigmas": True}, None), 10
+        )
+        rows = []
+        for name in args.problems.split(","):
+            case = Case(name, 4096, (karras[0], karras[-2]))
+            case.score_edm = case.mixture.score_fn(sd.EDMSDE(0.002, case.sde.sigma_max))
+            rows += diffusers(case)
+            if kd is not None:
+                rows += k_diffusion(case, kd)
+            rows += ours(case)
+    previous = json.loads(saved.read_text()) if saved.exists() else {}
+    md = markdown(rows, previous.get("methods"))
+    write_results("low_nfe", {"rows": rows, "methods": previous.get("methods", [])}, md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""``sdediff tune``: fit a solver's time grid to a model at a fixed NFE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+
+import sde_diffusion as sd
+from sde_diffusion.benchmark import steps_for_nfe
+from sde_diffusion.tuning import METHODS, endpoint_error, fine_solve
+
+from .common import DTYPES, SolverName, console, friendly_errors, writable_output
+from .sample import device_option, dtype_option, model_option, open_problem, sde_option, seed_option
+
+
+@click.command()
+@model_option()
+@sde_option
+@click.option("--solver", type=SolverName(), default="dpmpp_3m", show_default=True)
+@click.option("--nfe", type=click.IntRange(2, 1000), default=10, show_default=True)
+@click.option(
+    "--samples",
+    type=click.IntRange(1, 100_000),
+    default=256,
+    show_default=True,
+    help="Prior draws the grid is fitted on.",
+)
+@click.option("--method", type=click.Choice(METHODS), default="search", show_default=True)
+@click.option(
+    "--max-evaluations",
+    type=click.IntRange(1, 100_000),
+    default=300,
+    show_default=True,
+    help="Solves the search may spend (each costs NFE model calls on --samples draws).",
+)
+@click.option(
+    "--check/--no-check",
+    default=True,
+    show_default=True,
+    help="Judge the grid on as many fresh draws (seed + 1) beside the best standard grid.",
+)
+@seed_option
+@device_option
+@dtype_option
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("grid.json"),
+    show_default=True,
+)
+def tune(
+    model, sde, solver, nfe, samples, method, max_evaluations, check, seed, device, dtype, out
+):
+    """Fit the time grid of a solver at a fixed NFE to a model.
+
+    The grid minimises the endpoint error of SOLVER against a fine solve of the same
+    model from the same prior draws; it needs no data.  Use it with
+    `sdediff sample --grid`.
+
+    \b
+    Examples:
+      sdediff tune --model digits --solver dpmpp_3m --nfe 10 --out grid.json
+      sdediff tune --model gmm8 --solver deis --nfe 5 --samples 512
+    """
+    writable_output(out, suffixes=(".json",))
+    instance = sd.get_solver(solver)
+    if steps_for_nfe(instance, nfe) is None:
+        raise click.UsageError(
+            f"{solver} cannot run on {nfe} evaluations: it is adaptive or its shortest grid "
+            "costs more"
+        )
+    problem, device = open_problem(model, sde, device, dtype)
+    shape, state = tuple(problem.event_shape), DTYPES[dtype]
+    with friendly_errors("tuning"), console.status(f"tuning {solver} at NFE {nfe}"):
+        grid = sd.tune_timesteps(
+            problem.model,
+            problem.sde,
+            nfe=nfe,
+            solver=instance,
+            shape=shape,
+            samples=samples,
+            seed=seed,
+            method=method,
+            max_evaluations=max_evaluations,
+            device=device,
+            dtype=state,
+        )
+        grid.record["model"] = model
+        if check:
+            start = grid.record["start"]
+            fresh = torch.Generator(device=device).manual_seed(seed + 1)
+            x_T = problem.sde.prior_sample(
+                (samples, *shape), generator=fresh, device=device, dtype=state
+            )
+            reference, _ = fine_solve(problem.model, problem.sde, x_T)
+            standard = sd.timesteps(problem.sde, len(grid.times) - 1, start, to_zero=True)
+            grid.record["check"] = {
+                "seed": seed + 1,
+                "tuned": endpoint_error(
+                    problem.model, problem.sde, x_T, grid.times, instance, reference
+                ),
+                start: endpoint_error(
+                    problem.model, problem.sde, x_T, standard, instance, reference
+                ),
+            }
+        grid.save(out)
+    record = grid.record
+    console.print(
+        f"{solver} at NFE {grid.nfe}: endpoint error {record['error']:.4g} on the "
+        f"{samples} fitting draws (best standard grid, {record['start']}: "
+        f"{record['start_errors'][record['start']]:.4g}), {record['evaluations']} solves, "
+        f"{record['seconds']:.1f} s",
+        highlight=False,
+    )
+    if check:
+        console.print(
+            f"on {samples} fresh draws: tuned {record['check']['tuned']:.4g}, "
+            f"{record['start']} {record['check'][record['start']]:.4g}",
+            highlight=False,
+        )
+    console.print(f"wrote {out}; use it with: sdediff sample --model {model} --grid {out}")
