@@ -48,8 +48,9 @@ def load_checkpoint(
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     with path.open("rb") as f:
-        head = f.read(4)
-    if head[:2] == b"PK" or head[:1] == b"\x80":  # torch.save: a zip or a raw pickle
+        head = f.read(9)  # safetensors: an 8-byte header length, then the JSON header's "{"
+    pickled = head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"  # torch.save's zip, a pickle
+    if pickled and head[8:9] != b"{":
         raise CheckpointError(
             f"{path} is a PyTorch pickle (torch.save), which sde-diffusion never loads: "
             "unpickling can run code. For a k-diffusion or other PyTorch model, build it in "
