@@ -36,6 +36,8 @@ def test_the_tuned_grid_beats_its_start_on_fresh_draws(solver, method):
     tuned_error = endpoint_error(score, sde, x_T, grid.times, instance, reference)
     start_error = endpoint_error(score, sde, x_T, start, instance, reference)
     assert tuned_error < 0.8 * start_error, (tuned_error, start_error)
+    check = grid.record["validation"]  # the tuner's own check on draws it did not fit
+    assert check["tuned"] <= check[grid.record["start"]]
     assert abs(tuned_error / grid.record["error"] - 1) < 0.1
     assert grid.nfe == 8 and grid.times[0] == sde.T and grid.times[-1] == 0.0
     assert all(a > b for a, b in zip(grid.times, grid.times[1:], strict=False))
