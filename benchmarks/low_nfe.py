@@ -37,7 +37,7 @@ import sde_diffusion as sd
 from sde_diffusion.benchmark import fixed_grid_solvers, steps_for_nfe
 
 NFES = [4, 5, 6, 8, 10, 15, 20]
-TUNED = ["deis", "unipc", "dpmpp_3m", "ipndm", "dpmpp_2m"]
+TUNED = ["deis", "unipc", "dpmpp_2m"]
 FIT = {"gmm8": 256, "gmm64": 1024}  # tuning draws per problem
 KD_SAMPLERS = {  # name -> (options, NFE of n steps ending at 0)
     "euler": ({}, lambda n: n),
@@ -152,6 +152,73 @@ def k_diffusion(case: Case, kd) -> list[dict]:
     return rows
 
 
+TRAINED = {"moons": (2048, 256), "digits": (512, 64)}  # test samples, tuning draws
+
+
+def trained(kd, budgets=(5, 10)) -> list[dict]:
+    """The shipped models: our solvers on Karras, log-SNR and tuned grids beside
+    k-diffusion's samplers on every grid of ``KD_GRIDS`` (they run in the scaled
+    variables x/α, σ/α of the model's VP SDE), judged by the problem's quality metric."""
+    return [row for name in TRAINED for row in _trained(kd, name, budgets)]
+
+
+def _trained(kd, name: str, budgets) -> list[dict]:
+    from sde_diffusion.parametrization import convert
+    from sde_diffusion.problems import load_problem
+
+    n, fit = TRAINED[name]
+    rows = []
+    problem = load_problem(name)
+    sde, model = problem.sde, problem.model
+    x_T = sd.PerSampleNoise(0).normal((n, *problem.event_shape), "cpu", torch.float32)
+    nu_max, nu_min = (float(sde.sigma(t) / sde.alpha(t)) for t in (sde.T, sde.t_min))
+    scale = sde.prior_std / float(sde.alpha(sde.T))  # the same x_T in the scaled variable
+
+    def denoiser(x_scaled, nu, calls):
+        calls.append(1)
+        t = sde.t_from_log_snr(-nu.double().log())
+        alpha = sd.append_dims(sde.alpha(t).to(x_scaled), x_scaled.ndim)
+        x = x_scaled * alpha
+        return convert(model(x, t.to(x.dtype)), x, t, sde, model.prediction, "x0")
+
+    def add(library, method, grid, budget, nfe, x):
+        rows.append({"problem": name, "nfe_budget": budget, "library": library,
+                     "method": method, "grid": grid, "nfe": nfe,
+                     "quality": problem.quality(x.float(), 0)})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+
+    for budget in budgets:
+        for solver in ("deis", "unipc", "dpmpp_2m", "dpmpp_3m", "lms", "ipndm"):
+            steps = steps_for_nfe(solver, budget, to_zero=True)
+            grids = {g: sd.timesteps(sde, steps, g, to_zero=True) for g in ("karras", "logsnr")}
+            if solver in TUNED:
+                grids["tuned"] = sd.tune_timesteps(
+                    model, sde, nfe=budget, solver=solver, shape=tuple(problem.event_shape),
+                    samples=fit, seed=1, max_evaluations=150,
+                ).tensor()  # fmt: skip
+            for grid_name, grid in grids.items():
+                with torch.inference_mode():
+                    res = sd.solve(model, sde, x_T * sde.prior_std, grid, solver)
+                add("ours", solver, grid_name, budget, res.nfe, res.x)
+        for sampler, (options, cost) in KD_SAMPLERS.items():
+            k = max((k for k in range(2, budget + 1) if cost(k) <= budget), default=None)
+            if k is None:
+                continue
+            for grid_name, grid_options in KD_GRIDS:
+                sigmas = getattr(kd, f"get_sigmas_{grid_name}")(
+                    k, nu_min, nu_max, **grid_options
+                ).float()
+                calls = []
+                with torch.inference_mode():
+                    x = getattr(kd, f"sample_{sampler}")(
+                        lambda x, s, c=calls: denoiser(x, s, c), x_T * scale,
+                        sigmas, disable=True, **options,
+                    )  # fmt: skip
+                label = grid_name + "".join(f" {a}={v}" for a, v in grid_options.items())
+                add("k-diffusion", sampler, label, budget, len(calls), x)
+    return rows
+
+
 def _kd_run(kd, name, case, sigmas, options):
     calls = []
 
@@ -195,8 +262,25 @@ def _row(case, budget, library, method, grid, nfe, error) -> dict:
     }  # fmt: skip
 
 
-def markdown(rows: list[dict], compared: list[dict] | None = None) -> str:
+def markdown(rows: list[dict], compared: list[dict] | None = None, models=None) -> str:
     parts = []
+    for problem in dict.fromkeys(r["problem"] for r in models or []):
+        body = []
+        for budget in sorted({r["nfe_budget"] for r in models if r["problem"] == problem}):
+            here = [r for r in models if r["problem"] == problem and r["nfe_budget"] == budget]
+            peer = min((r for r in here if r["library"] != "ours"), key=lambda r: r["quality"])
+            standard = min((r for r in here if r["library"] == "ours" and r["grid"] != "tuned"),
+                           key=lambda r: r["quality"])  # fmt: skip
+            best = min((r for r in here if r["library"] == "ours"), key=lambda r: r["quality"])
+            body.append([budget, f"{peer['method']} ({peer['grid']})", peer["quality"],
+                         f"{standard['method']} ({standard['grid']})", standard["quality"],
+                         f"{best['method']} ({best['grid']})", best["quality"],
+                         best["quality"] / peer["quality"]])  # fmt: skip
+        metric = "digits-FID" if problem == "digits" else "sliced W2"
+        parts.append(f"### {problem}: {metric}, best configuration per budget\n\n")
+        head = ["NFE", "best k-diffusion", metric, "ours, standard grid", metric,
+                "ours, any grid", metric, "ours / peer"]  # fmt: skip
+        parts.append(table(head, body) + "\n")
     if compared:
         head = ["problem", "solver", "method", "DP grid", "best standard grid", "fit", "test",
                 "seconds"]  # fmt: skip
@@ -255,8 +339,16 @@ def main() -> None:
     parser.add_argument("--problems", default="gmm8,gmm64")
     parser.add_argument("--report", action="store_true", help="rewrite the .md from the .json")
     parser.add_argument("--methods", action="store_true", help="compare the tuning methods only")
+    parser.add_argument("--ours-only", action="store_true", help="keep the saved peer rows")
+    parser.add_argument("--trained", action="store_true", help="the shipped models only")
     args = parser.parse_args()
     saved = RESULTS / "low_nfe.json"
+    if args.trained:
+        payload = json.loads(saved.read_text())
+        payload["trained"] = trained(sd.adapters.kdiffusion_sampling())
+        md = markdown(payload["rows"], payload.get("methods"), payload["trained"])
+        write_results("low_nfe", payload, md)
+        return
     if args.methods:
         payload = json.loads(saved.read_text()) if saved.exists() else {"rows": []}
         payload["methods"] = []
@@ -274,16 +366,20 @@ def main() -> None:
             Peer("EulerDiscreteScheduler", {"use_karras_sigmas": True}, None), 10
         )
         rows = []
+        if args.ours_only:
+            rows = [r for r in json.loads(saved.read_text())["rows"] if r["library"] != "ours"]
         for name in args.problems.split(","):
             case = Case(name, 4096, (karras[0], karras[-2]))
             case.score_edm = case.mixture.score_fn(sd.EDMSDE(0.002, case.sde.sigma_max))
-            rows += diffusers(case)
-            if kd is not None:
-                rows += k_diffusion(case, kd)
+            if not args.ours_only:
+                rows += diffusers(case)
+                if kd is not None:
+                    rows += k_diffusion(case, kd)
             rows += ours(case)
     previous = json.loads(saved.read_text()) if saved.exists() else {}
-    md = markdown(rows, previous.get("methods"))
-    write_results("low_nfe", {"rows": rows, "methods": previous.get("methods", [])}, md)
+    previous["rows"] = rows
+    md = markdown(rows, previous.get("methods"), previous.get("trained"))
+    write_results("low_nfe", previous, md)
     print(md)
 
 
