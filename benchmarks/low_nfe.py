@@ -298,7 +298,7 @@ def markdown(rows: list[dict], compared: list[dict] | None = None, models=None) 
             here = [r for r in mine if r["nfe_budget"] == budget and r["nfe"] <= budget]
             peer = min((r for r in here if r["library"] != "ours"), key=lambda r: r["error"])
             standard = min(
-                (r for r in here if r["library"] == "ours" and r["grid"] != "tuned"),
+                (r for r in here if r["library"] == "ours" and not r["grid"].startswith("tuned")),
                 key=lambda r: r["error"],
             )
             best = min((r for r in here if r["library"] == "ours"), key=lambda r: r["error"])
@@ -313,15 +313,17 @@ def markdown(rows: list[dict], compared: list[dict] | None = None, models=None) 
         head = ["NFE", "best peer", "error", "ours, standard grid", "error", "ours, any grid",
                 "error", "ours / peer"]  # fmt: skip
         parts.append(table(head, body) + "\n")
-        tuned = [r for r in mine if r["grid"] == "tuned"]
+        tuned = [r for r in mine if r["grid"].startswith("tuned")]
         lines = [
-            [r["method"], r["nfe_budget"], r["fit_error"], r["error"], r["error"] / r["fit_error"],
-             r["seconds"]]
+            [r["method"], r["grid"], r["nfe_budget"], r["fit_error"], r["error"],
+             r["error"] / r["fit_error"], r["seconds"]]
             for r in tuned
         ]  # fmt: skip
         parts.append(f"### {problem}: tuned grids, fitting draws against test draws\n\n")
         parts.append(
-            table(["solver", "NFE", "fit error", "test error", "test / fit", "seconds"], lines)
+            table(
+                ["solver", "grid", "NFE", "fit error", "test error", "test / fit", "seconds"], lines
+            )
             + "\n"
         )
         full = [
