@@ -31,10 +31,10 @@ import time
 
 import torch
 from common import RESULTS, table, write_results
-from peers import VARIANTS, Case, Peer, diffusers_grid, run_diffusers
+from peers import Case, Peer, diffusers_grid, run_diffusers, standard_grid_runs
 
 import sde_diffusion as sd
-from sde_diffusion.benchmark import fixed_grid_solvers, steps_for_nfe
+from sde_diffusion.benchmark import steps_for_nfe
 
 NFES = [4, 5, 6, 8, 10, 15, 20]
 TUNED = ["deis", "unipc", "dpmpp_2m"]
@@ -73,19 +73,10 @@ SPACINGS = {
 def ours(case: Case) -> list[dict]:
     """Standard grids for every deterministic solver, tuned grids for ``TUNED``."""
     grid_sde = sd.EDMSDE(0.002, case.sde.sigma_max)
-    defaults = [(n, {}) for n in fixed_grid_solvers() if not sd.get_solver(n).stochastic]
     rows = []
     for budget in NFES:
-        for name, options in defaults + VARIANTS:
-            steps = steps_for_nfe(sd.get_solver(name, **options), budget, to_zero=True)
-            if steps is None:
-                continue
-            label = name + "".join(f" {k}={v}" for k, v in options.items())
-            for schedule in ("karras", "logsnr"):
-                grid = sd.timesteps(grid_sde, steps, schedule, to_zero=True).tolist()
-                x, nfe = case.ours(name, options, grid)
-                error = case.judge(x, False)["error"]
-                rows.append(_row(case, budget, "ours", label, schedule, nfe, error))
+        for label, schedule, x, nfe in standard_grid_runs(case, budget):
+            rows.append(_row(case, budget, "ours", label, schedule, nfe, _error(case, x)))
         for name in TUNED:
             start = time.perf_counter()
             tuned = sd.tune_timesteps(

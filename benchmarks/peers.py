@@ -355,25 +355,31 @@ def accuracy(cases: list[Case], kd, methods: list[str]) -> list[dict]:
 VARIANTS = [("dpmpp_3m", {"published": True}), ("unipc", {"order": 3}), ("lms", {"order": 3})]
 
 
+def standard_grid_runs(case: Case, budget: int):
+    """``(label, schedule, x, nfe)`` of every deterministic solver of ours (and the
+    variants in ``VARIANTS``) on a Karras and a log-SNR grid within ``budget`` NFE."""
+    defaults = [(n, {}) for n in fixed_grid_solvers() if not sd.get_solver(n).stochastic]
+    grid_sde = sd.EDMSDE(SIGMA_MIN, case.sde.sigma_max)
+    for name, options in defaults + VARIANTS:
+        steps = steps_for_nfe(sd.get_solver(name, **options), budget, to_zero=True)
+        if steps is None:
+            continue
+        label = name + "".join(f" {k}={v}" for k, v in options.items())
+        for schedule in ("karras", "logsnr"):
+            grid = sd.timesteps(grid_sde, steps, schedule, to_zero=True).tolist()
+            yield (label, schedule, *case.ours(name, options, grid))
+
+
 def ours_best(cases: list[Case]) -> list[dict]:
     """Every deterministic solver of ours (defaults, and the option variants in ``VARIANTS``)
     on a Karras and a log-SNR grid, at every budget."""
-    defaults = [(n, {}) for n in fixed_grid_solvers() if not sd.get_solver(n).stochastic]
     rows = []
     for case in cases:
-        grid_sde = sd.EDMSDE(SIGMA_MIN, case.sde.sigma_max)
         for budget in NFES:
-            for name, options in defaults + VARIANTS:
-                steps = steps_for_nfe(sd.get_solver(name, **options), budget, to_zero=True)
-                if steps is None:
-                    continue
-                label = name + "".join(f" {k}={v}" for k, v in options.items())
-                for schedule in ("karras", "logsnr"):
-                    grid = sd.timesteps(grid_sde, steps, schedule, to_zero=True).tolist()
-                    x, nfe = case.ours(name, options, grid)
-                    row = {"problem": case.name, "nfe_budget": budget, "solver": label}
-                    row.update({"schedule": schedule, "nfe": nfe, **case.judge(x, False)})
-                    rows.append(row)
+            for label, schedule, x, nfe in standard_grid_runs(case, budget):
+                row = {"problem": case.name, "nfe_budget": budget, "solver": label}
+                row.update({"schedule": schedule, "nfe": nfe, **case.judge(x, False)})
+                rows.append(row)
     return rows
 
 
