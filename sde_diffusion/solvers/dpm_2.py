@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .euler_ancestral import EtaSolver, ancestral_split, stage_times
+from .euler_ancestral import MidpointEtaSolver
 from .registry import register_solver
 
 
@@ -18,7 +18,7 @@ from .registry import register_solver
     stochastic=False,
     reference="Lu et al. 2022, DPM-Solver-2; Karras et al. 2022 (k-diffusion sample_dpm_2)",
 )
-class DPM2(EtaSolver):
+class DPM2(MidpointEtaSolver):
     """DPM-Solver-2 in scaled units y = x/α, σ̃ = σ/α: an Euler step to the geometric
     midpoint σ̃_m = √(σ̃_t σ̃_s), then the full step with the slope found there:
 
@@ -28,19 +28,11 @@ class DPM2(EtaSolver):
     (``ancestral_split``).  Order 2 (deterministic), 2 NFE per step.
     """
 
-    def __init__(self, eta: float = 0.0, s_noise: float = 1.0):
-        super().__init__(eta, s_noise)
-
-    def init(self, process, grid, x, noise):
-        return stage_times(process, grid, self.eta)  # the midpoints, computed together
-
     def step(self, process, t0, t1, x, state, noise):
         x0 = process.denoise(x, t0)
         if t1 == 0.0:
             return x0, state
-        c0, c1 = process.at(t0), process.at(t1)
-        sig0 = c0.sigma / c0.alpha
-        down, up = ancestral_split(sig0, c1.sigma / c1.alpha, self.eta)
+        c0, c1, sig0, down, up = self.split(process, t0, t1)
         y = x / c0.alpha
         sig_mid = math.sqrt(sig0 * down)  # the geometric mean: λ halfway to σ_down
         t_mid = state[t0]

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .euler_ancestral import EtaSolver, ancestral_split, stage_times
+from .euler_ancestral import MidpointEtaSolver
 from .registry import register_solver
 
 
@@ -18,7 +18,7 @@ from .registry import register_solver
     stochastic=False,
     reference="Lu et al. 2022, DPM-Solver++, alg. 1 (2S, r = 1/2)",
 )
-class DPMSolverPP2S(EtaSolver):
+class DPMSolverPP2S(MidpointEtaSolver):
     """DPM-Solver++(2S) in log-SNR λ = log(α/σ), midpoint r = 1/2:
 
     ``h = λ_s − λ_t``, ``u = (σ_m/σ_t) x − α_m (e^{−h/2} − 1) x̂_0(t)`` at λ_m = λ_t + h/2,
@@ -27,19 +27,11 @@ class DPMSolverPP2S(EtaSolver):
     (``ancestral_split``).  Order 2 (deterministic), 2 NFE per step.
     """
 
-    def __init__(self, eta: float = 0.0, s_noise: float = 1.0):
-        super().__init__(eta, s_noise)
-
-    def init(self, process, grid, x, noise):
-        return stage_times(process, grid, self.eta)  # the midpoints, computed together
-
     def step(self, process, t0, t1, x, state, noise):
         x0 = process.denoise(x, t0)
         if t1 == 0.0:
             return x0, state
-        c0, c1 = process.at(t0), process.at(t1)
-        sig0 = c0.sigma / c0.alpha
-        down, up = ancestral_split(sig0, c1.sigma / c1.alpha, self.eta)
+        c0, c1, sig0, down, up = self.split(process, t0, t1)
         h = math.log(sig0 / down)  # λ_down − λ_t
         t_mid = state[t0]  # λ_t + h/2
         cm = process.at(t_mid)

@@ -63,6 +63,24 @@ class EtaSolver(Solver):
         return x
 
 
+class MidpointEtaSolver(EtaSolver):
+    """A two-stage solver with the eta knob whose stage point lies halfway in log-SNR
+    from ``t`` to the step's ``σ_down`` (``stage_times``, computed for the whole grid)."""
+
+    def __init__(self, eta: float = 0.0, s_noise: float = 1.0):
+        super().__init__(eta, s_noise)
+
+    def init(self, process, grid, x, noise):
+        return stage_times(process, grid, self.eta)  # the midpoints, computed together
+
+    def split(self, process, t0: float, t1: float):
+        """``(c_t, c_s, σ̃_t, σ_down, σ_up)`` of the step ``t0 -> t1``."""
+        c0, c1 = process.at(t0), process.at(t1)
+        sig0 = c0.sigma / c0.alpha
+        down, up = ancestral_split(sig0, c1.sigma / c1.alpha, self.eta)
+        return c0, c1, sig0, down, up
+
+
 @register_solver(
     "euler_ancestral",
     kind="sde",
