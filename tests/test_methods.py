@@ -172,6 +172,8 @@ def test_dpm_adaptive_keeps_its_nfe_budget():
         assert capped.nfe <= cap and torch.isfinite(capped.x).all()
     with pytest.raises(ValueError, match="max_nfe=9 is below the 10 evaluations"):
         sd.solve(score, sde, x_T, ts, "dpm_adaptive", max_nfe=9)
+    with pytest.raises(ValueError, match=r"max_nfe must be 0 \(no cap\) or a whole number >= 3"):
+        sd.get_solver("dpm_adaptive", max_nfe=2)
 
 
 def test_dpm_adaptive_stops_on_a_non_finite_model_and_on_unreachable_tolerances():

@@ -70,8 +70,11 @@ class DPMAdaptive(Solver):
             )
         if not 0 < accept_safety <= 1:
             raise ValueError(f"accept_safety must lie in (0, 1], got {accept_safety!r}")
-        if not (isinstance(max_nfe, int) and max_nfe >= 0):
-            raise ValueError(f"max_nfe must be a whole number >= 0 (0: no cap), got {max_nfe!r}")
+        if not (isinstance(max_nfe, int) and (max_nfe == 0 or max_nfe >= order)):
+            raise ValueError(
+                f"max_nfe must be 0 (no cap) or a whole number >= {order} (one step of order "
+                f"{order}), got {max_nfe!r}"
+            )
         self.rtol, self.atol, self.method_order = float(rtol), float(atol), int(order)
         self.h_init, self.accept_safety, self.max_nfe = float(h_init), float(accept_safety), max_nfe
         self.pcoeff, self.icoeff, self.dcoeff = map(float, gains)
