@@ -2,6 +2,8 @@
 
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,11 +38,23 @@ def test_unknown_pretrained_name():
 @pytest.mark.parametrize("editable", [False, True], ids=["install", "editable"])
 def test_fresh_virtualenv_install_gives_a_working_sdediff(tmp_path, editable):
     """pip install [-e] . into a new virtualenv (its build backend from the registry, the
-    dependencies from this interpreter's site-packages)."""
+    dependencies from the site-packages of the interpreter running the tests).
+
+    ``--system-site-packages`` would show the base interpreter's packages, not those of a
+    virtualenv the tests run in; a ``.pth`` file names this interpreter's folders instead.
+    """
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
+    inner = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    outer = dict.fromkeys(sysconfig.get_path(k) for k in ("purelib", "platlib"))
+    (Path(inner) / "outer-site-packages.pth").write_text("\n".join(outer) + "\n")
     args = ["-e", str(root)] if editable else [str(root)]
     subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--no-deps", *args], check=True, cwd=tmp_path
