@@ -1,32 +1,62 @@
 """Atomic file writes: a temporary file in the target folder, renamed into place.
 
-A crash or Ctrl-C mid-write leaves the old file (or no file), never a
-half-written one, and no temporary file behind.
+A crash, Ctrl-C or a full disk mid-write leaves the old file (or no file), never
+a half-written one.  The temporary file is named after the writing process
+(``.NAME.PID-XXXX.tmp``); one left by a process that was killed outright
+(SIGKILL, power loss) is removed by the next write to the same path.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "stale_temporaries"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def stale_temporaries(path: str | Path) -> list[Path]:
+    """Temporary files of writes to ``path`` whose writing process no longer runs."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)-[^.]+\.tmp")
+    if not path.parent.is_dir():
+        return []
+    found = (pattern.fullmatch(p.name) for p in path.parent.iterdir())
+    return [path.parent / m.group(0) for m in found if m and not _alive(int(m.group(1)))]
 
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces ``path``."""
+    """Yield a temporary path to write; on success it is flushed to disk and replaces ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    for stale in stale_temporaries(path):
+        with suppress(FileNotFoundError):  # another writer may clean it first
+            stale.unlink()
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent
+    )
     os.close(fd)
     try:
         yield Path(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; give it the usual mode
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

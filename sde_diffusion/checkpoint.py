@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor
 
 from .atomic import atomic_path
@@ -35,8 +35,15 @@ def save_checkpoint(path: str | Path, tensors: dict[str, Tensor], config: dict[s
     path = Path(path)
     metadata = {"format": FORMAT, "config": json.dumps(config)}
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(contiguous, str(tmp), metadata=metadata)
+    data = save(contiguous, metadata=metadata)  # bytes: safetensors' own file writer
+    try:  # would leave its temporary file behind if killed
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as err:  # a full disk, a folder made read-only, a quota
+        kept = "the checkpoint already there is unchanged" if path.exists() else "none was written"
+        failed = OSError(f"could not write {path}: {err.strerror or err}; {kept}")
+        failed.errno = err.errno
+        raise failed from err
     return path
 
 
