@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -13,7 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import sde_diffusion as sd
 from sde_diffusion.atomic import atomic_path
-from sde_diffusion.distributed import local_batches
+from sde_diffusion.distributed import local_batches, rank_and_world
+from sde_diffusion.npz import NpzWriter
 from sde_diffusion.plotting import save_samples
 from sde_diffusion.problems import SDE_NAMES, load_problem
 
@@ -87,6 +91,7 @@ def sample_with_progress(
     model,
     labels,
     grid=None,
+    sink=None,
 ) -> sd.SampleResult:
     """``sd.sample_batched`` with a progress bar (this rank's batches and steps)."""
     columns = (
@@ -120,6 +125,7 @@ def sample_with_progress(
                 grid=grid,
                 callback=lambda info: bar.advance(step_task),
                 on_batch=on_batch,
+                sink=sink,
             )
 
 
@@ -224,6 +230,7 @@ def sample(
         raise click.UsageError(
             f"{grid_file} was tuned for {grid.sde}; {model} runs {problem.sde!r}"
         )
+    check_output_size(problem, out, num_samples)
     labels, columns = class_labels(problem, model, class_, num_samples)
     if labels is None and (guidance != 1.0 or interval is not None):
         raise click.UsageError("--guidance and --guidance-interval need --class")
@@ -239,7 +246,7 @@ def sample(
         f"{steps} {schedule} {plural(steps, 'step')}",
         highlight=False,
     )
-    with friendly_errors("sampling"):
+    with friendly_errors("sampling"), npz_output(problem, out, num_samples) as npz:
         res = sample_with_progress(
             problem,
             solver,
@@ -253,10 +260,11 @@ def sample(
             guided,
             labels,
             None if grid is None else grid.tensor(),
+            None if npz is None else lambda start, stop, rows: npz.write(data_units(rows, problem)),
         )
-        if res.x is None:  # another rank of a torchrun job: rank 0 writes
+        if rank_and_world()[0] != 0:  # another rank of a torchrun job: rank 0 writes
             return
-        x, nfe, wall = res.x.float().cpu(), res.nfe, res.wall_time
+        nfe, wall = res.nfe, res.wall_time
         passes = res.network_passes / len(local_batches(num_samples, batch_size, 0, 1))
         settings = {
             "model": model,
@@ -277,7 +285,10 @@ def sample(
             settings.update(
                 {"labels": labels.tolist(), "guidance": guidance, "guidance_interval": interval}
             )
-        write_samples(problem, x, out, settings, columns)
+        if npz is not None:
+            npz.add("settings", json.dumps(settings))
+        else:
+            save_picture(problem, res.x.float().cpu(), out, settings, columns)
     cost = f"NFE {nfe}" if passes == nfe else f"NFE {nfe} ({passes:g} network passes)"
     console.print(
         f"[bold green]{num_samples}[/] samples from [bold]{model}[/] with {solver.name} "
@@ -335,17 +346,51 @@ def class_labels(problem, model: str, value: str | None, num_samples: int):
     return torch.full((num_samples,), index), None
 
 
-def write_samples(
+def data_units(rows: torch.Tensor, problem) -> np.ndarray:
+    return problem.to_data_units(rows.float().cpu()).numpy()
+
+
+PICTURE_LIMITS = {"images": 4096, "points": 1_000_000}
+
+
+def check_output_size(problem, out: Path, num_samples: int) -> None:
+    """Usage errors for a picture too large to look at or an .npz the disk cannot hold."""
+    kind = "images" if len(problem.event_shape) == 3 else "points"
+    if out.suffix.lower() == ".png" and num_samples > PICTURE_LIMITS[kind]:
+        raise click.BadParameter(
+            f"a .png shows at most {PICTURE_LIMITS[kind]:,} {kind}, got {num_samples:,}; "
+            "write them to an .npz (--out samples.npz), which streams to disk",
+            param_hint="--num-samples",
+        )
+    if out.suffix.lower() == ".npz":
+        need = num_samples * math.prod(problem.event_shape) * 4  # float32
+        free = shutil.disk_usage(out.parent if str(out.parent) else ".").free
+        if need > free:
+            raise click.BadParameter(
+                f"{num_samples:,} samples need {need / 1e9:,.1f} GB in {out}, but only "
+                f"{free / 1e9:,.1f} GB are free there",
+                param_hint="--num-samples",
+            )
+
+
+@contextmanager
+def npz_output(problem, out: Path, num_samples: int) -> Iterator[NpzWriter | None]:
+    """An .npz streamed batch by batch (rank 0), written atomically; ``None`` for a .png."""
+    if out.suffix.lower() != ".npz" or rank_and_world()[0] != 0:
+        yield None
+        return
+    shape = (num_samples, *problem.event_shape)
+    with atomic_path(out) as tmp, NpzWriter(tmp, "samples", shape) as npz:
+        yield npz
+
+
+def save_picture(
     problem, x: torch.Tensor, out: Path, settings: dict, columns: int | None = None
 ) -> None:
-    """A picture (model units for images, data units for points) or an .npz."""
-    data = problem.to_data_units(x)
-    if out.suffix.lower() == ".npz":
-        with atomic_path(out) as tmp, open(tmp, "wb") as f:
-            np.savez(f, samples=data.numpy(), settings=json.dumps(settings))
-        return
+    """Images as a grid in model units, points as a scatter in data units."""
     reference = None
     if problem.reference is not None and x.ndim == 2:
         reference = problem.to_data_units(problem.reference(len(x), 1).float().cpu())
     title = f"{settings['model']}: {settings['solver']}, {settings['steps']} steps"
-    save_samples(x if x.ndim == 4 else data, out, title, reference, columns)
+    data = x if x.ndim == 4 else problem.to_data_units(x)
+    save_samples(data, out, title, reference, columns)

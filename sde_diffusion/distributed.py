@@ -17,7 +17,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import torch
@@ -33,6 +33,7 @@ __all__ = [
     "rank_and_world",
     "report_failure",
     "reported_failures",
+    "stream_batches",
     "sum_over_ranks",
 ]
 
@@ -139,34 +140,46 @@ def local_batches(
     return [(start, min(start + batch_size, total)) for start in starts]
 
 
+def stream_batches(
+    fn: Callable[[int, int], Tensor], total: int, batch_size: int
+) -> Iterator[tuple[int, int, Tensor]]:
+    """Run ``fn(start, stop)`` on this rank's batches; ``(start, stop, rows)`` in global order.
+
+    Memory holds one round of batches, not the result: under a process group every
+    rank computes one batch per round and rank 0 receives the round's rows (one
+    ``gather``) and yields them; the other ranks yield nothing but must still run the
+    iterator to its end, since each round is a collective.
+    """
+    rank, world = rank_and_world()
+    mine = local_batches(total, batch_size)
+    if world == 1:
+        for start, stop in mine:
+            yield start, stop, fn(start, stop)
+        return
+    batches = -(-total // batch_size)
+    for k in range(-(-batches // world)):  # rounds
+        local = _with_template([fn(*mine[k])] if k < len(mine) else [])
+        padded = local.new_zeros((batch_size, *local.shape[1:]))
+        padded[: len(local)] = local
+        bucket = [torch.empty_like(padded) for _ in range(world)] if rank == 0 else None
+        dist.gather(padded, bucket, dst=0)
+        for r in range(world if rank == 0 else 0):
+            start = (k * world + r) * batch_size
+            if start < total:
+                stop = min(start + batch_size, total)
+                yield start, stop, bucket[r][: stop - start]
+
+
 def map_batches(fn: Callable[[int, int], Tensor], total: int, batch_size: int) -> Tensor | None:
     """Run ``fn(start, stop)`` on this rank's batches; rows of all ranks in global order.
 
     ``fn`` returns one row per item of ``[start, stop)``.  A single process returns
-    the concatenation; under a process group rank 0 receives every rank's rows (one
-    ``gather``) and returns them in global order, the other ranks return ``None``.
+    the concatenation; under a process group rank 0 receives every rank's rows
+    (:func:`stream_batches`) and returns them in global order, the other ranks return
+    ``None``.
     """
-    rank, world = rank_and_world()
-    parts = [fn(start, stop) for start, stop in local_batches(total, batch_size)]
-    if world == 1:
-        return torch.cat(parts)
-    local = _with_template(parts)
-    counts = [
-        sum(stop - start for start, stop in local_batches(total, batch_size, r, world))
-        for r in range(world)
-    ]
-    padded = local.new_zeros((max(counts), *local.shape[1:]))
-    padded[: len(local)] = local
-    bucket = [torch.empty_like(padded) for _ in range(world)] if rank == 0 else None
-    dist.gather(padded, bucket, dst=0)
-    if rank != 0:
-        return None
-    out = local.new_empty((total, *local.shape[1:]))
-    for r in range(world):
-        rows = bucket[r]
-        for start, stop in local_batches(total, batch_size, r, world):
-            out[start:stop], rows = rows[: stop - start], rows[stop - start :]
-    return out
+    parts = [rows for _, _, rows in stream_batches(fn, total, batch_size)]
+    return torch.cat(parts) if rank_and_world()[0] == 0 else None
 
 
 def _with_template(parts: list[Tensor]) -> Tensor:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .distributed import map_batches, sum_over_ranks
+from .distributed import map_batches, stream_batches, sum_over_ranks
 from .models import Cond, slice_cond
 from .noise import GeneratorNoise, NoiseSource, PerSampleNoise
 from .reverse import ReverseProcess, ScoreFn
@@ -260,6 +260,7 @@ def sample_batched(
     grid: Tensor | None = None,
     callback: Callable[[StepInfo], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    sink: Callable[[int, int, Tensor], None] | None = None,
     **options: Any,
 ) -> SampleResult:
     """``shape[0]`` samples in batches of ``batch_size``, sharded over ``torchrun`` ranks.
@@ -273,7 +274,9 @@ def sample_batched(
     arithmetic.  Rank 0 gets every sample in ``x``; other ranks get ``x = None``.
     ``nfe`` is the mean number of model calls per batch (exact for fixed grids),
     ``network_passes`` the total over all batches of all ranks.  ``on_batch(start,
-    stop)`` follows each finished batch of this rank.
+    stop)`` follows each finished batch of this rank.  With ``sink``, rank 0 hands
+    each batch to ``sink(start, stop, rows)`` in global order as it arrives and keeps
+    nothing (``x = None``): memory holds a batch per rank, whatever ``shape[0]``.
     """
     solver = _resolve(solver, options)
     if not shape or shape[0] < 1 or batch_size < 1:
@@ -303,7 +306,12 @@ def sample_batched(
             on_batch(start, stop)
         return res.x
 
-    x = map_batches(run, shape[0], batch_size)
+    if sink is None:
+        x = map_batches(run, shape[0], batch_size)
+    else:
+        x = None
+        for start, stop, rows in stream_batches(run, shape[0], batch_size):
+            sink(start, stop, rows)
     nfe, passes, batches = sum_over_ranks(counts)
     return SampleResult(
         x=x,

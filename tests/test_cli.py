@@ -140,6 +140,10 @@ def test_sample_digits_writes_a_picture(tmp_path):
         (["--model", "missing/x.safetensors"], "no checkpoint at missing/x.safetensors"),
         (["--out", "x.txt"], "must end in .png or .npz"),
         (["--model", "digits", "--sde", "ve"], "--sde applies to analytic problems only"),
+        (["--model", "gmm8", "-n", "2000000"], "a .png shows at most 1,000,000 points"),
+        (["--model", "digits", "-n", "5000"], "a .png shows at most 4,096 images"),
+        (["--model", "gmm64", "-n", str(10**15), "--out", "x.npz"], "GB are free there"),
+        (["--model", "digits-cond", "--class", "3", "-n", str(10**15)], "write them to an .npz"),
     ],
 )
 def test_sample_usage_errors_exit_2(tmp_path, args, message):

@@ -1,5 +1,6 @@
 """The driver loop: grids, checks, NFE, callbacks, denoising, noise, errors."""
 
+import numpy as np
 import pytest
 import torch
 from helpers import gaussian_score, small_mixture
@@ -139,3 +140,38 @@ def test_sample_does_not_depend_on_global_rng():
     torch.manual_seed(2)
     b = sd.sample(score, sde, (8, 2), "euler_maruyama", steps=5, seed=3)
     torch.testing.assert_close(a.x, b.x, rtol=0, atol=0)
+
+
+def test_sample_batched_streams_each_batch_to_a_sink_in_order_and_keeps_none():
+    sde, gmm = sd.EDMSDE(), sd.eight_gaussians()
+    args = (gmm.score_fn(sde), sde, (11, 2), "heun", 4)
+    whole = sd.sample_batched(*args, batch_size=4, seed=5)
+    seen = []
+    res = sd.sample_batched(
+        *args, batch_size=4, seed=5, sink=lambda start, stop, rows: seen.append((start, stop, rows))
+    )
+    assert res.x is None and res.nfe == whole.nfe
+    assert [(start, stop) for start, stop, _ in seen] == [(0, 4), (4, 8), (8, 11)]
+    assert torch.equal(torch.cat([rows for *_, rows in seen]), whole.x)
+
+
+def test_npz_writer_streams_rows_that_numpy_loads(tmp_path):
+    from sde_diffusion.npz import NpzWriter
+
+    x = np.arange(30, dtype=np.float32).reshape(10, 3)
+    with NpzWriter(tmp_path / "a.npz", "samples", x.shape) as npz:
+        for block in np.array_split(x, 4):
+            npz.write(block)
+        npz.add("settings", '{"k": 1}')
+    loaded = np.load(tmp_path / "a.npz")
+    assert np.array_equal(loaded["samples"], x) and str(loaded["settings"]) == '{"k": 1}'
+    with (
+        pytest.raises(ValueError, match="rows of shape"),
+        NpzWriter(tmp_path / "b.npz", "samples", (2, 3)) as npz,
+    ):
+        npz.write(np.zeros((3, 3)))
+    with (
+        pytest.raises(ValueError, match="1 of 2 rows were written"),
+        NpzWriter(tmp_path / "c.npz", "samples", (2, 3)) as npz,
+    ):
+        npz.write(np.zeros((1, 3)))
