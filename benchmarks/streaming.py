@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from common import write_results
 
 SDEDIFF = str(Path(sys.executable).parent / "sdediff")
@@ -27,9 +26,21 @@ SDEDIFF = str(Path(sys.executable).parent / "sdediff")
 def peak_mib(num_samples: int, batch_size: int, folder: Path) -> float:
     """Peak RSS (MiB) of one ``sdediff sample`` run on gmm64 (64-D) into an .npz."""
     out = folder / "x.npz"
+    size = ["-n", str(num_samples), "--batch-size", str(batch_size)]
     code = subprocess.run(
-        [SDEDIFF, "sample", "--model", "gmm64", "--solver", "euler", "--steps", "4"]
-        + ["-n", str(num_samples), "--batch-size", str(batch_size), "--out", str(out)],
+        [
+            SDEDIFF,
+            "sample",
+            "--model",
+            "gmm64",
+            "--solver",
+            "euler",
+            "--steps",
+            "4",
+            *size,
+            "--out",
+            out,
+        ],
         capture_output=True,
     ).returncode
     assert code == 0
@@ -66,10 +77,11 @@ def main() -> None:
 
 def measure(num_samples: int, batch_size: int, folder: Path) -> float:
     """Peak RSS of the run, measured from a fresh interpreter so each run's peak is its own."""
+    here, where = str(Path(__file__).parent), str(folder)
     code = (
-        "import sys; sys.path.insert(0, %r); from streaming import peak_mib; "
-        "from pathlib import Path; print(peak_mib(%d, %d, Path(%r)))"
-    ) % (str(Path(__file__).parent), num_samples, batch_size, str(folder))
+        f"import sys; sys.path.insert(0, {here!r}); from streaming import peak_mib; "
+        f"from pathlib import Path; print(peak_mib({num_samples}, {batch_size}, Path({where!r})))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip())
 
