@@ -46,7 +46,7 @@ def solvers(kind: str | None) -> None:
     Example: sdediff solvers --kind ode
     """
     table = Table(title="sde-diffusion solvers")
-    for column in ("name", "aliases", "kind", "order", "NFE/step", "stochastic"):
+    for column in ("name", "aliases", "kind", "order", "NFE/step", "stochastic", "batch-free"):
         table.add_column(
             column, no_wrap=column == "name", style="bold" if column == "name" else None
         )
@@ -63,6 +63,7 @@ def solvers(kind: str | None) -> None:
             f"{solver.order:g}",
             nfe,
             "yes" if solver.stochastic else "no",
+            "yes" if solver.batch_invariant else "no",
             info.summary,
         )
     console.print(table)

@@ -39,6 +39,10 @@ def on_page_content(html: str, page, config, files) -> str:
     return ROLE.sub("", html)
 
 
+def yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
 def solver_table() -> str:
     """The registry, one row per solver, from ``sd.list_solvers()`` and the default instance."""
     import sde_diffusion as sd
@@ -46,8 +50,9 @@ def solver_table() -> str:
     from sde_diffusion.solvers.registry import solver_class, solver_options
 
     rows = [
-        "| name | integrates | order | NFE / step | stochastic | options | reference |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| name | integrates | order | NFE / step | stochastic | batch-free | options "
+        "| reference |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for info in sd.list_solvers():
         solver = sd.get_solver(info.name)
@@ -57,7 +62,8 @@ def solver_table() -> str:
         process = "reverse SDE" if solver.kind == "sde" else "PF-ODE"
         rows.append(
             f"| `{info.name}`{aliases} | {process} | {solver.order:g} | {nfe} | "
-            f"{'yes' if solver.stochastic else 'no'} | {options} | {info.reference or '–'} |"
+            f"{yes_no(solver.stochastic)} | {yes_no(solver.batch_invariant)} | "
+            f"{options} | {info.reference or '–'} |"
         )
     return "\n".join(rows)
 

@@ -113,8 +113,6 @@ class PerSampleNoise(NoiseSource):
         if seed < 0 or first_index < 0:
             raise ValueError(f"seed and first_index must be >= 0, got {seed} and {first_index}")
         self.seed, self.first_index, self.draws = int(seed), int(first_index), 0
-        # for methods that need a whole Brownian path (srk, milstein): batch-dependent
-        self.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.first_index)
 
     def _bits(self, key: Tensor, counter: Tensor) -> Tensor:
         return _pcg_hash(key ^ _pcg_hash(counter))

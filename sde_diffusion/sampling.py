@@ -196,8 +196,8 @@ def sample(
     Randomness (``x_T`` included) comes from ``noise`` if given, else from
     ``generator``, else from a ``torch.Generator`` seeded with ``seed``: a
     seeded call is reproducible.  With ``noise=PerSampleNoise(seed)`` each
-    sample is also independent of the batch size (not for batch-coupled solvers:
-    ``rk45``/``dop853``, ``pc``, ``srk``, ``milstein``).  ``dtype`` is the state's
+    sample is also independent of the batch size (unless the solver's
+    ``batch_invariant`` is ``False``: ``rk45``, ``dop853``).  ``dtype`` is the state's
     precision (float32 or float64), whatever the model's.  ``res.nfe`` is counted.
     """
     device = torch.device(device)
@@ -269,8 +269,8 @@ def sample_batched(
     condition from row ``i`` of ``cond``; batches are the global ``[k b, (k+1) b)``
     and rank ``r`` of ``W`` solves batches ``r, r + W, ...``.  The samples are
     therefore the same bit for bit on any number of processes (for a given
-    ``batch_size`` and thread count), and for solvers that are not batch-coupled
-    also for any ``batch_size`` up to float rounding of the model's batched
+    ``batch_size`` and thread count), and for solvers whose ``batch_invariant`` is
+    ``True`` also for any ``batch_size`` up to float rounding of the model's batched
     arithmetic.  Rank 0 gets every sample in ``x``; other ranks get ``x = None``.
     ``nfe`` is the mean number of model calls per batch (exact for fixed grids),
     ``network_passes`` the total over all batches of all ranks.  ``on_batch(start,

@@ -187,3 +187,25 @@ def test_the_eta_knob_ends_at_the_ode_solver_and_the_posterior_step(
     ]
     torch.testing.assert_close(runs[0], runs[1], rtol=1e-10, atol=1e-10)
     assert sd.get_solver(a, **a_opts).stochastic == (a_opts["eta"] > 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "opts"),
+    [(name, {}) for name in sd.solver_names()] + [("pc", {"norms": "batch"})],
+    ids=str,
+)
+def test_batch_invariance_is_what_the_registry_says(name, opts):
+    """With per-sample noise a sample is the same bit for bit in a batch of 7 and of 3
+    exactly when its metadata says ``batch_invariant`` (analytic scores: no batched
+    network arithmetic)."""
+    sde, gmm = sd.EDMSDE(), small_mixture()
+    solver = sd.get_solver(name, **opts)
+    steps = 1 if solver.expected_nfe([1.0, 0.5]) is None else 8
+    runs = [
+        sd.sample_batched(
+            gmm.score_fn(sde), sde, (7, 2), solver, steps, batch_size=b, seed=4, dtype=torch.float64
+        ).x
+        for b in (7, 3)
+    ]
+    assert all(torch.isfinite(x).all() for x in runs)
+    assert torch.equal(*runs) == solver.batch_invariant

@@ -41,7 +41,10 @@ class SolverInfo:
     ``kind`` is the process it integrates ("sde": reverse SDE, "ode": PF-ODE);
     ``order`` the global convergence order (strong order for stochastic methods
     on additive noise); ``nfe_per_step`` the model evaluations per step
-    (per Runge–Kutta step for adaptive methods).
+    (per Runge–Kutta step for adaptive methods); ``batch_invariant`` whether, with
+    per-sample noise (``PerSampleNoise``, what ``sample_batched`` and the CLI use), a
+    sample comes out the same bit for bit in any batch (``False``: the method couples
+    the batch, e.g. one error norm over all samples).
     """
 
     name: str
@@ -53,6 +56,7 @@ class SolverInfo:
     reference: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
     adaptive: bool = False
+    batch_invariant: bool = True
 
 
 class Solver:
@@ -80,6 +84,11 @@ class Solver:
     def order(self) -> float:
         """Global order of this instance (options may change the class default)."""
         return self.info.order
+
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether a sample is independent of its batch (an option may change the default)."""
+        return self.info.batch_invariant
 
     @property
     def nfe_per_step(self) -> int:

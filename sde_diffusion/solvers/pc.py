@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .base import Solver
 from .registry import get_solver, register_solver
+
+MAX_CORRECTOR_STEPS = 1000  # per grid step; more is a mistake, not a setting
 
 
 @register_solver(
@@ -20,33 +24,53 @@ from .registry import get_solver, register_solver
 class PredictorCorrector(Solver):
     """Langevin corrector steps at t, then a reverse-SDE predictor step t → s.
 
-    Corrector: ``eps = 2 a (snr |z| / |score|)^2`` with ``a = alpha_t^2 /
-    alpha_s^2`` (1 for VE), then ``x += eps score + sqrt(2 eps) z``.  As in
-    Song et al. the norms are batch means of per-sample norms (per-sample
-    ratios blow up in low dimension where |score| nears 0).  NFE per step:
-    ``corrector_steps`` plus the predictor's.  The corrector's noise is not a
-    Brownian increment: the method has no strong order (``order`` is the
+    Corrector: ``x += eps score + sqrt(2 eps) z`` with ``eps = 2 a (snr r)^2``,
+    ``a = alpha_t^2 / alpha_s^2`` (1 for VE), where ``r`` stands for ``|z| / |score|``.
+    ``norms="marginal"`` (the default) takes ``r = sigma(t)``, its value for the
+    noised data (``|score| ≈ sqrt(d) / sigma``, ``|z| ≈ sqrt(d)``): no sample sees
+    another, so a sample does not depend on its batch.  ``norms="batch"`` is Song et
+    al.'s rule, the ratio of batch means of per-sample norms (so each sample depends
+    on the batch; per-sample ratios blow up in low dimension where |score| nears 0).
+    NFE per step: ``corrector_steps`` plus the predictor's.  The corrector's noise is
+    not a Brownian increment: the method has no strong order (``order`` is the
     predictor's).
     """
 
-    def __init__(self, predictor: str = "ancestral", snr: float = 0.16, corrector_steps: int = 1):
+    NORMS = ("marginal", "batch")
+
+    def __init__(
+        self,
+        predictor: str = "ancestral",
+        snr: float = 0.16,
+        corrector_steps: int = 1,
+        norms: str = "marginal",
+    ):
         self.predictor = get_solver(predictor)
         if self.predictor.kind != "sde" or self.predictor.info.adaptive:
             raise ValueError(
                 f"the predictor must be a fixed-step reverse-SDE solver, got {predictor!r}"
             )
-        if not snr > 0:
-            raise ValueError(f"snr must be positive, got {snr!r}")
-        if corrector_steps < 0:
-            raise ValueError(f"corrector_steps must be >= 0, got {corrector_steps!r}")
-        self.snr, self.corrector_steps = float(snr), int(corrector_steps)
+        if not 0 < snr < math.inf:
+            raise ValueError(f"snr must be positive and finite, got {snr!r}")
+        if not 0 <= corrector_steps <= MAX_CORRECTOR_STEPS:
+            raise ValueError(
+                f"corrector_steps must lie in [0, {MAX_CORRECTOR_STEPS}], got {corrector_steps!r}"
+            )
+        if norms not in self.NORMS:
+            raise ValueError(f"norms must be one of {', '.join(self.NORMS)}, got {norms!r}")
+        self.snr, self.corrector_steps, self.norms = float(snr), int(corrector_steps), norms
 
     def options(self):
         return {
             "predictor": self.predictor.info.name,
             "snr": self.snr,
             "corrector_steps": self.corrector_steps,
+            "norms": self.norms,
         }
+
+    @property
+    def batch_invariant(self) -> bool:
+        return self.norms == "marginal"
 
     @property
     def uses(self):
@@ -66,11 +90,15 @@ class PredictorCorrector(Solver):
         a = (process.at(t0).alpha / process.at(t1).alpha) ** 2
         for _ in range(self.corrector_steps):
             score, z = process.score(x, t0), noise.fresh(x)
-            ratio = _norm(z) / _norm(score).clamp_min(torch.finfo(x.dtype).tiny)
+            if self.norms == "marginal":
+                ratio = process.at(t0).sigma
+            else:
+                ratio = _norm(z) / _norm(score).clamp_min(torch.finfo(x.dtype).tiny)
             eps = 2 * a * (self.snr * ratio) ** 2
-            x = x + eps * score + (2 * eps).sqrt() * z
+            x = x + eps * score + (2 * eps) ** 0.5 * z
         return self.predictor.step(process, t0, t1, x, state, noise)
 
 
 def _norm(v: torch.Tensor) -> torch.Tensor:
+    """The batch mean of the per-sample norms."""
     return torch.linalg.vector_norm(v.flatten(1), dim=1).mean()

@@ -51,6 +51,7 @@ def register_solver(
     summary: str | None = None,
     reference: str = "",
     adaptive: bool = False,
+    batch_invariant: bool = True,
 ) -> Callable[[S], S]:
     """Class decorator: register a ``Solver`` subclass under ``name`` and ``aliases``.
 
@@ -83,6 +84,7 @@ def register_solver(
             reference=reference,
             aliases=tuple(keys[1:]),
             adaptive=adaptive,
+            batch_invariant=batch_invariant,
         )
         _REGISTRY[keys[0]] = cls
         _LOOKUP.update(dict.fromkeys(keys, keys[0]))

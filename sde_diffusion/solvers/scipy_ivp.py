@@ -71,6 +71,7 @@ class ScipyIVP(Solver):
     nfe_per_step=6,
     stochastic=False,
     adaptive=True,
+    batch_invariant=False,  # one error norm over the whole batch
     reference="Dormand & Prince 1980 (scipy RK45)",
 )
 class RK45(ScipyIVP):
@@ -86,6 +87,7 @@ class RK45(ScipyIVP):
     nfe_per_step=12,
     stochastic=False,
     adaptive=True,
+    batch_invariant=False,  # one error norm over the whole batch
     reference="Hairer, Nørsett & Wanner (scipy DOP853)",
 )
 class DOP853(ScipyIVP):

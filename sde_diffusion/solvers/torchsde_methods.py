@@ -10,10 +10,11 @@ method's own state (reversible Heun's) carries over between steps.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
-import torchsde
+from torchsde._brownian.brownian_base import BaseBrownian
 from torchsde._core import methods as torchsde_methods
 from torchsde._core.sdeint import check_contract
 
@@ -37,6 +38,40 @@ class _ReverseTimeSDE(torch.nn.Module):
         return self.process.diffusion(-u) * torch.ones_like(y)
 
 
+class _IntervalBrownian(BaseBrownian):
+    """Brownian increments ``W`` and space-time Lévy areas ``U`` of the intervals asked for.
+
+    Each new interval ``[ua, ub]`` (``h = ub - ua``) draws ``W = sqrt(h) z1`` and
+    ``U = h (W / 2 + sqrt(h / 12) z2)`` (torchsde's convention) from the noise source,
+    so a ``PerSampleNoise`` makes every sample's path its own, whatever the batch.
+    A fixed-step method asks for each grid interval once (again: the same answer); it
+    cannot refine an interval, which an adaptive torchsde solve would need.
+    """
+
+    def __init__(self, noise, template: torch.Tensor, levy_area_approximation: str):
+        self.noise, self.template, self.levy = noise, template, levy_area_approximation
+        self.last: tuple | None = None
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        if tb is None or return_A:
+            raise ValueError("only increments and space-time Levy areas of intervals are drawn")
+        key = (float(ta), float(tb))
+        if self.last is None or self.last[0] != key:
+            h = key[1] - key[0]
+            w = self.noise.fresh(self.template) * math.sqrt(h)
+            u = h * (0.5 * w + math.sqrt(h / 12) * self.noise.fresh(self.template))
+            self.last = (key, w, u)
+        return (self.last[1], self.last[2]) if return_U else self.last[1]
+
+    def __repr__(self) -> str:
+        return f"_IntervalBrownian(shape={tuple(self.shape)}, levy={self.levy!r})"
+
+    dtype = property(lambda self: self.template.dtype)
+    device = property(lambda self: self.template.device)
+    shape = property(lambda self: self.template.shape)
+    levy_area_approximation = property(lambda self: self.levy)
+
+
 class TorchSDESolver(Solver):
     """A torchsde method on the reverse SDE (additive noise), one grid step at a time."""
 
@@ -54,19 +89,8 @@ class TorchSDESolver(Solver):
                     f"levy_area_approximation in {self.levy_areas}"
                 )
             bm = noise.interval
-        else:
-            gen = getattr(noise, "generator", None)
-            device = gen.device if gen is not None else "cpu"
-            seed = int(torch.randint(2**31 - 1, (), generator=gen, device=device))  # once a run
-            bm = torchsde.BrownianInterval(
-                t0=-grid[0],
-                t1=-grid[-1],
-                size=(x.shape[0], x[0].numel()),
-                dtype=x.dtype,
-                device=x.device,
-                entropy=seed,
-                levy_area_approximation=self.levy_areas[0],
-            )
+        else:  # the grid's intervals only, drawn from the noise source (per sample if it is)
+            bm = _IntervalBrownian(noise, x.flatten(1), self.levy_areas[0])
         sde = _ReverseTimeSDE(process, x.shape, self.sde_type)
         y0 = x.flatten(1)
         ts = torch.tensor([-grid[0], -grid[-1]], dtype=x.dtype, device=x.device)
