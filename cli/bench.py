@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 from pathlib import Path
 
@@ -36,10 +37,27 @@ def _solver_list(ctx, param, value: str | None) -> list[str]:
         raise click.BadParameter(str(err), ctx, param) from None
 
 
+MAX_NFE = 100_000
+
+
+def json_safe(value):
+    """``value`` with every non-finite float as ``None`` (JSON has no NaN: an undefined
+    error or slope is ``null``)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _nfe_list(ctx, param, value: str) -> list[int]:
     nfes = comma_list(value, int, "integer")
-    if min(nfes) < 2:
-        raise click.BadParameter(f"NFE budgets must be >= 2, got {value}", ctx, param)
+    if not 2 <= min(nfes) <= max(nfes) <= MAX_NFE:
+        raise click.BadParameter(
+            f"NFE budgets must lie in [2, {MAX_NFE:,}], got {value}", ctx, param
+        )
     return nfes
 
 
@@ -54,7 +72,7 @@ def _nfe_list(ctx, param, value: str) -> list[int]:
     help="Comma-separated registry names; 'all' is every fixed-grid solver.",
 )
 @click.option("--nfe", callback=_nfe_list, default="10,20,50", show_default=True)
-@click.option("--num-samples", "-n", type=click.IntRange(min=2), default=1024, show_default=True)
+@click.option("--num-samples", "-n", type=click.IntRange(2, 10**6), default=1024, show_default=True)
 @click.option("--schedule", type=click.Choice(sd.SCHEDULES), default="karras", show_default=True)
 @seed_option
 @device_option
@@ -132,7 +150,7 @@ def bench(model, sde, solvers, nfe, num_samples, schedule, seed, device, dtype, 
         "slopes": slopes,
     }
     with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(report, indent=1) + "\n")
+        tmp.write_text(json.dumps(json_safe(report), indent=1, allow_nan=False) + "\n")
     picture = out.with_suffix(".png")
     has_error = any(r["error"] == r["error"] for r in rows)
     y, label = ("error", "endpoint RMS error") if has_error else ("quality", problem.metric_name)

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from sde_diffusion.checkpoint import load_checkpoint, prefixed
 from sde_diffusion.pretrained import available, pretrained_path
-from sde_diffusion.sdes import sde_from_config
+from sde_diffusion.training import load_score_model
 
 from .common import console, friendly_errors
 
@@ -31,9 +31,9 @@ def info(checkpoint: str, as_json: bool) -> None:
     if not path.exists():
         raise click.BadParameter(f"no checkpoint at {checkpoint}", param_hint="CHECKPOINT")
     with friendly_errors("reading the checkpoint"):
-        tensors, config = load_checkpoint(path)
-        weights = prefixed(tensors, "ema") or prefixed(tensors, "model")
-        sde = sde_from_config(config["sde"]) if "sde" in config else None
+        tensors, _ = load_checkpoint(path)
+        model, config = load_score_model(path)  # rebuilt: metadata must match the tensors
+        sde = model.sde
     if as_json:
         click.echo(json.dumps(config, indent=2))
         return
@@ -46,7 +46,7 @@ def info(checkpoint: str, as_json: bool) -> None:
     rows = {
         "network": f"{network.pop('type', '?')} "
         + ", ".join(f"{k}={v}" for k, v in network.items()),
-        "parameters": f"{sum(v.numel() for v in weights.values()):,}",
+        "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
         "SDE": repr(sde),
         "parametrization": f"{config.get('parametrization')} "
         f"(sigma_data={config.get('sigma_data')})",

@@ -53,8 +53,8 @@ def _summary(values: torch.Tensor) -> tuple[float, float]:
     help="A data set (as for train); default: the model's own "
     "held-out data (digits: the test split).",
 )
-@click.option("--num-samples", "-n", type=click.IntRange(min=2), default=128, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--num-samples", "-n", type=click.IntRange(2, 10**6), default=128, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 10**6), default=128, show_default=True)
 @click.option(
     "--estimator",
     type=click.Choice(["ode", "elbo", "both"]),
@@ -67,12 +67,12 @@ def _summary(values: torch.Tensor) -> tuple[float, float]:
 )
 @click.option(
     "--steps",
-    type=click.IntRange(min=2),
+    type=click.IntRange(2, 100_000),
     default=100,
     show_default=True,
     help="Steps of a fixed-grid ODE solver.",
 )
-@click.option("--elbo-steps", type=click.IntRange(min=2), default=1000, show_default=True)
+@click.option("--elbo-steps", type=click.IntRange(2, 10**6), default=1000, show_default=True)
 @click.option(
     "--rtol", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True
 )
@@ -86,7 +86,7 @@ def _summary(values: torch.Tensor) -> tuple[float, float]:
     show_default=True,
     help="auto: exact up to 32 dimensions, Hutchinson above.",
 )
-@click.option("--probes", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--probes", type=click.IntRange(1, 1000), default=1, show_default=True)
 @seed_option
 @device_option
 def likelihood(

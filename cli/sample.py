@@ -37,6 +37,8 @@ from .common import (
 )
 
 OUT_SUFFIXES = (".png", ".npz")
+MAX_STEPS = 100_000  # grid intervals; more is a mistake, not a setting
+MAX_BATCH = 10_000_000
 
 
 def model_option(default: str | None = "digits"):
@@ -59,7 +61,9 @@ sde_option = click.option(
 device_option = click.option(
     "--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N."
 )
-seed_option = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+seed_option = click.option(
+    "--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True
+)
 dtype_option = click.option(
     "--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True
 )
@@ -134,7 +138,7 @@ def sample_with_progress(
 @click.option("--solver", type=SolverName(), default="heun", show_default=True)
 @click.option(
     "--steps",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, MAX_STEPS),
     default=None,
     help="Grid intervals  [default: 25; 1 for adaptive solvers, which choose their own steps]",
 )
@@ -148,7 +152,7 @@ def sample_with_progress(
     "the solver unless --solver is given.",
 )
 @click.option("--num-samples", "-n", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=256, show_default=True)
 @seed_option
 @device_option
 @dtype_option

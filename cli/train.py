@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -53,6 +54,8 @@ def read_config(ctx: click.Context, param: click.Parameter, path: Path | None) -
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise click.BadParameter(f"cannot read {path}: {err}", ctx, param) from None
     values = values.get("train", values)  # a [train] table or top-level keys
+    if not isinstance(values, dict):
+        raise click.BadParameter(f"{path}: 'train' must be a table ([train])", ctx, param)
     names = {p.name for p in ctx.command.params if p.name not in ("config", "help")}
     values = {k.replace("-", "_"): v for k, v in values.items()}
     unknown = sorted(set(values) - names)
@@ -62,8 +65,25 @@ def read_config(ctx: click.Context, param: click.Parameter, path: Path | None) -
             ctx,
             param,
         )
+    params = {p.name: p for p in ctx.command.params}
+    for key, value in values.items():
+        kind = toml_kind(params[key])
+        if not kind[1](value):
+            raise click.BadParameter(f"{path}: {key} must be {kind[0]}, got {value!r}", ctx, param)
     ctx.default_map = {**(ctx.default_map or {}), **values}
     return path
+
+
+def toml_kind(param: click.Parameter) -> tuple[str, Callable[[object], bool]]:
+    """What a config file's value for ``param`` must be: a name and a check (no coercion:
+    ``steps = 10.5`` or ``true`` is an error, not 10 or 1)."""
+    if param.is_flag or isinstance(param.type, click.types.BoolParamType):
+        return "true or false", lambda v: isinstance(v, bool)
+    if isinstance(param.type, click.types.IntParamType):
+        return "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)
+    if isinstance(param.type, click.types.FloatParamType):
+        return "a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+    return "a string", lambda v: isinstance(v, str)
 
 
 def resume_defaults(ctx: click.Context, param: click.Parameter, path: Path | None):
@@ -153,7 +173,7 @@ def build_model(
     "--network", type=click.Choice(["auto", "mlp", "unet"]), default="auto", show_default=True
 )
 @click.option(
-    "--width", type=click.IntRange(min=1), default=None, help="MLP width / U-Net channels."
+    "--width", type=click.IntRange(1, 4096), default=None, help="MLP width / U-Net channels."
 )
 @click.option(
     "--parametrization", type=click.Choice(PARAMETRIZATIONS), default="edm", show_default=True
@@ -172,8 +192,8 @@ def build_model(
     show_default=True,
     help="With --conditional: share of labels replaced by the null label while training.",
 )
-@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--steps", type=click.IntRange(1, 10**8), default=2000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 10**6), default=256, show_default=True)
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),

@@ -47,7 +47,11 @@ class GaussianMixture:
         if means.ndim != 2:
             raise ValueError(f"means must have shape (K, d), got {tuple(means.shape)}")
         k, d = means.shape
+        if not bool((means.abs() <= 1e100).all()):  # squared distances must stay finite
+            raise ValueError(f"means must be finite numbers of magnitude <= 1e100, got {means}")
         covs = torch.as_tensor(covs, dtype=torch.float64)
+        if not bool(torch.isfinite(covs).all()):
+            raise ValueError("covs must be finite")
         if covs.ndim <= 1:
             covs = covs.expand(k)[:, None, None] * torch.eye(d, dtype=torch.float64)
         if covs.shape != (k, d, d):
@@ -61,9 +65,10 @@ class GaussianMixture:
             if weights is None
             else torch.as_tensor(weights, dtype=torch.float64)
         )
-        if weights.shape != (k,) or bool((weights < 0).any()) or float(weights.sum()) <= 0:
+        valid = weights.shape == (k,) and bool(torch.isfinite(weights).all())
+        if not valid or bool((weights < 0).any()) or float(weights.sum()) <= 0:
             raise ValueError(
-                f"weights must be {k} non-negative numbers with a positive sum, "
+                f"weights must be {k} finite non-negative numbers with a positive sum, "
                 f"got {weights.tolist()}"
             )
         eigvals, eigvecs = torch.linalg.eigh(covs)

@@ -94,6 +94,18 @@ def load_checkpoint(
         config = json.loads(metadata["config"])
     except (KeyError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path}: its configuration is missing or damaged ({err})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{path}: its configuration must be a JSON object, got {type(config).__name__}"
+        )
+    floats = [k for k, v in tensors.items() if v.is_floating_point()]
+    finite = torch.stack([torch.isfinite(tensors[k]).all() for k in floats]) if floats else None
+    if finite is not None and not bool(finite.all()):  # one host read
+        bad = [k for k, ok in zip(floats, finite.tolist(), strict=True) if not ok]
+        raise CheckpointError(
+            f"{path} holds non-finite values (NaN or inf) in {len(bad)} tensor(s), e.g. "
+            f"{bad[0]}; sde-diffusion never writes such a file: it is damaged or was edited"
+        )
     return tensors, config
 
 

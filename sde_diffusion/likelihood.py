@@ -30,7 +30,7 @@ from .parametrization import Coefficients, convert_at
 from .reverse import ReverseProcess, ScoreFn
 from .sdes import SDE
 from .solvers.ancestral import posterior_coefficients
-from .solvers.base import Solver
+from .solvers.base import NonFiniteError, Solver
 from .solvers.registry import get_solver, solver_class, solver_names, solver_options
 
 __all__ = [
@@ -175,6 +175,7 @@ def log_likelihood(
     prior = sde.prior_logp(x_T)
     integral = z[:, -1]
     logp = prior + integral
+    _raise_if_not_finite(logp, "log_likelihood")
     if not return_result:
         return logp
     return LikelihoodResult(logp, prior, integral, x_T, process.nfe, divergence)
@@ -303,9 +304,19 @@ def elbo(
     sq = (flat - draw_and_denoise(t1)).pow(2).sum(1)
     reconstruction = 0.5 * dim * math.log(2 * math.pi * rec_var) + sq / (2 * rec_var)
     bound = -(prior_kl + diffusion_kl + reconstruction)
+    _raise_if_not_finite(bound, "elbo")
     if not return_result:
         return bound
     return ELBOResult(bound, prior_kl, diffusion_kl, reconstruction, process.nfe)
+
+
+def _raise_if_not_finite(values: Tensor, what: str) -> None:
+    bad = int((~torch.isfinite(values)).sum())  # the one host read of the estimate
+    if bad:
+        raise NonFiniteError(
+            f"{what} is not finite for {bad} of {len(values)} samples: the model returned "
+            "non-finite values or the solver diverged; check the model, or use more steps"
+        )
 
 
 def pixel_range(scale: float, shift: float, levels: int) -> tuple[float, float]:

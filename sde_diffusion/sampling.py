@@ -201,6 +201,11 @@ def sample(
     precision (float32 or float64), whatever the model's.  ``res.nfe`` is counted.
     """
     device = torch.device(device)
+    shape = _sample_shape(shape)
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63
+    ):
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     if noise is None and generator is None:
         generator = torch.Generator(device=device)
         if seed is not None:
@@ -226,6 +231,19 @@ def sample(
         denoise=denoise,
         return_trajectory=return_trajectory,
     )
+
+
+def _sample_shape(shape) -> tuple[int, ...]:
+    """``shape`` as ``(B, *event)`` of positive ints, or a ``ValueError`` that says why."""
+    if isinstance(shape, torch.Size):
+        shape = tuple(shape)
+    ok = isinstance(shape, (tuple, list)) and len(shape) >= 1
+    ok = ok and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)
+    if not ok:
+        raise ValueError(f"shape must be (batch, *event) with positive integers, got {shape!r}")
+    if math.prod(shape) > 2**40:
+        raise ValueError(f"shape {tuple(shape)} holds more than 2**40 numbers; sample in batches")
+    return tuple(shape)
 
 
 def _grid(sde: SDE, steps: int, schedule: str, rho: float, to_zero: bool, grid) -> Tensor:

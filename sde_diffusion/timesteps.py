@@ -29,6 +29,9 @@ SCHEDULES = ("uniform", "quadratic", "karras", "logsnr")
 """The grid families of :func:`timesteps`."""
 
 
+MAX_STEPS = 1_000_000  # grid intervals: beyond this a run is a mistake, not a setting
+
+
 def timesteps(
     sde: SDE,
     steps: int,
@@ -45,8 +48,8 @@ def timesteps(
     ``t_min`` and a final ``0`` is appended (the EDM / k-diffusion convention;
     only for SDEs with ``sigma(0) = 0``): still ``steps`` intervals.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be an integer in [1, {MAX_STEPS:,}], got {steps!r}")
     name = schedule.lower()
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")

@@ -50,8 +50,10 @@ def test_info_shows_a_shipped_model():
     result = run("info", "moons")
     assert result.exit_code == 0, result.output
     assert "VPSDE" in result.output and "3500 of 3500" in result.output
-    params = sum(v.numel() for k, v in load_checkpoint(sd_path("moons"))[0].items())
-    assert f"{params:,}" in result.output
+    from sde_diffusion.pretrained import load_pretrained
+
+    params = sum(p.numel() for p in load_pretrained("moons")[0].parameters())  # not buffers
+    assert f"parameters          │ {params:,}" in result.output
 
 
 def sd_path(name):
@@ -135,7 +137,9 @@ def test_sample_digits_writes_a_picture(tmp_path):
         (["--solver", "ddim", "--eta", "2"], "eta must lie in [0, 1]"),
         (["--schedule", "cosine"], "'cosine' is not one of"),
         (["--model", "nope"], "unknown model 'nope'"),
-        (["--steps", "0"], "0 is not in the range x>=1"),
+        (["--steps", "0"], "0 is not in the range 1<=x<=100000"),
+        (["--steps", str(10**9)], "1000000000 is not in the range 1<=x<=100000"),
+        (["--seed", str(2**64)], "is not in the range 0<=x<=9223372036854775807"),
         (["--num-samples", "0"], "0 is not in the range x>=1"),
         (["--model", "missing/x.safetensors"], "no checkpoint at missing/x.safetensors"),
         (["--out", "x.txt"], "must end in .png or .npz"),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .base import Solver
@@ -50,8 +48,8 @@ class PredictorCorrector(Solver):
             raise ValueError(
                 f"the predictor must be a fixed-step reverse-SDE solver, got {predictor!r}"
             )
-        if not 0 < snr < math.inf:
-            raise ValueError(f"snr must be positive and finite, got {snr!r}")
+        if not 0 < snr <= 100:
+            raise ValueError(f"snr must lie in (0, 100], got {snr!r}")
         if not 0 <= corrector_steps <= MAX_CORRECTOR_STEPS:
             raise ValueError(
                 f"corrector_steps must lie in [0, {MAX_CORRECTOR_STEPS}], got {corrector_steps!r}"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-from .base import Solver
+from .base import NonFiniteError, Solver
 from .registry import register_solver
 
 
@@ -26,8 +27,12 @@ class ScipyIVP(Solver):
     method: ClassVar[str]
 
     def __init__(self, rtol: float = 1e-5, atol: float = 1e-5):
-        if not (rtol > 0 and atol > 0):
-            raise ValueError(f"rtol and atol must be positive, got rtol={rtol}, atol={atol}")
+        floor = 100 * np.finfo(np.float64).eps  # what scipy can honour
+        if not (floor <= rtol <= 0.1 and 0 < atol < math.inf):
+            raise ValueError(
+                f"rtol must lie in [{floor:.3g}, 0.1] and atol be positive and finite, "
+                f"got rtol={rtol}, atol={atol}"
+            )
         self.rtol, self.atol = float(rtol), float(atol)
 
     def expected_nfe(self, grid):
@@ -39,7 +44,13 @@ class ScipyIVP(Solver):
 
         def velocity(t: float, y: np.ndarray) -> np.ndarray:
             xt = torch.from_numpy(y).reshape(x.shape).to(device=x.device, dtype=x.dtype)
-            return process.velocity(xt, float(t)).detach().to("cpu", torch.float64).numpy().ravel()
+            v = process.velocity(xt, float(t)).detach().to("cpu", torch.float64).numpy().ravel()
+            if not np.isfinite(v).all():  # scipy would shrink its step until it gives up
+                raise NonFiniteError(
+                    f"solver {self.info.name!r}: the PF-ODE velocity is not finite at "
+                    f"t={float(t):.6g}; check the model"
+                )
+            return v
 
         y0 = x.detach().to("cpu", torch.float64).numpy().ravel()
         sol = solve_ivp(
