@@ -1,7 +1,11 @@
 import pytest
 import torch
+from hypothesis import settings
 
 import sde_diffusion as sd
+
+# `pytest --hypothesis-profile=full`: ten times the generated cases (tests/test_fuzz.py)
+settings.register_profile("full", max_examples=1000)
 
 SDE_FACTORIES = {
     "vp": lambda: sd.VPSDE(),
