@@ -114,6 +114,8 @@ def from_diffusers(unet: torch.nn.Module, scheduler: Any) -> tuple[DiffusersMode
     cosine or given betas alike); ``epsilon``, ``sample`` and ``v_prediction``
     models are supported.
     """
+    if not isinstance(unet, torch.nn.Module):
+        raise TypeError(f"unet must be a diffusers model (a torch.nn.Module), got {unet!r:.80}")
     sde, prediction = _schedule(scheduler)
     return DiffusersModel(unet, sde, prediction), sde
 
@@ -166,6 +168,8 @@ def from_kdiffusion(
     ``sigma_min``/``sigma_max`` (k-diffusion's model wrappers have them), else
     EDM's defaults.  A tensor ``cond`` reaches it as ``cond=``, a dict as keywords.
     """
+    if not callable(denoiser):
+        raise TypeError(f"denoiser must be callable as D(x, sigma), got {denoiser!r:.80}")
     low = sigma_min if sigma_min is not None else getattr(denoiser, "sigma_min", 0.002)
     high = sigma_max if sigma_max is not None else getattr(denoiser, "sigma_max", 80.0)
     return KDiffusionModel(denoiser), EDMSDE(float(low), float(high))

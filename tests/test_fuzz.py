@@ -627,3 +627,26 @@ def test_log_likelihood_with_a_bad_score_is_an_error_not_nan(kind):
         lambda: sd.log_likelihood(score_returning(kind), sde, x, solver="euler", steps=4),
     )
     assert res is None, f"log_likelihood returned {res!r} for a score returning {kind}"
+
+
+def denoiser(kind: str):
+    def run(x, sigma, **extra):
+        return {"ok": x / (1 + sigma.reshape(-1, 1) ** 2), "wrong shape": x[:, :1]}[kind]
+
+    return {"not callable": "D", "ok": run, "wrong shape": run}[kind]
+
+
+@examples(30)
+@given(
+    kind=st.sampled_from(["not callable", "ok", "wrong shape"]),
+    sigmas=st.sampled_from([(None, None), (0.002, 80.0), (80.0, 0.002), (-1.0, 1.0), (0.0, 1.0)])
+    | st.sampled_from([(math.nan, 1.0), (0.1, math.inf)]),
+)
+def test_kdiffusion_adapter_with_hostile_denoisers_and_ranges(kind, sigmas):
+    def run():
+        model, sde = sd.adapters.from_kdiffusion(denoiser(kind), *sigmas)
+        return sd.sample(model, sde, (4, 2), "heun", 3, seed=0)
+
+    res = api_case(f"from_kdiffusion({kind}, sigmas={sigmas})", run)
+    if res is not None:
+        assert torch.isfinite(res.x).all()
