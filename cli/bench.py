@@ -16,7 +16,7 @@ from sde_diffusion.atomic import atomic_path
 from sde_diffusion.benchmark import compare_solvers, convergence_slope, fixed_grid_solvers
 from sde_diffusion.plotting import save_error_plot
 
-from .common import DTYPES, comma_list, console, friendly_errors, writable_output
+from .common import DTYPES, SafePath, comma_list, console, friendly_errors, writable_output
 from .sample import (
     device_option,
     dtype_option,
@@ -79,7 +79,7 @@ def _nfe_list(ctx, param, value: str) -> list[int]:
 @dtype_option
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=SafePath(dir_okay=False, path_type=Path),
     default=Path("bench.json"),
     show_default=True,
     help="JSON results; the error-vs-NFE plot goes beside it as .png.",

@@ -24,7 +24,7 @@ from rich.console import Console
 
 import sde_diffusion as sd
 from sde_diffusion.checkpoint import CheckpointError
-from sde_diffusion.data import DataError
+from sde_diffusion.data import DataError, UnknownDataError
 from sde_diffusion.distributed import (
     init_distributed,
     rank_and_world,
@@ -60,7 +60,7 @@ def on_sigterm(action) -> Iterator[None]:
 
 
 # bad input the user can fix on the command line: exit status 2
-USAGE_ERRORS = (UnknownSolverError, SolverOptionError, ProblemError)
+USAGE_ERRORS = (UnknownSolverError, SolverOptionError, ProblemError, UnknownDataError)
 # failures while running: exit status 1
 RUNTIME_ERRORS = (CheckpointError, DataError, NonFiniteError, RuntimeError, OSError, ValueError)
 
@@ -174,8 +174,19 @@ def parse_device(value: str) -> torch.device:
     return device
 
 
+class SafePath(click.Path):
+    """``click.Path`` that refuses a NUL character as a usage error (the OS cannot)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and "\0" in value:
+            self.fail("a path cannot contain a NUL character", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def writable_output(path: Path, hint: str = "--out", suffixes: tuple[str, ...] = ()) -> Path:
     """Check before any work that ``path`` can be written (folders are created)."""
+    if "\0" in str(path):
+        raise click.BadParameter("a path cannot contain a NUL character", param_hint=hint)
     if suffixes and path.suffix.lower() not in suffixes:
         raise click.BadParameter(f"{path} must end in {' or '.join(suffixes)}", param_hint=hint)
     if path.is_dir():

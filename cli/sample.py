@@ -23,6 +23,7 @@ from sde_diffusion.problems import SDE_NAMES, load_problem
 
 from .common import (
     DTYPES,
+    SafePath,
     SolverName,
     build_solver,
     console,
@@ -146,7 +147,7 @@ def sample_with_progress(
 @click.option(
     "--grid",
     "grid_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=SafePath(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help="A tuned time grid (sdediff tune); replaces --steps and --schedule, and sets "
     "the solver unless --solver is given.",
@@ -159,7 +160,7 @@ def sample_with_progress(
 @sde_option
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=SafePath(dir_okay=False, path_type=Path),
     default=Path("samples.png"),
     show_default=True,
     help="A .png picture (image grid or 2-D scatter) or a .npz with the samples and settings.",

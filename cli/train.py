@@ -22,6 +22,7 @@ from sde_diffusion.training import NonFiniteLossError, TrainConfig, Trainer
 from .common import (
     INTERRUPTED,
     TERMINATED,
+    SafePath,
     console,
     debug_enabled,
     err_console,
@@ -159,7 +160,7 @@ def build_model(
 @click.command()
 @click.option(
     "--config",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=SafePath(exists=True, dir_okay=False, path_type=Path),
     callback=read_config,
     is_eager=True,
     expose_value=False,
@@ -211,13 +212,13 @@ def build_model(
 )
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=SafePath(dir_okay=False, path_type=Path),
     default=Path("runs/model.safetensors"),
     show_default=True,
 )
 @click.option(
     "--resume",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=SafePath(exists=True, dir_okay=False, path_type=Path),
     default=None,
     callback=resume_defaults,
     is_eager=True,

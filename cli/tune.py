@@ -11,7 +11,7 @@ import sde_diffusion as sd
 from sde_diffusion.benchmark import steps_for_nfe
 from sde_diffusion.tuning import METHODS, endpoint_error, fine_solve
 
-from .common import DTYPES, SolverName, console, friendly_errors, writable_output
+from .common import DTYPES, SafePath, SolverName, console, friendly_errors, writable_output
 from .sample import device_option, dtype_option, model_option, open_problem, sde_option, seed_option
 
 
@@ -46,7 +46,7 @@ from .sample import device_option, dtype_option, model_option, open_problem, sde
 @dtype_option
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=SafePath(dir_okay=False, path_type=Path),
     default=Path("grid.json"),
     show_default=True,
 )

@@ -21,6 +21,7 @@ __all__ = [
     "TOY_DATASETS",
     "DataError",
     "Dataset",
+    "UnknownDataError",
     "digits",
     "labelled_8gaussians",
     "load_data",
@@ -33,6 +34,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 class DataError(ValueError):
     """Data that cannot be used, with what was found and what was expected."""
+
+
+class UnknownDataError(DataError):
+    """A data name that is neither a built-in set nor an existing path."""
 
 
 @dataclass
@@ -169,9 +174,12 @@ def _load_array(path: Path) -> Tensor:
 def _load_images(folder: Path) -> Tensor:
     from PIL import Image
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    candidates = [*folder.glob("*"), *folder.glob("*/*")]  # images, or one folder per class
+    files = sorted(p for p in candidates if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise DataError(f"{folder}: no PNG or JPEG images found")
+        raise DataError(
+            f"{folder}: no PNG or JPEG images in it or in its subfolders (one level deep)"
+        )
     arrays, sizes = [], set()
     for path in files:
         with Image.open(path) as image:
@@ -194,8 +202,8 @@ def load_data(spec: str, n: int = 10000, seed: int = 0) -> Dataset:
     if spec == "digits":
         return digits("train")
     path = Path(spec)
-    if not path.exists():
-        raise DataError(
+    if not spec.strip() or "\0" in spec or not path.exists():
+        raise UnknownDataError(
             f"no data set {spec!r}: not a toy name ({', '.join(TOY_DATASETS)}), "
             "not 'digits', and no such file or folder"
         )

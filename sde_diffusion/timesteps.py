@@ -50,6 +50,8 @@ def timesteps(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
         raise ValueError(f"steps must be an integer in [1, {MAX_STEPS:,}], got {steps!r}")
+    if not isinstance(schedule, str):
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     name = schedule.lower()
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")

@@ -410,16 +410,8 @@ def test_hostile_sample_options_in_a_real_process_end_in_one_line(folder, data):
     option = data.draw(st.sampled_from(OPTIONS["sample"]), label="option")
     flag = max(option.opts, key=len)
     value = data.draw(st.sampled_from(NUMBERS + TEXT), label="value")
-    args = [
-        "sample",
-        *(
-            BASE["sample"].split()
-            if option.is_flag
-            else with_value(BASE["sample"].split(), flag, value)
-        ),
-    ]
-    if option.is_flag:
-        args.append(flag)
+    base = BASE["sample"].split()
+    args = ["sample", *([*base, flag] if option.is_flag else with_value(base, flag, value))]
     here = fresh(folder)
     with case("subprocess sdediff " + " ".join(args)):
         proc = subprocess.run(
