@@ -94,7 +94,22 @@ NUMBERS = [
     "-1", "0", "1", "0.5", "-0.0", "1e-300", "1e300", "1e400", "nan", "-nan", "inf", "-inf",
     str(2**31), str(10**9), str(2**63 - 1), str(2**63), str(2**64), str(10**30), "-" + str(2**64),
 ]  # fmt: skip
-TEXT = ["", " ", "abc", "1,2", ",", "1,,2", "nan,inf", "0x10", "1_000", "☃", "-", "--", "/"]
+TEXT = [
+    "",
+    " ",
+    "abc",
+    "1,2",
+    ",",
+    "1,,2",
+    "nan,inf",
+    "0x10",
+    "1_000",
+    "☃",
+    "-",
+    "--",
+    "/",
+    "a\x00b",
+]
 
 
 def _not_a_count(text: str) -> bool:
@@ -409,7 +424,8 @@ def test_bad_toml_configs_are_clean_errors(folder, key, value):
 def test_hostile_sample_options_in_a_real_process_end_in_one_line(folder, data):
     option = data.draw(st.sampled_from(OPTIONS["sample"]), label="option")
     flag = max(option.opts, key=len)
-    value = data.draw(st.sampled_from(NUMBERS + TEXT), label="value")
+    typed = [v for v in NUMBERS + TEXT if "\0" not in v]  # a process argument cannot hold NUL
+    value = data.draw(st.sampled_from(typed), label="value")
     base = BASE["sample"].split()
     args = ["sample", *([*base, flag] if option.is_flag else with_value(base, flag, value))]
     here = fresh(folder)
