@@ -197,7 +197,7 @@ def sample(
     ``generator``, else from a ``torch.Generator`` seeded with ``seed``: a
     seeded call is reproducible.  With ``noise=PerSampleNoise(seed)`` each
     sample is also independent of the batch size (unless the solver's
-    ``batch_invariant`` is ``False``: ``rk45``, ``dop853``).  ``dtype`` is the state's
+    ``batch_invariant`` is ``False``: ``rk45``, ``dop853``, ``pc``).  ``dtype`` is the state's
     precision (float32 or float64), whatever the model's.  ``res.nfe`` is counted.
     """
     device = torch.device(device)

@@ -76,7 +76,7 @@ def test_unknown_option_lists_accepted_ones():
         ("pc", dict(corrector_steps=-1), r"corrector_steps must lie in \[0, 1000\]"),
         ("pc", dict(corrector_steps=10**9), r"corrector_steps must lie in \[0, 1000\]"),
         ("pc", dict(snr=float("inf")), r"snr must lie in \(0, 100\]"),
-        ("pc", dict(norms="sample"), "norms must be one of marginal, batch"),
+        ("pc", dict(norms="sample"), "norms must be one of batch, marginal"),
         ("ancestral", dict(variance="wide"), "variance must be one of"),
         ("heun_sde", dict(churn=-1.0), "need churn >= 0"),
         ("rk45", dict(rtol=0.0), r"rtol must lie in \[2.22e-14, 0.1\]"),
