@@ -359,8 +359,13 @@ def main() -> None:
             Peer("EulerDiscreteScheduler", {"use_karras_sigmas": True}, None), 10
         )
         rows = []
-        if args.ours_only:
-            rows = [r for r in json.loads(saved.read_text())["rows"] if r["library"] != "ours"]
+        if args.ours_only:  # keep the peers' rows, and ours on the problems not rerun
+            rerun = set(args.problems.split(","))
+            rows = [
+                r
+                for r in json.loads(saved.read_text())["rows"]
+                if r["library"] != "ours" or r["problem"] not in rerun
+            ]
         for name in args.problems.split(","):
             case = Case(name, 4096, (karras[0], karras[-2]))
             case.score_edm = case.mixture.score_fn(sd.EDMSDE(0.002, case.sde.sigma_max))

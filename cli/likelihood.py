@@ -7,10 +7,19 @@ import time
 
 import click
 import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 import sde_diffusion as sd
 from sde_diffusion.data import load_data
+from sde_diffusion.distributed import local_batches
 from sde_diffusion.likelihood import likelihood_solvers, pixel_range
 
 from .common import console, friendly_errors, parse_device, start_ranks
@@ -141,9 +150,21 @@ def likelihood(
         low, high = pixel_range(info["scale"], info["shift"], levels)
         scaling = {"levels": levels, "low": low, "high": high}
         x = problem.to_data_units(x).round().clamp(0, levels - 1)  # the integer pixels
-    with friendly_errors("the likelihood"), console.status("integrating"):
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    mine = len(local_batches(len(x), batch_size))
+    with (
+        friendly_errors("the likelihood"),
+        Progress(*columns, console=console, transient=True) as bar,
+    ):
         for name in estimators:
             start = time.perf_counter()
+            task = bar.add_task(f"{name} batches", total=mine)
             nll_all, nfe = sd.nll_batched(
                 problem.model,
                 problem.sde,
@@ -151,6 +172,7 @@ def likelihood(
                 estimator=name,
                 batch_size=batch_size,
                 seed=seed,
+                on_batch=lambda start, stop, task=task: bar.advance(task),
                 **scaling,
                 **(ode_options if name == "ode" else {"steps": elbo_steps}),
             )

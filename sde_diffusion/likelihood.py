@@ -17,6 +17,7 @@ is deterministic and asks only for the PF-ODE velocity (``euler``, ``heun``, ``l
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Literal
@@ -384,6 +385,7 @@ def nll_batched(
     levels: int | None = None,
     low: float = -1.0,
     high: float = 1.0,
+    on_batch: Callable[[int, int], None] | None = None,
     **options,
 ) -> tuple[Tensor | None, float]:
     """Per-sample negative log-likelihood (nats) in batches, sharded over ``torchrun`` ranks.
@@ -394,7 +396,8 @@ def nll_batched(
     draws its randomness (probes, dequantisation, ELBO times) from a generator
     seeded by ``(seed, s)`` and rank ``r`` of ``W`` takes batches ``r, r + W, ...``,
     so the values do not depend on the number of processes.  Returns the values
-    (on rank 0; ``None`` on other ranks) and the mean NFE per batch.
+    (on rank 0; ``None`` on other ranks) and the mean NFE per batch.  ``on_batch(start,
+    stop)`` follows each finished batch of this rank (a progress bar).
     """
     if estimator not in ("ode", "elbo"):
         raise ValueError(f"estimator must be 'ode' or 'elbo', got {estimator!r}")
@@ -422,6 +425,8 @@ def nll_batched(
             result = estimate(model, sde, batch, generator=generator, return_result=True, **options)
             nll = -(result.log_likelihood if estimator == "ode" else result.elbo)
         calls[0], calls[1] = calls[0] + result.nfe, calls[1] + 1
+        if on_batch is not None:
+            on_batch(start, stop)
         return nll
 
     values = map_batches(run, len(x), batch_size)
