@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import sde_diffusion as sd
 from sde_diffusion.benchmark import steps_for_nfe
@@ -73,7 +74,15 @@ def tune(
         )
     problem, device = open_problem(model, sde, device, dtype)
     shape, state = tuple(problem.event_shape), DTYPES[dtype]
-    with friendly_errors("tuning"), console.status(f"tuning {solver} at NFE {nfe}"):
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed} solves (at most {task.total})"),
+        TimeElapsedColumn(),
+    )
+    progress = Progress(*columns, console=console, transient=True)
+    with friendly_errors("tuning"), progress as bar:
+        task = bar.add_task(f"tuning {solver} at NFE {nfe}", total=max_evaluations + len(sd.SCHEDULES) + 1)  # starts, dp, search
         grid = sd.tune_timesteps(
             problem.model,
             problem.sde,
@@ -86,6 +95,7 @@ def tune(
             max_evaluations=max_evaluations,
             device=device,
             dtype=state,
+            on_evaluation=lambda n: bar.update(task, completed=n),
         )
         grid.record["model"] = model
         if check:

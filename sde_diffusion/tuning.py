@@ -34,6 +34,7 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -180,6 +181,7 @@ def tune_timesteps(
     freedom: int | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float64,
+    on_evaluation: Callable[[int], None] | None = None,
 ) -> TunedGrid:
     """The grid of ``solver`` at ``nfe`` evaluations fitted to ``model`` (see the module).
 
@@ -188,7 +190,8 @@ def tune_timesteps(
     per draw.  ``to_zero`` ends the grid at t = 0 (the last step returns x̂_0), as the
     standard grids do with it.
     ``max_evaluations`` bounds the search's solves; ``candidates`` is the size of the
-    ``dp`` candidate grid.
+    ``dp`` candidate grid.  ``on_evaluation(n)`` follows the n-th solve of a candidate
+    grid (a progress bar).
     """
     solver = get_solver(solver) if isinstance(solver, str) else solver
     if method not in METHODS:
@@ -224,6 +227,8 @@ def tune_timesteps(
 
     def error(grid: list[float]) -> float:
         evaluations[0] += 1
+        if on_evaluation is not None:
+            on_evaluation(evaluations[0])
         return endpoint_error(model, sde, x_T, grid, solver, reference, cond)
 
     starts = {name: timesteps(sde, steps, name, to_zero=to_zero).tolist() for name in SCHEDULES}
