@@ -82,7 +82,8 @@ def tune(
     )
     progress = Progress(*columns, console=console, transient=True)
     with friendly_errors("tuning"), progress as bar:
-        task = bar.add_task(f"tuning {solver} at NFE {nfe}", total=max_evaluations + len(sd.SCHEDULES) + 1)  # starts, dp, search
+        most = max_evaluations + len(sd.SCHEDULES) + 1  # the search, its starts, the dp grid
+        task = bar.add_task(f"tuning {solver} at NFE {nfe}", total=most)
         grid = sd.tune_timesteps(
             problem.model,
             problem.sde,
