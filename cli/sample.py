@@ -369,7 +369,10 @@ def check_output_size(problem, out: Path, num_samples: int) -> None:
         )
     if out.suffix.lower() == ".npz":
         need = num_samples * math.prod(problem.event_shape) * 4  # float32
-        free = shutil.disk_usage(out.parent if str(out.parent) else ".").free
+        existing = out.parent  # the folder may not exist yet: ask the disk it will be on
+        while not existing.exists():
+            existing = existing.parent
+        free = shutil.disk_usage(existing).free
         if need > free:
             raise click.BadParameter(
                 f"{num_samples:,} samples need {need / 1e9:,.1f} GB in {out}, but only "

@@ -72,7 +72,7 @@ def test_info_json_is_the_stored_config():
 
 
 def test_sample_npz_holds_samples_and_settings(tmp_path):
-    out = tmp_path / "ring.npz"
+    out = tmp_path / "new" / "folders" / "ring.npz"  # created on the way
     result = run(
         "sample",
         "--model",
