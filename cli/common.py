@@ -185,8 +185,6 @@ class SafePath(click.Path):
 
 def writable_output(path: Path, hint: str = "--out", suffixes: tuple[str, ...] = ()) -> Path:
     """Check before any work that ``path`` can be written (folders are created)."""
-    if "\0" in str(path):
-        raise click.BadParameter("a path cannot contain a NUL character", param_hint=hint)
     if suffixes and path.suffix.lower() not in suffixes:
         raise click.BadParameter(f"{path} must end in {' or '.join(suffixes)}", param_hint=hint)
     if path.is_dir():
