@@ -1,23 +1,37 @@
 """The ``sdediff`` executable: Ctrl-C at any moment, start-up included, exits 130 in one line.
 
-Importing torch takes a second or two; an interrupt then (or while click parses
-the options, which would print "Aborted!" and exit 1) ends here as one line.
+Importing torch takes a second or two.  An interrupt raised in the middle of an
+import can leave half-initialised modules behind that fail in odd ways later (a
+RecursionError instead of a clean stop), so while the command line is imported
+Ctrl-C ends the process at once: nothing has been written yet.  Afterwards it is
+a KeyboardInterrupt again, which the commands turn into a clean stop (``train``
+saves first); one that escapes them, or click's "Aborted!" (exit 1), ends here.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 INTERRUPTED = 130
+MESSAGE = "interrupted: sdediff stopped; nothing half-written is left.\n"
+
+
+def _leave_at_once(signum, frame) -> None:
+    os.write(2, MESSAGE.encode())
+    os._exit(INTERRUPTED)
 
 
 def run() -> None:
     """Import and run the command line, turning a stray KeyboardInterrupt into exit 130."""
+    previous = signal.signal(signal.SIGINT, _leave_at_once)
+    import click
+
+    from .main import main
+
+    signal.signal(signal.SIGINT, previous)
     try:
-        import click
-
-        from .main import main
-
         try:
             code = main.main(standalone_mode=False)
         except click.Abort:  # click's form of KeyboardInterrupt / EOF on a prompt
@@ -27,5 +41,5 @@ def run() -> None:
             sys.exit(err.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted: sdediff stopped; nothing half-written is left.\n")
+        sys.stderr.write(MESSAGE)
         sys.exit(INTERRUPTED)
