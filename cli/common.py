@@ -223,11 +223,14 @@ def comma_list(value: str, convert=str, name: str = "value") -> list:
 
 
 def _solver_option_specs() -> dict[str, tuple[type, object]]:
-    """Every keyword option of every registered solver: ``name -> (type, default)``."""
+    """Every keyword option of every registered solver: ``name -> (type, default)``; options
+    without a default value (``corrections``: what a tuned grid file carries) have no flag."""
     specs: dict[str, tuple[type, object]] = {}
     for info in sd.list_solvers():
         cls = solver_class(info.name)
         for param in inspect.signature(cls.__init__).parameters.values():
+            if param.default is None:
+                continue
             if param.name in solver_options(cls) and param.name not in specs:
                 specs[param.name] = (type(param.default), param.default)
     return specs

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import sde_diffusion as sd
 from sde_diffusion.benchmark import steps_for_nfe
+from sde_diffusion.solvers.scaled_multistep import ScaledMultistep
 from sde_diffusion.tuning import METHODS, endpoint_error, fine_solve
 
 from .common import DTYPES, SafePath, SolverName, console, friendly_errors, writable_output
@@ -28,13 +29,27 @@ from .sample import device_option, dtype_option, model_option, open_problem, sde
     show_default=True,
     help="Prior draws the grid is fitted on.",
 )
-@click.option("--method", type=click.Choice(METHODS), default="search", show_default=True)
+@click.option(
+    "--method",
+    type=click.Choice(METHODS),
+    default="search",
+    show_default=True,
+    help="How to fit: a derivative-free search (any solver), dynamic programming, or "
+    "gradients through the solver (deis, ipndm).",
+)
+@click.option(
+    "--fit-weights",
+    is_flag=True,
+    help="With --method gradient: fit the solver's step weights with the grid (they are "
+    "saved in the grid file).",
+)
 @click.option(
     "--max-evaluations",
     type=click.IntRange(1, 100_000),
     default=300,
     show_default=True,
-    help="Solves the search may spend (each costs NFE model calls on --samples draws).",
+    help="Solves the search may spend (each costs NFE model calls on --samples draws); "
+    "with --method gradient, iterations per stage.",
 )
 @click.option(
     "--check/--no-check",
@@ -52,7 +67,19 @@ from .sample import device_option, dtype_option, model_option, open_problem, sde
     show_default=True,
 )
 def tune(
-    model, sde, solver, nfe, samples, method, max_evaluations, check, seed, device, dtype, out
+    model,
+    sde,
+    solver,
+    nfe,
+    samples,
+    method,
+    fit_weights,
+    max_evaluations,
+    check,
+    seed,
+    device,
+    dtype,
+    out,
 ):
     """Fit the time grid of a solver at a fixed NFE to a model.
 
@@ -64,9 +91,14 @@ def tune(
     Examples:
       sdediff tune --model digits --solver dpmpp_3m --nfe 10 --out grid.json
       sdediff tune --model gmm8 --solver deis --nfe 5 --samples 512
+      sdediff tune --model gmm8 --solver deis --method gradient --fit-weights
     """
     writable_output(out, suffixes=(".json",))
     instance = sd.get_solver(solver)
+    if method == "gradient" and not isinstance(instance, ScaledMultistep):
+        raise click.UsageError(f"--method gradient fits deis and ipndm, not {solver}")
+    if fit_weights and method != "gradient":
+        raise click.UsageError("--fit-weights needs --method gradient")
     if steps_for_nfe(instance, nfe) is None:
         raise click.UsageError(
             f"{solver} cannot run on {nfe} evaluations: it is adaptive or its shortest grid "
@@ -82,7 +114,8 @@ def tune(
     )
     progress = Progress(*columns, console=console, transient=True)
     with friendly_errors("tuning"), progress as bar:
-        most = max_evaluations + len(sd.SCHEDULES) + 1  # the search, its starts, the dp grid
+        stages = 1 + fit_weights if method == "gradient" else 1
+        most = stages * max_evaluations + len(sd.SCHEDULES) + 1  # the fit, its starts, dp
         task = bar.add_task(f"tuning {solver} at NFE {nfe}", total=most)
         grid = sd.tune_timesteps(
             problem.model,
@@ -93,12 +126,14 @@ def tune(
             samples=samples,
             seed=seed,
             method=method,
+            fit_weights=fit_weights,
             max_evaluations=max_evaluations,
             device=device,
             dtype=state,
             on_evaluation=lambda n: bar.update(task, completed=n),
         )
         grid.record["model"] = model
+        tuned_solver = sd.get_solver(grid.solver, **grid.solver_options)
         if check:
             start = grid.record["start"]
             fresh = torch.Generator(device=device).manual_seed(seed + 1)
@@ -110,7 +145,7 @@ def tune(
             grid.record["check"] = {
                 "seed": seed + 1,
                 "tuned": endpoint_error(
-                    problem.model, problem.sde, x_T, grid.times, instance, reference
+                    problem.model, problem.sde, x_T, grid.times, tuned_solver, reference
                 ),
                 start: endpoint_error(
                     problem.model, problem.sde, x_T, standard, instance, reference

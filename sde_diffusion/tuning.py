@@ -8,8 +8,8 @@ RMS error per dimension of the solver on a candidate grid,
 
     E(grid) = sqrt( mean_i |solve(x_T^i; grid) − solve_fine(x_T^i)|² / d ).
 
-Two fitting methods, usable together (``method``; ``"search"`` by default, the better
-of the two on every problem measured, see docs/benchmarks.md):
+Three fitting methods (``method``; ``"search"`` by default, the one that takes any
+fixed-grid solver; see docs/benchmarks.md for how they compare):
 
 - ``"dp"``: dynamic programming over a fine candidate grid uniform in log-SNR
   (after GITS, Chen et al. 2024).  The fine solve's states ``x_k`` and denoised
@@ -24,6 +24,13 @@ of the two on every problem measured, see docs/benchmarks.md):
   draws).  The search keeps every step at least 1/20 of the longest in log-SNR.  The
   result is judged against its start on as many fresh draws (another seed) and the
   better of the two is returned: never worse than the start on the fit or the check.
+- ``"gradient"`` (``deis`` and ``ipndm``): Adam on the same log-SNR increments, with
+  the gradient of ``log E`` taken through the solver itself (its weights are
+  differentiable functions of the grid, ``quadrature_weights``).  With
+  ``fit_weights=True`` it then fits the solver's step weights with the grid: one
+  correction per step and history term (the solver's ``corrections``), the idea of
+  learned multistep solvers (Shaul et al. 2024, Frankel et al. 2025) at the cost of a
+  grid tuning.  Judged against its start on fresh draws like the search.
 
 The result (:class:`TunedGrid`) saves and loads as JSON beside a checkpoint.
 """
@@ -55,12 +62,19 @@ from .sampling import solve
 from .sdes import SDE
 from .solvers.base import Solver
 from .solvers.registry import get_solver
+from .solvers.scaled_multistep import ScaledMultistep, quadrature_weights
 from .timesteps import SCHEDULES, timesteps
 
-__all__ = ["TunedGrid", "endpoint_error", "load_grid", "prior_draws", "tune_timesteps"]
+__all__ = [
+    "TunedGrid",
+    "endpoint_error",
+    "load_grid",
+    "prior_draws",
+    "tune_timesteps",
+]
 
 FORMAT, VERSION = "sde-diffusion tuned grid", 1
-METHODS = ("dp", "search", "dp+search")
+METHODS = ("dp", "search", "dp+search", "gradient")
 
 
 @dataclass
@@ -179,6 +193,7 @@ def tune_timesteps(
     candidates: int = 80,
     max_evaluations: int = 300,
     freedom: int | None = None,
+    fit_weights: bool = False,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float64,
     on_evaluation: Callable[[int], None] | None = None,
@@ -189,13 +204,21 @@ def tune_timesteps(
     ``seed`` (``prior_draws``; fit on these, judge on others).  ``cond`` gives one row
     per draw.  ``to_zero`` ends the grid at t = 0 (the last step returns x̂_0), as the
     standard grids do with it.
-    ``max_evaluations`` bounds the search's solves; ``candidates`` is the size of the
-    ``dp`` candidate grid.  ``on_evaluation(n)`` follows the n-th solve of a candidate
-    grid (a progress bar).
+    ``max_evaluations`` bounds the search's solves (with ``"gradient"``: the iterations of
+    each stage, a solve and its gradient each); ``candidates`` is the size of the ``dp``
+    candidate grid.  ``fit_weights`` (``"gradient"`` only) fits the solver's step weights
+    with the grid: the result's ``solver_options`` then carry its ``corrections``.
+    ``on_evaluation(n)`` follows the n-th solve of a candidate grid (a progress bar).
     """
-    solver = get_solver(solver) if isinstance(solver, str) else solver
+    solver = start_solver = get_solver(solver) if isinstance(solver, str) else solver
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "gradient" and not isinstance(solver, ScaledMultistep):
+        raise ValueError(
+            f"method 'gradient' differentiates deis and ipndm; tune {solver.name} with 'search'"
+        )
+    if fit_weights and method != "gradient":
+        raise ValueError("fit_weights needs method='gradient'")
     steps = steps_for_nfe(solver, nfe, to_zero=to_zero)
     if steps is None:
         raise ValueError(
@@ -239,18 +262,26 @@ def tune_timesteps(
     grid = starts[best]
     if "search" in method and inner > 1:
         grid = _search(grid, sde, grid_of, lam_start, lam_end, error, max_evaluations, freedom)
+    if method == "gradient" and inner > 1:
+        grid, corrections = _gradient(
+            ReverseProcess(model, sde, x_T, cond=cond), solver, x_T, reference, grid,
+            (lam_start, lam_end), max_evaluations, fit_weights, to_zero, evaluations,
+            on_evaluation,
+        )  # fmt: skip
+        if corrections is not None:
+            solver = get_solver(solver.name, **{**solver.options(), "corrections": corrections})
     final = error(grid)
-    if final > scored[best]:  # the search never leaves its start worse off
-        grid, final = starts[best], scored[best]
+    if final > scored[best]:  # the fit never leaves its start worse off
+        grid, final, solver = starts[best], scored[best], start_solver
     # Judge the result against its start on draws the fit never saw; keep the better.
     x_check = prior_draws(sde, samples, shape, seed + 7919).to(device=device, dtype=dtype)
     check_reference, _ = fine_solve(model, sde, x_check, cond, to_zero)
     validation = {
-        name: endpoint_error(model, sde, x_check, g, solver, check_reference, cond)
-        for name, g in (("tuned", grid), (best, starts[best]))
+        name: endpoint_error(model, sde, x_check, g, method_, check_reference, cond)
+        for name, g, method_ in (("tuned", grid, solver), (best, starts[best], start_solver))
     }
     if validation[best] < validation["tuned"]:
-        grid, final = starts[best], scored[best]
+        grid, final, solver = starts[best], scored[best], start_solver
     return TunedGrid(
         times=[float(t) for t in grid],
         solver=solver.name,
@@ -258,7 +289,7 @@ def tune_timesteps(
         nfe=int(solver.expected_nfe(grid)),
         sde=repr(sde),
         record={
-            "method": method,
+            "method": method + (" with weights" if fit_weights else ""),
             "samples": samples,
             "seed": seed,
             "start": best,
@@ -338,3 +369,109 @@ def _search(grid, sde, grid_of, lam_start, lam_end, error, max_evaluations, free
     c0 = np.zeros(basis.shape[1])
     result = minimize(loss, c0, method="Powell", options={"maxfev": max_evaluations, "xtol": 1e-3})
     return grid_at(result.x)
+
+
+def _gradient(
+    process: ReverseProcess,
+    solver: ScaledMultistep,
+    x_T: Tensor,
+    reference: Tensor,
+    grid: list[float],
+    lam_range: tuple[float, float],
+    iterations: int,
+    fit_weights: bool,
+    to_zero: bool,
+    evaluations: list[int],
+    on_evaluation: Callable[[int], None] | None,
+) -> tuple[list[float], list[list[float]] | None]:
+    """Adam on ``log E`` through ``solver`` (``_differentiable_solve``): first the grid's
+    log-SNR increments (parametrised as in ``_search``), then, with ``fit_weights``, the
+    grid and the weight corrections together; each stage keeps its best iterate."""
+    sde = process.sde
+    lam_start, lam_end = lam_range
+    inner = len(grid) - 1 - to_zero
+    lams = sde.log_snr(torch.tensor(grid[: inner + 1], dtype=torch.float64))
+    theta = torch.log(torch.diff(lams) / (lam_end - lam_start)).requires_grad_(True)
+    corrections = torch.zeros(inner, solver.method_order, dtype=torch.float64, requires_grad=True)
+
+    def lams_of(theta: Tensor) -> Tensor:
+        w = torch.exp(torch.clamp(theta - theta.max(), -3.0, 0.0))  # the search's step floor
+        cumulative = torch.cat([w.new_zeros(1), torch.cumsum(w / w.sum(), 0)])
+        return lam_start + cumulative * (lam_end - lam_start)
+
+    def loss() -> Tensor:
+        evaluations[0] += 1
+        if on_evaluation is not None:
+            on_evaluation(evaluations[0])
+        x = _differentiable_solve(process, solver, x_T, lams_of(theta), corrections, to_zero)
+        return (x.double() - reference.double()).pow(2).mean().sqrt().log()
+
+    stages = [[theta], [theta, corrections]] if fit_weights else [[theta]]
+    for params in stages:
+        optimiser = torch.optim.Adam(params, lr=0.02)
+        best, kept = math.inf, [p.detach().clone() for p in params]
+        for _ in range(iterations):
+            value = loss()
+            if not torch.isfinite(value):
+                break
+            if float(value.detach()) < best:  # the iterate before the step this value judged
+                best, kept = float(value.detach()), [p.detach().clone() for p in params]
+            grads = torch.autograd.grad(value, params)
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+            optimiser.step()
+        with torch.no_grad():
+            for p, k in zip(params, kept, strict=True):
+                p.copy_(k)
+    times = _times_of(sde, lams_of(theta).detach()).tolist()
+    grid = [*times, *([0.0] if to_zero else [])]
+    return grid, (corrections.detach().tolist() if fit_weights else None)
+
+
+def _times_of(sde: SDE, lams: Tensor) -> Tensor:
+    """``sde.t_from_log_snr(lams)`` with its gradient: one Newton step from the (detached)
+    inverse, ``t + (λ − λ(t)) / λ'(t)``, whose value is ``t`` and whose derivative is
+    ``1 / λ'(t)`` for any SDE, closed-form inverse or bisection."""
+    t = sde.t_from_log_snr(lams.detach()).requires_grad_(True)
+    with torch.enable_grad():
+        lam_t = sde.log_snr(t)
+        (slope,) = torch.autograd.grad(lam_t.sum(), t)
+    t = t.detach()
+    return t + (lams - lam_t.detach()) / slope
+
+
+def _differentiable_solve(
+    process: ReverseProcess,
+    solver: ScaledMultistep,
+    x_T: Tensor,
+    lams: Tensor,
+    corrections: Tensor,
+    to_zero: bool,
+) -> Tensor:
+    """``solver``'s run on the grid of log-SNRs ``lams`` (then t = 0 with ``to_zero``),
+    with its ``corrections``, as a differentiable function of both: the same steps as
+    ``ScaledMultistep.step``, with ``quadrature_weights`` for its weights."""
+    sde, rows = process.sde, torch.arange(x_T.shape[0], device=x_T.device)
+    times = _times_of(sde, lams)
+    alpha, sigma = sde.alpha(times), sde.sigma(times)
+    rho = sigma / alpha
+    batch_times = times.to(x_T.dtype)[:, None].expand(-1, x_T.shape[0])
+    steps = len(lams) - 1
+    orders = solver.step_orders(steps + to_zero)
+    y, history = x_T / alpha[0].to(x_T.dtype), []
+    for i in range(steps):
+        if solver.afs and i == 0:
+            eps = y / rho[0].to(y.dtype)
+        else:
+            eps = process.predict_rows("eps", y * alpha[i].to(y.dtype), batch_times[i], rows)
+        history = [eps, *history][: solver.method_order]
+        k = orders[i]
+        nodes = rho[i + 1 - k : i + 1].flip(0)
+        w = quadrature_weights(nodes, rho[i + 1], solver.log_nodes)
+        w = w + (rho[i + 1] - rho[i]) * corrections[i, :k]
+        for j in range(k):
+            y = y + w[j].to(y.dtype) * history[j]
+    x = y * alpha[steps].to(y.dtype)
+    if to_zero:
+        x = process.predict_rows("x0", x, batch_times[steps], rows)
+    return x

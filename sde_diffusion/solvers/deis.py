@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -52,7 +53,14 @@ class DEIS(ScaledMultistep):
     """
 
     max_order = 3
+    log_nodes = True
     weights = staticmethod(log_rho_weights)
 
-    def __init__(self, order: int = 3, afs: bool = False, lower_order_final: bool = False):
-        super().__init__(order, afs, lower_order_final)
+    def __init__(
+        self,
+        order: int = 3,
+        afs: bool = False,
+        lower_order_final: bool = False,
+        corrections: Sequence[Sequence[float]] | None = None,
+    ):
+        super().__init__(order, afs, lower_order_final, corrections)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .lms import adams_bashforth_weights
 from .registry import register_solver
 from .scaled_multistep import ScaledMultistep
@@ -27,7 +29,14 @@ class IPNDM(ScaledMultistep):
     """
 
     max_order = 4
+    log_nodes = False
     weights = staticmethod(adams_bashforth_weights)
 
-    def __init__(self, order: int = 4, afs: bool = False, lower_order_final: bool = False):
-        super().__init__(order, afs, lower_order_final)
+    def __init__(
+        self,
+        order: int = 4,
+        afs: bool = False,
+        lower_order_final: bool = False,
+        corrections: Sequence[Sequence[float]] | None = None,
+    ):
+        super().__init__(order, afs, lower_order_final, corrections)

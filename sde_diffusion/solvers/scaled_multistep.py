@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import ClassVar
 
+import numpy as np
 import torch
+from torch import Tensor
 
 from .base import Solver
 
@@ -19,6 +23,10 @@ class ScaledMultistep(Solver):
     value for any data of bounded spread as ρ → ∞, instead of a model call: one NFE fewer,
     for an error that does not shrink with the step (about the data's spread over ρ_max),
     so it is for short runs.
+    ``corrections`` (one row of ``order`` numbers per step that is not the final step to
+    t = 0) adds ``(ρ_s − ρ_t) c_ij`` to the weights: fitted to a model with its grid by
+    ``sd.tune_timesteps(..., fit_weights=True)``, after the learned multistep solvers of
+    Shaul et al. 2024 and Frankel et al. 2025; entries past a step's history are unused.
     ``lower_order_final`` lowers the order of the last steps to the steps left (the last
     is a DDIM step) on grids of fewer than 15 steps, as diffusers does: it steadies very
     short runs and leaves longer ones alone.
@@ -26,12 +34,22 @@ class ScaledMultistep(Solver):
 
     uses = frozenset({"eps"})
     max_order: ClassVar[int]
+    log_nodes: ClassVar[bool]
+    """Whether ``weights`` interpolates ε̂ in ``log ρ`` (else in ρ): what
+    ``quadrature_weights`` needs to give the same weights."""
 
-    def __init__(self, order: int, afs: bool = False, lower_order_final: bool = False):
+    def __init__(
+        self,
+        order: int,
+        afs: bool = False,
+        lower_order_final: bool = False,
+        corrections: Sequence[Sequence[float]] | None = None,
+    ):
         if order not in range(1, self.max_order + 1):
             raise ValueError(f"order must be 1 to {self.max_order}, got {order!r}")
         self.method_order, self.afs = int(order), bool(afs)
         self.lower_order_final = bool(lower_order_final)
+        self.corrections = None if corrections is None else _rows(corrections, self.method_order)
 
     @staticmethod
     def weights(nodes: list[float], rho_next: float) -> list[float]:
@@ -42,6 +60,7 @@ class ScaledMultistep(Solver):
             "order": self.method_order,
             "afs": self.afs,
             "lower_order_final": self.lower_order_final,
+            **({} if self.corrections is None else {"corrections": self.corrections}),
         }
 
     @property
@@ -51,17 +70,31 @@ class ScaledMultistep(Solver):
     def expected_nfe(self, grid):
         return super().expected_nfe(grid) - (self.afs and len(grid) > 2)
 
+    def step_orders(self, steps: int) -> list[int]:
+        """The order of each of ``steps`` steps: what the history allows, lowered at the
+        end with ``lower_order_final``."""
+        final = self.lower_order_final and steps < 15
+        return [min(self.method_order, i + 1, steps - i if final else steps) for i in range(steps)]
+
     def init(self, process, grid, x, noise):
         rho = [process.at(t).sigma / process.at(t).alpha for t in grid]
         steps = len(grid) - 1
-        final = self.lower_order_final and steps < 15
-        orders = [
-            min(self.method_order, i + 1, steps - i if final else steps) for i in range(steps)
-        ]
+        orders = self.step_orders(steps)
         weights = [
             self.weights(rho[i + 1 - k : i + 1][::-1], r) if r else []
             for i, (k, r) in enumerate(zip(orders, rho[1:], strict=True))
         ]
+        if self.corrections is not None:
+            updates = steps - (grid[-1] == 0.0)
+            if len(self.corrections) != updates:
+                raise ValueError(
+                    f"the corrections have {len(self.corrections)} rows, one per step; this "
+                    f"grid takes {updates} steps before t = 0 (use them with their own grid)"
+                )
+            weights = [
+                [w + (rho[i + 1] - rho[i]) * c for w, c in zip(row, fix, strict=False)]
+                for i, (row, fix) in enumerate(zip(weights, self.corrections, strict=False))
+            ] + weights[updates:]
         return 0, weights, []  # step index, weights per step, predictions newest first
 
     def step(self, process, t0, t1, x, state, noise):
@@ -75,3 +108,38 @@ class ScaledMultistep(Solver):
         for w, e in zip(weights[i], history, strict=False):  # the step's order may be lower
             y = torch.add(y, e, alpha=w)
         return y * process.at(t1).alpha, (i + 1, weights, history)
+
+
+GAUSS_LEGENDRE = np.polynomial.legendre.leggauss(16)
+
+
+def quadrature_weights(nodes: Tensor, rho_next: Tensor, log_nodes: bool) -> Tensor:
+    """The weights of ``ScaledMultistep.weights`` as a differentiable function of the
+    nodes (``(k,)``, newest first) and ``ρ_next``: ``w_j = ∫ ℓ_j dρ`` over ``[ρ_0, ρ_next]``
+    for the Lagrange basis ``ℓ_j`` through the nodes in ``v = log ρ`` (``log_nodes``) or
+    ``v = ρ``, by 16-point Gauss–Legendre in ``v`` (exact for polynomials of degree < 32;
+    for ``e^v`` times one, to rounding on any interval a grid step spans)."""
+    g, gw = (torch.tensor(a, dtype=nodes.dtype, device=nodes.device) for a in GAUSS_LEGENDRE)
+    v = nodes.log() if log_nodes else nodes
+    end = rho_next.log() if log_nodes else rho_next
+    points = v[0] + (end - v[0]) * (g + 1) / 2
+    measure = (end - v[0]) / 2 * gw * (points.exp() if log_nodes else 1.0)
+    weights = []
+    for j in range(len(v)):
+        basis = torch.ones_like(points)
+        for m in range(len(v)):
+            if m != j:
+                basis = basis * (points - v[m]) / (v[j] - v[m])
+        weights.append((measure * basis).sum())
+    return torch.stack(weights)
+
+
+def _rows(corrections: Sequence[Sequence[float]], order: int) -> list[list[float]]:
+    """``corrections`` as rows of ``order`` finite floats, or a clear ``ValueError``."""
+    try:
+        rows = [[float(c) for c in row] for row in corrections]
+    except (TypeError, ValueError):
+        raise ValueError("corrections must be rows of numbers, one row per step") from None
+    if not rows or any(len(row) != order or not all(map(math.isfinite, row)) for row in rows):
+        raise ValueError(f"corrections must be rows of {order} finite numbers, one per step")
+    return rows
