@@ -38,6 +38,7 @@ from sde_diffusion.benchmark import steps_for_nfe
 
 NFES = [4, 5, 6, 8, 10, 15, 20]
 TUNED = ["deis", "unipc", "dpmpp_2m"]
+FITTED = {"deis": {}}  # grid and step weights fitted together (method="gradient")
 FIT = {"gmm8": 256, "gmm64": 1024}  # tuning draws per problem
 KD_SAMPLERS = {  # name -> (options, NFE of n steps ending at 0)
     "euler": ({}, lambda n: n),
@@ -89,6 +90,28 @@ def ours(case: Case) -> list[dict]:
             row["times"] = tuned.times
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "times"}), flush=True)
+    return rows
+
+
+def fitted(case: Case) -> list[dict]:
+    """``FITTED`` solvers with their grid and step weights fitted by gradients (the rows
+    labelled ``tuned+weights``), from the same fitting draws as the tuned grids."""
+    grid_sde = sd.EDMSDE(0.002, case.sde.sigma_max)
+    rows = []
+    for budget in NFES:
+        for name, options in FITTED.items():
+            start = time.perf_counter()
+            tuned = sd.tune_timesteps(
+                case.score_edm, grid_sde, nfe=budget, solver=sd.get_solver(name, **options),
+                shape=(case.mixture.dim,), samples=FIT[case.name], seed=1, method="gradient",
+                fit_weights=True, max_evaluations=300,
+            )  # fmt: skip
+            x, nfe = case.ours(name, tuned.solver_options, tuned.times)
+            row = _row(case, budget, "ours", name, "tuned+weights", nfe, _error(case, x))
+            row.update(fit_error=tuned.record["error"], seconds=time.perf_counter() - start)
+            row.update(times=tuned.times, options=tuned.solver_options)
+            rows.append(row)
+            print(json.dumps({k: row[k] for k in row if k not in ("times", "options")}), flush=True)
     return rows
 
 
@@ -146,14 +169,14 @@ def k_diffusion(case: Case, kd) -> list[dict]:
 TRAINED = {"moons": (2048, 256), "digits": (512, 64)}  # test samples, tuning draws
 
 
-def trained(kd, budgets=(5, 10)) -> list[dict]:
+def trained(kd, budgets=(5, 10), fitted_only: bool = False) -> list[dict]:
     """The shipped models: our solvers on Karras, log-SNR and tuned grids beside
     k-diffusion's samplers on every grid of ``KD_GRIDS`` (they run in the scaled
     variables x/α, σ/α of the model's VP SDE), judged by the problem's quality metric."""
-    return [row for name in TRAINED for row in _trained(kd, name, budgets)]
+    return [row for name in TRAINED for row in _trained(kd, name, budgets, fitted_only)]
 
 
-def _trained(kd, name: str, budgets) -> list[dict]:
+def _trained(kd, name: str, budgets, fitted_only: bool = False) -> list[dict]:
     from sde_diffusion.parametrization import convert
     from sde_diffusion.problems import load_problem
 
@@ -182,15 +205,25 @@ def _trained(kd, name: str, budgets) -> list[dict]:
         for solver in ("deis", "unipc", "dpmpp_2m", "dpmpp_3m", "lms", "ipndm"):
             steps = steps_for_nfe(solver, budget, to_zero=True)
             grids = {g: sd.timesteps(sde, steps, g, to_zero=True) for g in ("karras", "logsnr")}
-            if solver in TUNED:
-                grids["tuned"] = sd.tune_timesteps(
-                    model, sde, nfe=budget, solver=solver, shape=tuple(problem.event_shape),
-                    samples=fit, seed=1, max_evaluations=150,
-                ).tensor()  # fmt: skip
-            for grid_name, grid in grids.items():
+            grids = {g: (grid, sd.get_solver(solver)) for g, grid in grids.items()}
+            fits = [("tuned", "search", False)] if solver in TUNED else []
+            if solver in FITTED:
+                fits.append(("tuned+weights", "gradient", True))
+            if fitted_only:
+                grids, fits = {}, fits[-1:] if solver in FITTED else []
+            for grid_name, method, weights in fits:
+                tuned = sd.tune_timesteps(
+                    model, sde, nfe=budget, solver=sd.get_solver(solver, **FITTED.get(solver, {})),
+                    shape=tuple(problem.event_shape), samples=fit, seed=1, method=method,
+                    fit_weights=weights, max_evaluations=150,
+                )  # fmt: skip
+                grids[grid_name] = tuned.tensor(), sd.get_solver(solver, **tuned.solver_options)
+            for grid_name, (grid, instance) in grids.items():
                 with torch.inference_mode():
-                    res = sd.solve(model, sde, x_T * sde.prior_std, grid, solver)
+                    res = sd.solve(model, sde, x_T * sde.prior_std, grid, instance)
                 add("ours", solver, grid_name, budget, res.nfe, res.x)
+        if fitted_only:
+            continue
         for sampler, (options, cost) in KD_SAMPLERS.items():
             k = max((k for k in range(2, budget + 1) if cost(k) <= budget), default=None)
             if k is None:
@@ -260,7 +293,8 @@ def markdown(rows: list[dict], compared: list[dict] | None = None, models=None) 
         for budget in sorted({r["nfe_budget"] for r in models if r["problem"] == problem}):
             here = [r for r in models if r["problem"] == problem and r["nfe_budget"] == budget]
             peer = min((r for r in here if r["library"] != "ours"), key=lambda r: r["quality"])
-            standard = min((r for r in here if r["library"] == "ours" and r["grid"] != "tuned"),
+            standard = min((r for r in here if r["library"] == "ours"
+                            and not r["grid"].startswith("tuned")),
                            key=lambda r: r["quality"])  # fmt: skip
             best = min((r for r in here if r["library"] == "ours"), key=lambda r: r["quality"])
             body.append([budget, f"{peer['method']} ({peer['grid']})", peer["quality"],
@@ -334,11 +368,16 @@ def main() -> None:
     parser.add_argument("--methods", action="store_true", help="compare the tuning methods only")
     parser.add_argument("--ours-only", action="store_true", help="keep the saved peer rows")
     parser.add_argument("--trained", action="store_true", help="the shipped models only")
+    parser.add_argument(
+        "--fitted-only", action="store_true", help="rerun only the tuned+weights rows"
+    )
     args = parser.parse_args()
     saved = RESULTS / "low_nfe.json"
     if args.trained:
         payload = json.loads(saved.read_text())
-        payload["trained"] = trained(sd.adapters.kdiffusion_sampling())
+        kept = [r for r in payload["trained"] if r["grid"] != "tuned+weights"]
+        new = trained(sd.adapters.kdiffusion_sampling(), fitted_only=args.fitted_only)
+        payload["trained"] = (kept if args.fitted_only else []) + new
         md = markdown(payload["rows"], payload.get("methods"), payload["trained"])
         write_results("low_nfe", payload, md)
         return
@@ -359,21 +398,29 @@ def main() -> None:
             Peer("EulerDiscreteScheduler", {"use_karras_sigmas": True}, None), 10
         )
         rows = []
+        rerun = set(args.problems.split(","))
         if args.ours_only:  # keep the peers' rows, and ours on the problems not rerun
-            rerun = set(args.problems.split(","))
             rows = [
                 r
                 for r in json.loads(saved.read_text())["rows"]
                 if r["library"] != "ours" or r["problem"] not in rerun
             ]
+        if args.fitted_only:  # keep every row but the fitted ones of the problems rerun
+            rows = [
+                r
+                for r in json.loads(saved.read_text())["rows"]
+                if r["grid"] != "tuned+weights" or r["problem"] not in rerun
+            ]
         for name in args.problems.split(","):
             case = Case(name, 4096, (karras[0], karras[-2]))
             case.score_edm = case.mixture.score_fn(sd.EDMSDE(0.002, case.sde.sigma_max))
-            if not args.ours_only:
+            if not args.ours_only and not args.fitted_only:
                 rows += diffusers(case)
                 if kd is not None:
                     rows += k_diffusion(case, kd)
-            rows += ours(case)
+            if not args.fitted_only:
+                rows += ours(case)
+            rows += fitted(case)
     previous = json.loads(saved.read_text()) if saved.exists() else {}
     previous["rows"] = rows
     md = markdown(rows, previous.get("methods"), previous.get("trained"))

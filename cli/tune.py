@@ -81,7 +81,7 @@ def tune(
     dtype,
     out,
 ):
-    """Fit the time grid of a solver at a fixed NFE to a model.
+    """Fit the time grid of a solver at a fixed NFE to a model (and its step weights).
 
     The grid minimises the endpoint error of SOLVER against a fine solve of the same
     model from the same prior draws; it needs no data.  Use it with
