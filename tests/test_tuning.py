@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -207,3 +208,30 @@ def test_corrections_are_checked_and_round_trip(tmp_path):
         fit_weights=True, max_evaluations=5,
     )  # fmt: skip
     assert sd.load_grid(tuned.save(tmp_path / "g.json")) == tuned
+
+
+def test_sdediff_tune_fits_weights_and_sample_uses_them(tmp_path):
+    from sdediff_cli.main import main
+
+    runner = CliRunner()
+    out = tmp_path / "grid.json"
+    args = ["tune", "--model", "gmm8", "--solver", "deis", "--nfe", "6", "--samples", "64",
+            "--method", "gradient", "--fit-weights", "--max-evaluations", "30",
+            "--out", str(out)]  # fmt: skip
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    saved = sd.load_grid(out)
+    assert len(saved.solver_options["corrections"]) == len(saved.times) - 2
+    samples = tmp_path / "s.npz"
+    result = runner.invoke(
+        main, ["sample", "--model", "gmm8", "--grid", str(out), "-n", "32", "--out", str(samples)]
+    )
+    assert result.exit_code == 0, result.output
+    settings = json.loads(str(np.load(samples)["settings"]))
+    assert settings["solver_options"] == saved.solver_options  # the corrections, used
+    for bad, message in [
+        (["--method", "gradient", "--solver", "unipc"], "fits deis and ipndm, not unipc"),
+        (["--fit-weights"], "--fit-weights needs --method gradient"),
+    ]:
+        result = runner.invoke(main, ["tune", "--model", "gmm8", *bad])
+        assert result.exit_code == 2 and message in result.output, result.output
