@@ -8,10 +8,8 @@ a KeyboardInterrupt again, which the commands turn into a clean stop (``train``
 saves first); one that escapes them, or click's "Aborted!" (exit 1), ends here.
 """
 
-from __future__ import annotations
-
+import _signal  # built in: the handler goes in before any import that takes time
 import os
-import signal
 import sys
 
 INTERRUPTED = 130
@@ -23,14 +21,17 @@ def _leave_at_once(signum, frame) -> None:
     os._exit(INTERRUPTED)
 
 
+# Installed as soon as the executable loads this module, not when ``run`` starts.
+_previous = _signal.signal(_signal.SIGINT, _leave_at_once)
+
+
 def run() -> None:
     """Import and run the command line, turning a stray KeyboardInterrupt into exit 130."""
-    previous = signal.signal(signal.SIGINT, _leave_at_once)
     import click
 
     from .main import main
 
-    signal.signal(signal.SIGINT, previous)
+    _signal.signal(_signal.SIGINT, _previous)
     try:
         try:
             code = main.main(standalone_mode=False)

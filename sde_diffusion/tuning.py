@@ -65,13 +65,7 @@ from .solvers.registry import get_solver
 from .solvers.scaled_multistep import ScaledMultistep, quadrature_weights
 from .timesteps import SCHEDULES, timesteps
 
-__all__ = [
-    "TunedGrid",
-    "endpoint_error",
-    "load_grid",
-    "prior_draws",
-    "tune_timesteps",
-]
+__all__ = ["TunedGrid", "endpoint_error", "load_grid", "prior_draws", "tune_timesteps"]
 
 FORMAT, VERSION = "sde-diffusion tuned grid", 1
 METHODS = ("dp", "search", "dp+search", "gradient")

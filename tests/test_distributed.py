@@ -4,6 +4,7 @@ The launcher tests start two CPU processes (gloo) through the command line, as a
 would, and compare them with one process given the same seed, global batch and threads.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -50,7 +51,15 @@ def start(*args, cwd, ranks=1) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group: ``stop`` ends the ranks too
     )
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` and every process it started (torchrun's ranks), if still running."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -107,7 +116,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
-        proc.kill()
+        stop(proc)
     assert proc.returncode == 143, err
     assert "stopped by SIGTERM at step" in err and "Traceback" not in err
     step = load_checkpoint(tmp_path / "m.safetensors")[1]["step"]
@@ -247,7 +256,7 @@ def test_a_rank_that_dies_stops_the_others_with_a_message_and_a_checkpoint(tmp_p
         os.kill(victim, signal.SIGKILL)
         _, err = proc.communicate(timeout=120)  # a hang fails here
     finally:
-        proc.kill()
+        stop(proc)
     assert proc.returncode != 0
     text = " ".join(err.split())  # rich wraps long lines
     # the collective fails first (a peer is gone) or torchrun's SIGTERM arrives first
@@ -274,7 +283,7 @@ def test_the_surviving_rank_names_the_rank_that_failed_and_why(tmp_path):
         out.touch()  # the next save cannot create its file
         _, err = proc.communicate(timeout=120)
     finally:
-        proc.kill()
+        stop(proc)
     assert proc.returncode != 0
     text = " ".join(err.split())  # rich wraps long lines
     assert "rank 0: training failed:" in text
