@@ -349,12 +349,8 @@ def _search(grid, sde, grid_of, lam_start, lam_end, error, max_evaluations, free
         basis = np.polynomial.legendre.legvander(np.linspace(-1, 1, k), freedom - 1)
 
     def grid_at(c: np.ndarray) -> list[float]:
-        theta = theta0 + basis @ c
-        # no step below 1/20 of the longest: a near-empty step wastes an evaluation and
-        # lets multistep extrapolation blow up on draws the fit never saw
-        w = np.exp(np.clip(theta - theta.max(), -3.0, 0.0))
-        cumulative = np.concatenate([[0.0], np.cumsum(w / w.sum())])
-        return grid_of(lam_start + cumulative * (lam_end - lam_start))
+        theta = torch.from_numpy(theta0 + basis @ c)
+        return grid_of(_lams_of(theta, lam_start, lam_end).numpy())
 
     def loss(c: np.ndarray) -> float:
         value = error(grid_at(c))
@@ -379,7 +375,7 @@ def _gradient(
     on_evaluation: Callable[[int], None] | None,
 ) -> tuple[list[float], list[list[float]] | None]:
     """Adam on ``log E`` through ``solver`` (``_differentiable_solve``): first the grid's
-    log-SNR increments (parametrised as in ``_search``), then, with ``fit_weights``, the
+    log-SNR increments (``_lams_of``), then, with ``fit_weights``, the
     grid and the weight corrections together; each stage keeps its best iterate."""
     sde = process.sde
     lam_start, lam_end = lam_range
@@ -388,16 +384,13 @@ def _gradient(
     theta = torch.log(torch.diff(lams) / (lam_end - lam_start)).requires_grad_(True)
     corrections = torch.zeros(inner, solver.method_order, dtype=torch.float64, requires_grad=True)
 
-    def lams_of(theta: Tensor) -> Tensor:
-        w = torch.exp(torch.clamp(theta - theta.max(), -3.0, 0.0))  # the search's step floor
-        cumulative = torch.cat([w.new_zeros(1), torch.cumsum(w / w.sum(), 0)])
-        return lam_start + cumulative * (lam_end - lam_start)
-
     def loss() -> Tensor:
         evaluations[0] += 1
         if on_evaluation is not None:
             on_evaluation(evaluations[0])
-        x = _differentiable_solve(process, solver, x_T, lams_of(theta), corrections, to_zero)
+        x = _differentiable_solve(
+            process, solver, x_T, _lams_of(theta, lam_start, lam_end), corrections, to_zero
+        )
         return (x.double() - reference.double()).pow(2).mean().sqrt().log()
 
     stages = [[theta], [theta, corrections]] if fit_weights else [[theta]]
@@ -417,9 +410,19 @@ def _gradient(
         with torch.no_grad():
             for p, k in zip(params, kept, strict=True):
                 p.copy_(k)
-    times = _times_of(sde, lams_of(theta).detach()).tolist()
+    times = _times_of(sde, _lams_of(theta, lam_start, lam_end).detach()).tolist()
     grid = [*times, *([0.0] if to_zero else [])]
     return grid, (corrections.detach().tolist() if fit_weights else None)
+
+
+def _lams_of(theta: Tensor, lam_start: float, lam_end: float) -> Tensor:
+    """The grid's log-SNRs from the logs ``theta`` of its increments (any scale): a softmax
+    keeps them positive, and no step is below 1/20 of the longest, since a near-empty step
+    wastes an evaluation and lets multistep extrapolation blow up on draws the fit never
+    saw.  Differentiable (the ``gradient`` method) and used by the search alike."""
+    w = torch.exp(torch.clamp(theta - theta.max(), -3.0, 0.0))
+    cumulative = torch.cat([w.new_zeros(1), torch.cumsum(w / w.sum(), 0)])
+    return lam_start + cumulative * (lam_end - lam_start)
 
 
 def _times_of(sde: SDE, lams: Tensor) -> Tensor:
