@@ -160,6 +160,13 @@ def tune(
         f"{record['seconds']:.1f} s",
         highlight=False,
     )
+    share = record.get("check_worst_share", 0.0)
+    if share > 0.5:
+        console.print(
+            f"[yellow]note:[/] the worst 1 % of the check draws hold {share:.0%} of the squared "
+            "error: it rests on a few draws and its estimate is noisy; fit on more (--samples)",
+            highlight=False,
+        )
     if check:
         console.print(
             f"on {samples} fresh draws: tuned {record['check']['tuned']:.4g}, "

@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 import sde_diffusion as sd
-from sde_diffusion.tuning import endpoint_error, fine_solve
+from sde_diffusion.tuning import draw_errors, endpoint_error, fine_solve, prior_draws, worst_share
 
 RING = sd.eight_gaussians()
 
@@ -99,6 +99,12 @@ def test_sdediff_tune_then_sample_with_the_grid(tmp_path):
     result = runner.invoke(main, [*args, "--max-evaluations", "40", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "on 64 fresh draws: tuned" in result.output
+    share = json.loads(out.read_text())["record"]["check_worst_share"]
+    assert ("the worst 1 % of the check draws hold" in result.output) == (share > 0.5)
+    few = [*args[:-1], "2", "--max-evaluations", "5", "--out", str(tmp_path / "few.json")]
+    result = runner.invoke(main, few)  # 2 draws: the worst one holds most of the error
+    assert result.exit_code == 0, result.output
+    assert "fit on more (--samples)" in result.output
     samples = tmp_path / "s.npz"
     result = runner.invoke(
         main, ["sample", "--model", "gmm8", "--grid", str(out), "-n", "32", "--out", str(samples)]
@@ -235,3 +241,30 @@ def test_sdediff_tune_fits_weights_and_sample_uses_them(tmp_path):
     ]:
         result = runner.invoke(main, ["tune", "--model", "gmm8", *bad])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_worst_share_says_how_few_draws_hold_the_error():
+    assert worst_share(torch.ones(200)) == pytest.approx(0.01)  # 2 of 200, evenly spread
+    assert worst_share(torch.ones(50)) == pytest.approx(1 / 50)  # at least one draw
+    one = torch.zeros(300)
+    one[17] = 4.0
+    assert worst_share(one) == 1.0
+    assert worst_share(torch.tensor([9.0, 1.0, 0.0] + [0.0] * 97)) == 0.9
+    assert worst_share(torch.zeros(10)) == 0.0
+
+
+def test_the_record_reports_the_check_draws_errors():
+    """The tuner's record: the check error and the worst draws' share are those of the
+    returned grid on the check draws (another seed), recomputed here independently."""
+    sde = sd.EDMSDE()
+    score = RING.score_fn(sde)
+    grid = sd.tune_timesteps(
+        score, sde, nfe=6, solver="deis", shape=(2,), samples=128, seed=3, max_evaluations=20
+    )
+    x_check = prior_draws(sde, 128, (2,), 3 + 7919)
+    reference, _ = fine_solve(score, sde, x_check)
+    errors = draw_errors(score, sde, x_check, grid.times, sd.get_solver("deis"), reference)
+    assert errors.shape == (128,)
+    assert float(errors.mean().sqrt()) == pytest.approx(grid.record["validation"]["tuned"])
+    assert grid.record["check_worst_share"] == pytest.approx(worst_share(errors))
+    assert 0.01 < grid.record["check_worst_share"] < 1.0
