@@ -30,7 +30,9 @@ fixed-grid solver; see docs/benchmarks.md for how they compare):
   ``fit_weights=True`` it then fits the solver's step weights with the grid: one
   correction per step and history term (the solver's ``corrections``), the idea of
   learned multistep solvers (Shaul et al. 2024, Frankel et al. 2025) at the cost of a
-  grid tuning.  Judged against its start on fresh draws like the search.
+  grid tuning.  Judged against its start on fresh draws like the search, and, with
+  weights, against the fitted grid alone (the weights, having more to fit, can overfit):
+  the one with the least error there is returned (``record["kept"]``).
 
 The result (:class:`TunedGrid`) saves and loads as JSON beside a checkpoint.
 """
@@ -286,28 +288,33 @@ def tune_timesteps(
     grid = starts[best]
     if "search" in method and inner > 1:
         grid = _search(grid, sde, grid_of, lam_start, lam_end, error, max_evaluations, freedom)
+    candidates = {}  # name -> (grid, solver), judged on fresh draws below
     if method == "gradient" and inner > 1:
-        grid, corrections = _gradient(
+        fits = _gradient(
             ReverseProcess(model, sde, x_T, cond=cond), solver, x_T, reference, grid,
             (lam_start, lam_end), max_evaluations, fit_weights, to_zero, evaluations,
             on_evaluation,
         )  # fmt: skip
+        grid, corrections = fits[-1]
         if corrections is not None:
             solver = get_solver(solver.name, **{**solver.options(), "corrections": corrections})
+            candidates["tuned grid"] = (fits[0][0], start_solver)  # the weights may overfit
     final = error(grid)
     if final > scored[best]:  # the fit never leaves its start worse off
         grid, final, solver = starts[best], scored[best], start_solver
-    # Judge the result against its start on draws the fit never saw; keep the better.
+    candidates = {"tuned": (grid, solver), **candidates, best: (starts[best], start_solver)}
+    # Judge the candidates on draws the fit never saw; keep the best there.
     x_check = prior_draws(sde, samples, shape, seed + 7919).to(device=device, dtype=dtype)
     check_reference, _ = fine_solve(model, sde, x_check, cond, to_zero)
     checked = {
         name: draw_errors(model, sde, x_check, g, method_, check_reference, cond)
-        for name, g, method_ in (("tuned", grid, solver), (best, starts[best], start_solver))
+        for name, (g, method_) in candidates.items()
     }
     validation = {name: float(errors.mean().sqrt()) for name, errors in checked.items()}
-    kept = "tuned"
-    if validation[best] < validation["tuned"]:
-        grid, final, solver, kept = starts[best], scored[best], start_solver, best
+    kept = min(validation, key=validation.get)  # the first of equals: the fit
+    if kept != "tuned":
+        grid, solver = candidates[kept]
+        final = scored[best] if kept == best else error(grid)
     return TunedGrid(
         times=[float(t) for t in grid],
         solver=solver.name,
@@ -322,6 +329,7 @@ def tune_timesteps(
             "start_errors": scored,
             "error": final,
             "validation": validation,
+            "kept": kept,
             "check_worst_share": worst_share(checked[kept]),
             "evaluations": evaluations[0],
             "seconds": round(time.perf_counter() - start_time, 2),
@@ -406,10 +414,11 @@ def _gradient(
     to_zero: bool,
     evaluations: list[int],
     on_evaluation: Callable[[int], None] | None,
-) -> tuple[list[float], list[list[float]] | None]:
+) -> list[tuple[list[float], list[list[float]] | None]]:
     """Adam on ``log E`` through ``solver`` (``_differentiable_solve``): first the grid's
     log-SNR increments (``_lams_of``), then, with ``fit_weights``, the
-    grid and the weight corrections together; each stage keeps its best iterate."""
+    grid and the weight corrections together; each stage keeps its best iterate and
+    returns its grid (and corrections)."""
     sde = process.sde
     lam_start, lam_end = lam_range
     inner = len(grid) - 1 - to_zero
@@ -426,7 +435,7 @@ def _gradient(
         )
         return (x.double() - reference.double()).pow(2).mean().sqrt().log()
 
-    stages = [[theta], [theta, corrections]] if fit_weights else [[theta]]
+    stages, fits = [[theta], [theta, corrections]] if fit_weights else [[theta]], []
     for params in stages:
         optimiser = torch.optim.Adam(params, lr=0.02)
         best, kept = math.inf, [p.detach().clone() for p in params]
@@ -443,9 +452,10 @@ def _gradient(
         with torch.no_grad():
             for p, k in zip(params, kept, strict=True):
                 p.copy_(k)
-    times = _times_of(sde, _lams_of(theta, lam_start, lam_end).detach()).tolist()
-    grid = [*times, *([0.0] if to_zero else [])]
-    return grid, (corrections.detach().tolist() if fit_weights else None)
+        times = _times_of(sde, _lams_of(theta, lam_start, lam_end).detach()).tolist()
+        weights = corrections.detach().tolist() if any(p is corrections for p in params) else None
+        fits.append(([*times, *([0.0] if to_zero else [])], weights))
+    return fits
 
 
 def _lams_of(theta: Tensor, lam_start: float, lam_end: float) -> Tensor:
