@@ -41,6 +41,8 @@ NFES = [4, 5, 6, 8, 10, 15, 20]
 TUNED = ["deis", "unipc", "dpmpp_2m"]
 FITTED = {"deis": {}}  # grid and step weights fitted together (method="gradient")
 FIT = {"gmm8": 256, "gmm64": 1024}  # tuning draws per problem
+# The row label of what a fit with weights returned: the check draws may prefer the grid alone
+KEPT = {"tuned": "tuned+weights", "tuned grid": "tuned+weights (grid kept)"}
 KD_SAMPLERS = {  # name -> (options, NFE of n steps ending at 0)
     "euler": ({}, lambda n: n),
     "heun": ({}, lambda n: 2 * n - 1),
@@ -96,7 +98,8 @@ def ours(case: Case) -> list[dict]:
 
 def fitted(case: Case) -> list[dict]:
     """``FITTED`` solvers with their grid and step weights fitted by gradients (the rows
-    labelled ``tuned+weights``), from the same fitting draws as the tuned grids."""
+    labelled ``tuned+weights``, or ``tuned+weights (grid kept)`` where the tuner's check
+    draws preferred the fitted grid alone), from the same fitting draws as the tuned grids."""
     grid_sde = sd.EDMSDE(0.002, case.sde.sigma_max)
     rows = []
     for budget in NFES:
@@ -108,7 +111,8 @@ def fitted(case: Case) -> list[dict]:
                 fit_weights=True, max_evaluations=300,
             )  # fmt: skip
             x, nfe = case.ours(name, tuned.solver_options, tuned.times)
-            row = _row(case, budget, "ours", name, "tuned+weights", nfe, _error(case, x))
+            label = KEPT.get(tuned.record["kept"], "tuned+weights (start kept)")
+            row = _row(case, budget, "ours", name, label, nfe, _error(case, x))
             row.update(fit_error=tuned.record["error"], seconds=time.perf_counter() - start)
             row.update(times=tuned.times, options=tuned.solver_options)
             rows.append(row)
@@ -222,6 +226,8 @@ def _trained(kd, name: str, budgets, fitted_only: bool = False) -> list[dict]:
                     shape=tuple(problem.event_shape), samples=fit, seed=1, method=method,
                     fit_weights=weights, max_evaluations=150,
                 )  # fmt: skip
+                if weights:
+                    grid_name = KEPT.get(tuned.record["kept"], "tuned+weights (start kept)")
                 grids[grid_name] = tuned.tensor(), sd.get_solver(solver, **tuned.solver_options)
             for grid_name, (grid, instance) in grids.items():
                 with torch.inference_mode():
@@ -243,7 +249,7 @@ def _trained(kd, name: str, budgets, fitted_only: bool = False) -> list[dict]:
                         lambda x, s, c=calls: denoiser(x, s, c), x_T * scale,
                         sigmas, disable=True, **options,
                     )  # fmt: skip
-                label = grid_name + "".join(f" {a}={v}" for a, v in grid_options.items())
+                label = _kd_label(grid_name, grid_options)
                 add("k-diffusion", sampler, label, budget, len(calls), x)
     return rows
 
@@ -451,7 +457,7 @@ def main() -> None:
     saved = RESULTS / "low_nfe.json"
     if args.trained:
         payload = json.loads(saved.read_text())
-        kept = [r for r in payload["trained"] if r["grid"] != "tuned+weights"]
+        kept = [r for r in payload["trained"] if not r["grid"].startswith("tuned+weights")]
         new = trained(sd.adapters.kdiffusion_sampling(), fitted_only=args.fitted_only)
         payload["trained"] = (kept if args.fitted_only else []) + new
         write_results("low_nfe", payload, markdown(payload))
@@ -489,7 +495,7 @@ def main() -> None:
             rows = [
                 r
                 for r in json.loads(saved.read_text())["rows"]
-                if r["grid"] != "tuned+weights" or r["problem"] not in rerun
+                if not r["grid"].startswith("tuned+weights") or r["problem"] not in rerun
             ]
         for name in args.problems.split(","):
             case = _case(name)
