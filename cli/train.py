@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import click
 import torch
@@ -304,35 +305,44 @@ def train(
         saved = f"checkpoint saved to {out}; continue with --resume {out}"
         if trainer.rank != 0:
             saved = "rank 0 writes the checkpoints"
-        try:
-            with on_sigterm(lambda: setattr(trainer, "stop_requested", True)):
+        # SIGTERM stays handled until the outcome is reported: torchrun sends it to the
+        # ranks that survive a failed one, and its default action would end a rank
+        # between leaving training and saying why (so failures print here, not via click).
+        with on_sigterm(lambda: setattr(trainer, "stop_requested", True)):
+            try:
                 history = trainer.train(checkpoint=out, on_samples=on_samples)
-        except KeyboardInterrupt:
-            err_console.print(
-                f"{rank_prefix()}[yellow]interrupted[/] at step {trainer.step}: {saved}"
-            )
-            raise SystemExit(INTERRUPTED) from None
-        except NonFiniteLossError as err:
-            if debug_enabled():
-                raise
-            kept = f"{out} holds step {trainer.step}" if trainer.rank == 0 else "rank 0 saved"
-            raise click.ClickException(
-                f"{rank_prefix()}training stopped: {err}; {kept} (finite): lower --lr and "
-                f"continue with --resume {out}, or rescale the data"
-            ) from None
-        except RuntimeError as err:
-            if not peer_failure(err) or debug_enabled():
-                raise
-            raise click.ClickException(
-                f"{rank_prefix()}training stopped at step {trainer.step}: {peer_story(err)}; "
-                f"{saved}"
-            ) from None
-    if trainer.stop_requested:
-        why = failed_ranks()
-        err_console.print(
-            f"{rank_prefix()}[yellow]stopped[/] by SIGTERM at step {trainer.step}"
-            f"{f' after {why}' if why else ''}: {saved}"
-        )
-        raise SystemExit(TERMINATED)
+            except KeyboardInterrupt:
+                err_console.print(
+                    f"{rank_prefix()}[yellow]interrupted[/] at step {trainer.step}: {saved}"
+                )
+                raise SystemExit(INTERRUPTED) from None
+            except NonFiniteLossError as err:
+                if debug_enabled():
+                    raise
+                kept = f"{out} holds step {trainer.step}" if trainer.rank == 0 else "rank 0 saved"
+                _fail(
+                    f"{rank_prefix()}training stopped: {err}; {kept} (finite): lower --lr and "
+                    f"continue with --resume {out}, or rescale the data"
+                )
+            except RuntimeError as err:
+                if not peer_failure(err) or debug_enabled():
+                    raise
+                _fail(
+                    f"{rank_prefix()}training stopped at step {trainer.step}: "
+                    f"{peer_story(err)}; {saved}"
+                )
+            if trainer.stop_requested:
+                why = failed_ranks()
+                err_console.print(
+                    f"{rank_prefix()}[yellow]stopped[/] by SIGTERM at step {trainer.step}"
+                    f"{f' after {why}' if why else ''}: {saved}"
+                )
+                raise SystemExit(TERMINATED)
     last = history[-1]["loss"] if history else float("nan")
     console.print(f"[bold green]done[/]: step {trainer.step}, last loss {last:.4f} -> {out}")
+
+
+def _fail(message: str) -> NoReturn:
+    """Report as click reports a ``ClickException`` (``Error: ...``, exit status 1), at once."""
+    click.ClickException(message).show()
+    raise SystemExit(1)
