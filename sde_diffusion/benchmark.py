@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import bootstrap
 from torch import Tensor
 
 from .noise import PerSampleNoise
@@ -36,6 +37,7 @@ __all__ = [
     "fixed_grid_solvers",
     "median_time",
     "reference_endpoints",
+    "rms_ratio",
     "steps_for_nfe",
 ]
 
@@ -176,6 +178,37 @@ def convergence_slope(nfe: Sequence[float], error: Sequence[float]) -> float:
     if len(pts) < 2:
         return float("nan")
     return float(np.polyfit(np.log(pts[:, 0]), np.log(pts[:, 1]), 1)[0])
+
+
+def rms_ratio(
+    errors: Tensor,
+    baseline: Tensor,
+    confidence: float = 0.95,
+    seed: int = 0,
+    resamples: int = 9999,
+) -> tuple[float, float, float]:
+    """``sqrt(mean errors / mean baseline)``, the ratio of two endpoint RMS errors from
+    per-draw squared errors of the same draws, with its paired bootstrap interval (BCa,
+    scipy): ``(ratio, low, high)``.  Where a few draws hold most of the error the ratio
+    rests on them, and the interval says how far it could move on other draws."""
+    a, b = (np.asarray(e.detach().cpu().double()) for e in (errors, baseline))
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"need two equal 1-D sets of at least 2 errors, got {a.shape}, {b.shape}")
+    if not b.sum() > 0:
+        raise ValueError("the baseline has no error: the ratio is undefined")
+
+    def ratio(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.sqrt(x.mean(axis) / y.mean(axis))
+
+    value = float(ratio(a, b))
+    if np.allclose(a * b.sum(), b * a.sum(), rtol=1e-12, atol=0.0):
+        return value, value, value  # proportional errors: every resample gives the ratio
+    result = bootstrap(  # 256 resamples at a time: memory bounded for many draws
+        (a, b), ratio, paired=True, vectorized=True, confidence_level=confidence,
+        n_resamples=resamples, method="BCa", batch=256, random_state=np.random.default_rng(seed),
+    )  # fmt: skip
+    interval = result.confidence_interval
+    return value, float(interval.low), float(interval.high)
 
 
 def median_time(fn: Callable[[], Any], repeats: int = 5) -> float:

@@ -10,6 +10,7 @@ from sde_diffusion.benchmark import (
     compare_solvers,
     convergence_slope,
     reference_endpoints,
+    rms_ratio,
     steps_for_nfe,
 )
 from sde_diffusion.metrics import noise_floor
@@ -107,3 +108,36 @@ def test_convergence_slope_recovers_a_power_law():
     nfe = [10, 20, 40, 80]
     assert math.isclose(convergence_slope(nfe, [3 * n**-2.0 for n in nfe]), -2.0)
     assert math.isnan(convergence_slope([10], [0.1]))
+
+
+def _paired_flips(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-draw squared errors of two solvers on the same draws, as at low NFE on a
+    mixture: a small bulk error, and a few draws sent to another mode (error ~U(0.5, 1.5));
+    the first solver sends a third as many (1 %, against 3 %), a subset of the second's."""
+    u, size, bulk = torch.rand(3, n, generator=generator, dtype=torch.float64)
+    base = torch.rand(n, generator=generator, dtype=torch.float64)
+    return (u < 0.01) * (0.5 + size) + 1e-4 * bulk, (u < 0.03) * (0.5 + size) + 1e-4 * base
+
+
+def test_rms_ratio_interval_covers_the_true_ratio_at_its_level():
+    # E[error] = P(flip) * 1 + 0.5e-4 for each solver
+    true = math.sqrt((0.01 + 0.5e-4) / (0.03 + 0.5e-4))
+    trials, covered, widths = 200, 0, []
+    for trial in range(trials):
+        ours, peer = _paired_flips(512, torch.Generator().manual_seed(trial))
+        ratio, low, high = rms_ratio(ours, peer, resamples=999, seed=trial)
+        assert low <= ratio <= high
+        covered += low <= true <= high
+        widths.append(high - low)
+    # 95 % nominal; 200 trials give a binomial sd of 1.5 %: 89 % is 4 sd below
+    assert covered / trials >= 0.89
+    assert 0.1 < sorted(widths)[trials // 2] < 1.0  # flip counts of ~5 and ~15: wide
+
+
+def test_rms_ratio_of_proportional_errors_is_exact_and_bad_input_is_refused():
+    errors = torch.rand(64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert rms_ratio(errors, 4 * errors) == pytest.approx((0.5, 0.5, 0.5), rel=1e-12)
+    with pytest.raises(ValueError, match="equal 1-D"):
+        rms_ratio(errors, errors[:10])
+    with pytest.raises(ValueError, match="no error"):
+        rms_ratio(errors, torch.zeros(64))
