@@ -288,7 +288,7 @@ def tune_timesteps(
     grid = starts[best]
     if "search" in method and inner > 1:
         grid = _search(grid, sde, grid_of, lam_start, lam_end, error, max_evaluations, freedom)
-    candidates = {}  # name -> (grid, solver), judged on fresh draws below
+    contenders = {}  # name -> (grid, solver), judged on fresh draws below
     if method == "gradient" and inner > 1:
         fits = _gradient(
             ReverseProcess(model, sde, x_T, cond=cond), solver, x_T, reference, grid,
@@ -298,22 +298,22 @@ def tune_timesteps(
         grid, corrections = fits[-1]
         if corrections is not None:
             solver = get_solver(solver.name, **{**solver.options(), "corrections": corrections})
-            candidates["tuned grid"] = (fits[0][0], start_solver)  # the weights may overfit
+            contenders["tuned grid"] = (fits[0][0], start_solver)  # the weights may overfit
     final = error(grid)
     if final > scored[best]:  # the fit never leaves its start worse off
         grid, final, solver = starts[best], scored[best], start_solver
-    candidates = {"tuned": (grid, solver), **candidates, best: (starts[best], start_solver)}
-    # Judge the candidates on draws the fit never saw; keep the best there.
+    contenders = {"tuned": (grid, solver), **contenders, best: (starts[best], start_solver)}
+    # Judge the contenders on draws the fit never saw; keep the best there.
     x_check = prior_draws(sde, samples, shape, seed + 7919).to(device=device, dtype=dtype)
     check_reference, _ = fine_solve(model, sde, x_check, cond, to_zero)
     checked = {
         name: draw_errors(model, sde, x_check, g, method_, check_reference, cond)
-        for name, (g, method_) in candidates.items()
+        for name, (g, method_) in contenders.items()
     }
     validation = {name: float(errors.mean().sqrt()) for name, errors in checked.items()}
     kept = min(validation, key=validation.get)  # the first of equals: the fit
     if kept != "tuned":
-        grid, solver = candidates[kept]
+        grid, solver = contenders[kept]
         final = scored[best] if kept == best else error(grid)
     return TunedGrid(
         times=[float(t) for t in grid],
