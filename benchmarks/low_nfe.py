@@ -4,13 +4,14 @@
     python benchmarks/low_nfe.py        # writes benchmarks/results/low_nfe.{json,md}
     python benchmarks/low_nfe.py --concentration   # where the saved best rows' error sits
     python benchmarks/low_nfe.py --concentration --problems gmm64 --draws 16384  # 12288 fresh
+    python benchmarks/low_nfe.py --tuned-only --solvers lms,ipndm  # only those tuned rows
 
 Problems: the ring (gmm8) and the 64-D mixture (gmm64) under the EDM PF-ODE with the
 exact mixture denoiser, sigma in [0.002, 80], 4096 test draws x_T (``PerSampleNoise``),
 judged by the endpoint RMS error per dimension against DOP853 at 1e-10 (see peers.py).
 
 Ours: every deterministic fixed-grid solver (and the option variants of peers.py) on the
-Karras (rho = 7) and log-SNR grids, and the strongest few on grids from
+Karras (rho = 7) and log-SNR grids, and each of them (defaults) on grids from
 ``sd.tune_timesteps``, fitted on quasi-random draws from another seed (256 for the ring;
 1024 for gmm64, whose error at low NFE comes from rare draws, see docs/benchmarks.md),
 never on the test draws.
@@ -36,12 +37,13 @@ from common import RESULTS, table, write_results
 from peers import Case, Peer, diffusers_grid, run_diffusers, standard_grid_runs
 
 import sde_diffusion as sd
-from sde_diffusion.benchmark import rms_ratio, steps_for_nfe
+from sde_diffusion.benchmark import fixed_grid_solvers, rms_ratio, steps_for_nfe
 from sde_diffusion.tuning import worst_share
 
 NFES = [4, 5, 6, 8, 10, 15, 20]
 TEST_DRAWS = 4096  # every row is judged on these
-TUNED = ["deis", "unipc", "dpmpp_2m"]
+TUNED = [n for n in fixed_grid_solvers() if not sd.get_solver(n).stochastic]  # deterministic
+TRAINED_SOLVERS = ["deis", "unipc", "dpmpp_2m", "dpmpp_3m", "lms", "ipndm"]  # on the shipped models
 FITTED = {"deis": {}}  # grid and step weights fitted together (method="gradient")
 FIT = {"gmm8": 256, "gmm64": 1024}  # tuning draws per problem
 # The row label of what a fit with weights returned: the check draws may prefer the grid alone
@@ -78,13 +80,22 @@ SPACINGS = {
 
 
 def ours(case: Case) -> list[dict]:
-    """Standard grids for every deterministic solver, tuned grids for ``TUNED``."""
-    grid_sde = sd.EDMSDE(0.002, case.sde.sigma_max)
+    """Standard grids for every deterministic solver, then ``tuned_rows``."""
     rows = []
     for budget in NFES:
         for label, schedule, x, nfe in standard_grid_runs(case, budget):
             rows.append(_row(case, budget, "ours", label, schedule, nfe, _error(case, x)))
-        for name in TUNED:
+    return rows + tuned_rows(case, TUNED)
+
+
+def tuned_rows(case: Case, solvers: list[str]) -> list[dict]:
+    """``solvers`` on grids from ``sd.tune_timesteps`` (search), fitted on ``FIT`` draws."""
+    grid_sde = sd.EDMSDE(0.002, case.sde.sigma_max)
+    rows = []
+    for budget in NFES:
+        for name in solvers:
+            if steps_for_nfe(sd.get_solver(name), budget, to_zero=True) is None:
+                continue
             start = time.perf_counter()
             tuned = sd.tune_timesteps(
                 case.score_edm, grid_sde, nfe=budget, solver=name,
@@ -181,14 +192,15 @@ def _kd_label(grid_name: str, grid_options: dict) -> str:
 TRAINED = {"moons": (2048, 256), "digits": (512, 64)}  # test samples, tuning draws
 
 
-def trained(kd, budgets=(5, 10), fitted_only: bool = False) -> list[dict]:
+def trained(kd, budgets=(5, 10), only: str | None = None, solvers=TRAINED_SOLVERS) -> list[dict]:
     """The shipped models: our solvers on Karras, log-SNR and tuned grids beside
     k-diffusion's samplers on every grid of ``KD_GRIDS`` (they run in the scaled
-    variables x/α, σ/α of the model's VP SDE), judged by the problem's quality metric."""
-    return [row for name in TRAINED for row in _trained(kd, name, budgets, fitted_only)]
+    variables x/α, σ/α of the model's VP SDE), judged by the problem's quality metric.
+    ``only="fitted"`` or ``"tuned"`` runs only those rows, of ``solvers``."""
+    return [row for name in TRAINED for row in _trained(kd, name, budgets, only, solvers)]
 
 
-def _trained(kd, name: str, budgets, fitted_only: bool = False) -> list[dict]:
+def _trained(kd, name: str, budgets, only: str | None, solvers) -> list[dict]:
     from sde_diffusion.parametrization import convert
     from sde_diffusion.problems import load_problem
 
@@ -214,15 +226,16 @@ def _trained(kd, name: str, budgets, fitted_only: bool = False) -> list[dict]:
         print(json.dumps(rows[-1]), flush=True)
 
     for budget in budgets:
-        for solver in ("deis", "unipc", "dpmpp_2m", "dpmpp_3m", "lms", "ipndm"):
+        for solver in solvers:
             steps = steps_for_nfe(solver, budget, to_zero=True)
             grids = {g: sd.timesteps(sde, steps, g, to_zero=True) for g in ("karras", "logsnr")}
             grids = {g: (grid, sd.get_solver(solver)) for g, grid in grids.items()}
             fits = [("tuned", "search", False)] if solver in TUNED else []
             if solver in FITTED:
                 fits.append(("tuned+weights", "gradient", True))
-            if fitted_only:
-                grids, fits = {}, fits[-1:] if solver in FITTED else []
+            if only is not None:  # the fitted rows (last of fits) or the tuned ones (first)
+                grids = {}
+                fits = [f for f in fits if f[0] == ("tuned+weights" if only == "fitted" else only)]
             for grid_name, method, weights in fits:
                 tuned = sd.tune_timesteps(
                     model, sde, nfe=budget, solver=sd.get_solver(solver, **FITTED.get(solver, {})),
@@ -236,7 +249,7 @@ def _trained(kd, name: str, budgets, fitted_only: bool = False) -> list[dict]:
                 with torch.inference_mode():
                     res = sd.solve(model, sde, x_T * sde.prior_std, grid, instance)
                 add("ours", solver, grid_name, budget, res.nfe, res.x)
-        if fitted_only:
+        if only is not None:
             continue
         for sampler, (options, cost) in KD_SAMPLERS.items():
             k = max((k for k in range(2, budget + 1) if cost(k) <= budget), default=None)
@@ -294,6 +307,14 @@ def _diffusers_peer(name: str, spacing: str) -> Peer:
     return Peer(scheduler, {**options, **SPACINGS[spacing], **final}, None, vp_units=True)
 
 
+def _best_pair(rows: list[dict], problem: str, budget: int) -> tuple[dict, dict]:
+    """Our best tuned row and the best peer row of ``problem`` at ``budget``."""
+    here = [r for r in rows if r["problem"] == problem and r["nfe_budget"] == budget]
+    ours_best = min((r for r in here if "times" in r), key=lambda r: r["error"])
+    peer_best = min((r for r in here if r["library"] != "ours"), key=lambda r: r["error"])
+    return ours_best, peer_best
+
+
 def concentration(case: Case, rows: list[dict], budgets=(5, 10)) -> list[dict]:
     """Where the endpoint error sits, per budget, for our best configuration (a tuned one,
     rerun from its saved grid) and the best peer's: the share of the squared error held by
@@ -306,11 +327,8 @@ def concentration(case: Case, rows: list[dict], budgets=(5, 10)) -> list[dict]:
     kd, out = sd.adapters.kdiffusion_sampling(), []
     fresh = slice(TEST_DRAWS if len(case.x_T) > TEST_DRAWS else 0, None)
     for budget in budgets:
-        here = [r for r in rows if r["problem"] == case.name and r["nfe_budget"] == budget]
-        ours_best = min((r for r in here if "times" in r), key=lambda r: r["error"])
-        peer_best = min((r for r in here if r["library"] != "ours"), key=lambda r: r["error"])
         per_draw = []  # ours, then the peer's
-        for row in (ours_best, peer_best):
+        for row in _best_pair(rows, case.name, budget):
             if row["library"] == "ours":
                 x, _ = case.ours(row["method"], row.get("options", {}), row["times"])
             elif row["library"] == "diffusers":
@@ -474,6 +492,12 @@ def main() -> None:
         "--fitted-only", action="store_true", help="rerun only the tuned+weights rows"
     )
     parser.add_argument(
+        "--tuned-only", action="store_true", help="rerun only the tuned rows of --solvers"
+    )
+    parser.add_argument(
+        "--solvers", default=None, help="with --tuned-only: comma-separated (default: all)"
+    )
+    parser.add_argument(
         "--concentration", action="store_true", help="where the error sits, NFE 5 and 10"
     )
     parser.add_argument(
@@ -484,11 +508,22 @@ def main() -> None:
     )
     args = parser.parse_args()
     saved = RESULTS / "low_nfe.json"
+    only = "fitted" if args.fitted_only else "tuned" if args.tuned_only else None
+    default = TRAINED_SOLVERS if args.trained else TUNED
+    solvers = args.solvers.split(",") if args.solvers else default
+    if not set(solvers) <= set(default):
+        parser.error(f"--solvers takes some of {', '.join(default)}")
+
+    def rerun_row(row: dict) -> bool:  # a saved row that this partial run replaces
+        if only == "fitted":
+            return row["grid"].startswith("tuned+weights")
+        return row["grid"] == "tuned" and row["method"] in solvers
+
     if args.trained:
         payload = json.loads(saved.read_text())
-        kept = [r for r in payload["trained"] if not r["grid"].startswith("tuned+weights")]
-        new = trained(sd.adapters.kdiffusion_sampling(), fitted_only=args.fitted_only)
-        payload["trained"] = (kept if args.fitted_only else []) + new
+        new = trained(sd.adapters.kdiffusion_sampling(), only=only, solvers=solvers)
+        kept = [r for r in payload["trained"] if only is not None and not rerun_row(r)]
+        payload["trained"] = kept + new
         write_results("low_nfe", payload, markdown(payload))
         return
     if args.methods:
@@ -523,24 +558,35 @@ def main() -> None:
                 for r in json.loads(saved.read_text())["rows"]
                 if r["library"] != "ours" or r["problem"] not in rerun
             ]
-        if args.fitted_only:  # keep every row but the fitted ones of the problems rerun
+        if only is not None:  # keep every row but those rerun, on the problems rerun
             rows = [
                 r
                 for r in json.loads(saved.read_text())["rows"]
-                if not r["grid"].startswith("tuned+weights") or r["problem"] not in rerun
+                if not rerun_row(r) or r["problem"] not in rerun
             ]
         for name in args.problems.split(","):
             case = _case(name)
-            if not args.ours_only and not args.fitted_only:
+            if only == "tuned":
+                rows += tuned_rows(case, solvers)
+                continue
+            if not args.ours_only and only is None:
                 rows += diffusers(case)
                 if kd is not None:
                     rows += k_diffusion(case, kd)
-            if not args.fitted_only:
+            if only is None:
                 rows += ours(case)
             rows += fitted(case)
     previous = json.loads(saved.read_text()) if saved.exists() else {}
-    if not args.report and previous.pop("concentration", None):
-        print("rows rerun: rerun --concentration for where their error sits")
+    if not args.report and "concentration" in previous:  # keep it where the best rows stand
+        key = ("problem", "nfe_budget", "library", "method", "grid")
+        still = [
+            r for r in previous["concentration"]
+            if any(all(b[k] == r[k] for k in key)
+                   for b in _best_pair(rows, r["problem"], r["nfe_budget"]))
+        ]  # fmt: skip
+        if len(still) < len(previous["concentration"]):
+            print("best rows changed: rerun --concentration for where their error sits")
+        previous["concentration"] = still
     previous["rows"] = rows
     md = markdown(previous)
     write_results("low_nfe", previous, md)
