@@ -43,7 +43,6 @@ from sde_diffusion.tuning import worst_share
 NFES = [4, 5, 6, 8, 10, 15, 20]
 TEST_DRAWS = 4096  # every row is judged on these
 TUNED = [n for n in fixed_grid_solvers() if not sd.get_solver(n).stochastic]  # deterministic
-TRAINED_SOLVERS = ["deis", "unipc", "dpmpp_2m", "dpmpp_3m", "lms", "ipndm"]  # on the shipped models
 FITTED = {"deis": {}}  # grid and step weights fitted together (method="gradient")
 FIT = {"gmm8": 256, "gmm64": 1024}  # tuning draws per problem
 # The row label of what a fit with weights returned: the check draws may prefer the grid alone
@@ -192,7 +191,7 @@ def _kd_label(grid_name: str, grid_options: dict) -> str:
 TRAINED = {"moons": (2048, 256), "digits": (512, 64)}  # test samples, tuning draws
 
 
-def trained(kd, budgets=(5, 10), only: str | None = None, solvers=TRAINED_SOLVERS) -> list[dict]:
+def trained(kd, budgets=(5, 10), only: str | None = None, solvers=TUNED) -> list[dict]:
     """The shipped models: our solvers on Karras, log-SNR and tuned grids beside
     k-diffusion's samplers on every grid of ``KD_GRIDS`` (they run in the scaled
     variables x/α, σ/α of the model's VP SDE), judged by the problem's quality metric.
@@ -230,7 +229,7 @@ def _trained(kd, name: str, budgets, only: str | None, solvers) -> list[dict]:
             steps = steps_for_nfe(solver, budget, to_zero=True)
             grids = {g: sd.timesteps(sde, steps, g, to_zero=True) for g in ("karras", "logsnr")}
             grids = {g: (grid, sd.get_solver(solver)) for g, grid in grids.items()}
-            fits = [("tuned", "search", False)] if solver in TUNED else []
+            fits = [("tuned", "search", False)]
             if solver in FITTED:
                 fits.append(("tuned+weights", "gradient", True))
             if only is not None:  # the fitted rows (last of fits) or the tuned ones (first)
@@ -509,10 +508,9 @@ def main() -> None:
     args = parser.parse_args()
     saved = RESULTS / "low_nfe.json"
     only = "fitted" if args.fitted_only else "tuned" if args.tuned_only else None
-    default = TRAINED_SOLVERS if args.trained else TUNED
-    solvers = args.solvers.split(",") if args.solvers else default
-    if not set(solvers) <= set(default):
-        parser.error(f"--solvers takes some of {', '.join(default)}")
+    solvers = args.solvers.split(",") if args.solvers else TUNED
+    if not set(solvers) <= set(TUNED):
+        parser.error(f"--solvers takes some of {', '.join(TUNED)}")
 
     def rerun_row(row: dict) -> bool:  # a saved row that this partial run replaces
         if only == "fitted":
