@@ -191,7 +191,7 @@ def _kd_label(grid_name: str, grid_options: dict) -> str:
 TRAINED = {"moons": (2048, 256), "digits": (512, 64)}  # test samples, tuning draws
 
 
-def trained(kd, budgets=(5, 10), only: str | None = None, solvers=TUNED) -> list[dict]:
+def trained(kd, budgets=tuple(NFES), only: str | None = None, solvers=TUNED) -> list[dict]:
     """The shipped models: our solvers on Karras, log-SNR and tuned grids beside
     k-diffusion's samplers on every grid of ``KD_GRIDS`` (they run in the scaled
     variables x/α, σ/α of the model's VP SDE), judged by the problem's quality metric.
