@@ -306,12 +306,15 @@ def _diffusers_peer(name: str, spacing: str) -> Peer:
     return Peer(scheduler, {**options, **SPACINGS[spacing], **final}, None, vp_units=True)
 
 
-def _best_pair(rows: list[dict], problem: str, budget: int) -> tuple[dict, dict]:
-    """Our best tuned row and the best peer row of ``problem`` at ``budget``."""
+def _best_pair(rows: list[dict], problem: str, budget: int) -> tuple[dict, ...]:
+    """Our best tuned row and the best peer row of ``problem`` at ``budget``; ``()``
+    where the rows hold no such pair (that problem was not run)."""
     here = [r for r in rows if r["problem"] == problem and r["nfe_budget"] == budget]
-    ours_best = min((r for r in here if "times" in r), key=lambda r: r["error"])
-    peer_best = min((r for r in here if r["library"] != "ours"), key=lambda r: r["error"])
-    return ours_best, peer_best
+    ours = [r for r in here if "times" in r]
+    peers = [r for r in here if r["library"] != "ours"]
+    if not ours or not peers:
+        return ()
+    return min(ours, key=lambda r: r["error"]), min(peers, key=lambda r: r["error"])
 
 
 def concentration(case: Case, rows: list[dict], budgets=(5, 10)) -> list[dict]:
@@ -326,8 +329,11 @@ def concentration(case: Case, rows: list[dict], budgets=(5, 10)) -> list[dict]:
     kd, out = sd.adapters.kdiffusion_sampling(), []
     fresh = slice(TEST_DRAWS if len(case.x_T) > TEST_DRAWS else 0, None)
     for budget in budgets:
+        pair = _best_pair(rows, case.name, budget)
+        if not pair:
+            raise SystemExit(f"no saved rows of {case.name} at NFE {budget}: run the table first")
         per_draw = []  # ours, then the peer's
-        for row in _best_pair(rows, case.name, budget):
+        for row in pair:
             if row["library"] == "ours":
                 x, _ = case.ours(row["method"], row.get("options", {}), row["times"])
             elif row["library"] == "diffusers":
