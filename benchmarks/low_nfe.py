@@ -515,6 +515,10 @@ def main() -> None:
     saved = RESULTS / "low_nfe.json"
     only = "fitted" if args.fitted_only else "tuned" if args.tuned_only else None
     solvers = args.solvers.split(",") if args.solvers else TUNED
+    if args.fitted_only and args.tuned_only:
+        parser.error("--fitted-only and --tuned-only rerun different rows: choose one")
+    if args.solvers and not args.tuned_only:  # a full run over some solvers would drop the rest
+        parser.error("--solvers goes with --tuned-only")
     if not set(solvers) <= set(TUNED):
         parser.error(f"--solvers takes some of {', '.join(TUNED)}")
 
