@@ -228,7 +228,7 @@ def sample(
     if grid is not None:
         steps, schedule = len(grid.times) - 1, "tuned"
     if steps is None:
-        steps = 1 if solver.expected_nfe([1.0, 0.5]) is None else 25
+        steps = 1 if solver.adaptive else 25
     interval = parse_interval(guidance_interval)
     problem, device = open_problem(model, sde, start_ranks(parse_device(device)), dtype)
     if grid is not None and grid.sde != repr(problem.sde):

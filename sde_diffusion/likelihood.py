@@ -31,7 +31,9 @@ from .parametrization import Coefficients, convert_at
 from .reverse import ReverseProcess, ScoreFn
 from .sdes import SDE
 from .solvers.ancestral import posterior_coefficients
-from .solvers.base import NonFiniteError, Solver
+from .errors import NonFiniteError
+from .loop import integrate
+from .solvers.base import Solver
 from .solvers.registry import get_solver, solver_class, solver_names, solver_options
 
 __all__ = [
@@ -90,12 +92,29 @@ class _AugmentedFlow:
 
     def __init__(self, ode: ReverseProcess, shape: torch.Size, probes: Tensor | None):
         self.ode, self.sde, self.shape, self.probes = ode, ode.sde, shape, probes
+        self.dtype = ode.dtype
+
+    @property
+    def nfe(self) -> int:
+        return self.ode.nfe
 
     def velocity(self, z: Tensor, t: float) -> Tensor:
+        return self._augmented(z, self.shape, lambda x: self.ode.velocity(x, t), self.probes)
+
+    def predict_rows(self, kind: str, z: Tensor, t: Tensor, rows: Tensor | slice) -> Tensor:
+        """The augmented velocity of the batch rows ``rows``, each at its own time."""
+        assert kind == "velocity", kind
+        shape = (z.shape[0], *self.shape[1:])
+        probes = None if self.probes is None else self.probes[:, rows]
+        return self._augmented(
+            z, shape, lambda x: self.ode.predict_rows("velocity", x, t, rows), probes
+        )
+
+    def _augmented(self, z: Tensor, shape, velocity, probes: Tensor | None) -> Tensor:
         with torch.enable_grad():
-            x = z[:, :-1].detach().reshape(self.shape).requires_grad_(True)
-            v = self.ode.velocity(x, t)
-            div = self._exact(x, v) if self.probes is None else self._hutchinson(x, v)
+            x = z[:, :-1].detach().reshape(shape).requires_grad_(True)
+            v = velocity(x)
+            div = self._exact(x, v) if probes is None else self._hutchinson(x, v, probes)
         return torch.cat([v.detach().flatten(1), div.detach()[:, None]], dim=1)
 
     @staticmethod
@@ -107,10 +126,11 @@ class _AugmentedFlow:
         ]
         return torch.stack(diagonal, dim=1).sum(1)
 
-    def _hutchinson(self, x: Tensor, v: Tensor) -> Tensor:
+    @staticmethod
+    def _hutchinson(x: Tensor, v: Tensor, probes: Tensor) -> Tensor:
         estimates = []
-        for k, eps in enumerate(self.probes):
-            last = k == len(self.probes) - 1
+        for k, eps in enumerate(probes):
+            last = k == len(probes) - 1
             (vjp,) = torch.autograd.grad((v * eps).sum(), x, retain_graph=not last)
             estimates.append((vjp * eps).flatten(1).sum(1))
         return torch.stack(estimates).mean(0)
@@ -171,7 +191,7 @@ def log_likelihood(
     process = ReverseProcess(model, sde, x, cond=cond, grid=grid)
     flow = _AugmentedFlow(process, x.shape, eps)
     z = torch.cat([x.detach().flatten(1), x.new_zeros(x.shape[0], 1)], dim=1)
-    z = integrator.integrate(flow, grid, z, GeneratorNoise(generator), lambda *step: None)
+    z = integrate(integrator, flow, grid, z, GeneratorNoise(generator), lambda *step: None)
     x_T = z[:, :-1].reshape(x.shape)
     prior = sde.prior_logp(x_T)
     integral = z[:, -1]

@@ -116,8 +116,8 @@ class ReverseProcess:
         """The model's raw prediction (``self.prediction``) at ``(x, t)``, in ``x``'s dtype."""
         return self._call(x, self.batch_time(t), self.cond)
 
-    def predict_rows(self, kind: str, x: Tensor, t: Tensor, rows: Tensor) -> Tensor:
-        """The prediction ``kind`` for the batch rows ``rows`` (indices), ``x`` holding
+    def predict_rows(self, kind: str, x: Tensor, t: Tensor, rows: Tensor | slice) -> Tensor:
+        """The prediction ``kind`` for the batch rows ``rows`` (indices or a slice), ``x`` holding
         those rows, each at its own time ``t`` (shape ``(len(rows),)``): what solvers with
         per-sample step sizes call.  Counted as one model call."""
         out = self._call(x, t.to(x.dtype), slice_cond(self.cond, rows))

@@ -23,7 +23,9 @@ from .models import Cond, slice_cond
 from .noise import GeneratorNoise, NoiseSource, PerSampleNoise
 from .reverse import ReverseProcess, ScoreFn
 from .sdes import SDE
-from .solvers.base import NonFiniteError, Solver
+from .errors import NonFiniteError
+from .loop import integrate
+from .solvers.base import Solver
 from .solvers.registry import get_solver
 from .timesteps import timesteps, validate_grid
 
@@ -130,7 +132,7 @@ def solve(
     process = ReverseProcess(model, sde, x_T, cond=cond, grid=grid)
     noise = noise if noise is not None else GeneratorNoise(generator)
     recorder = _Recorder(process, callback, return_trajectory, x_T, grid[0])
-    x = solver.integrate(process, grid, x_T, noise, recorder)
+    x = integrate(solver, process, grid, x_T, noise, recorder)
     _raise_if_not_finite(x, solver, grid, recorder.sums)
     if denoise:
         x = process.denoise(x, grid[-1])

@@ -6,7 +6,6 @@ import numpy as np
 import torch
 
 import sde_diffusion as sd
-from sde_diffusion.benchmark import fixed_grid
 from sde_diffusion.solvers.registry import solver_class
 
 
@@ -40,7 +39,7 @@ def names(predicate=lambda s: True) -> list[str]:
 
 
 def adaptive(solver: sd.Solver) -> bool:
-    return not fixed_grid(solver)
+    return solver.adaptive
 
 
 def rms(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -97,8 +97,8 @@ def test_infos_are_frozen_and_complete():
             info.order = 99
 
 
-def test_adaptive_solver_must_own_its_loop():
-    with pytest.raises(TypeError, match="must define integrate"):
+def test_adaptive_solver_must_give_an_error_estimate():
+    with pytest.raises(TypeError, match="must define attempt"):
         sd.register_solver(
             "adaptive_without_loop",
             kind="ode",

@@ -8,6 +8,7 @@ from . import (  # noqa: F401  (imported to register)
     ddim,
     deis,
     dpm_2,
+    dormand_prince,
     dpm_adaptive,
     dpmpp_2m,
     dpmpp_2m_sde,
@@ -24,7 +25,6 @@ from . import (  # noqa: F401  (imported to register)
     lms,
     pc,
     restart,
-    scipy_ivp,
     torchsde_methods,
     unipc,
 )

@@ -1,11 +1,14 @@
-"""The solver interface: a small object with metadata, ``step`` and ``integrate``.
+"""The solver interface: a small object with metadata and ``step`` (or ``attempt``).
 
-A solver sees one interval ``t0 -> t1`` (Python floats from the validated grid)
-and returns the new ``x`` and its state.  State (multistep history, step index,
-weights precomputed for the grid) is passed in and out, never kept on the
-solver, so one solver object can serve many runs.  ``integrate`` is the loop
-over the grid; methods with their own step-size control (scipy's adaptive
-Runge–Kutta) override it, so callers never branch on what kind of method runs.
+A fixed-grid solver sees one interval ``t0 -> t1`` (Python floats from the validated
+grid) and returns the new ``x`` and its state.  State (multistep history, step index,
+weights precomputed for the grid) is passed in and out, never kept on the solver, so
+one solver object can serve many runs.  The loop over the grid is
+:func:`sde_diffusion.loop.integrate`, the same for every method: a solver says *how* to
+step, its ``controller`` says *where*, and ``legs`` may split the grid into pieces with
+forward re-noisings between them (restart sampling).  An :class:`AdaptiveSolver` gives an
+embedded error estimate per sample (``attempt``) and steps under a
+:class:`~sde_diffusion.controllers.PIDController`.
 
 Metadata is read from the instance built with the user's options (``order``,
 ``stochastic``, ``expected_nfe``, ``uses``), never from the class alone;
@@ -16,22 +19,31 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import pairwise
 from typing import Any, ClassVar, Literal
 
 from torch import Tensor
 
+from ..controllers import FIXED_GRID, FixedGrid, PIDController
+from ..errors import NonFiniteError
 from ..noise import NoiseSource
 from ..reverse import ReverseProcess
 
-__all__ = ["NonFiniteError", "Observer", "Solver", "SolverInfo"]
+__all__ = ["AdaptiveSolver", "Leg", "NonFiniteError", "Observer", "Solver", "SolverInfo"]
 
 State = Any
 Observer = Callable[[int, float, float, Tensor], None]  # (step index, t0, t1, new x)
 
 
-class NonFiniteError(FloatingPointError):
-    """The state became NaN or infinite during a solve."""
+@dataclass(frozen=True)
+class Leg:
+    """A piece of the path the loop steps with the solver: ``times`` (a decreasing grid),
+    after a forward jump ``x/α ← x/α + renoise·ξ`` from the previous leg's end when
+    ``renoise > 0``.  ``first_index`` is the grid index of the leg's first step for the
+    observer; ``None``: the leg's steps are not grid steps and are not observed."""
+
+    times: list[float]
+    renoise: float = 0.0
+    first_index: int | None = 0
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,8 @@ class Solver:
     info: ClassVar[SolverInfo]
     uses: ClassVar[frozenset[str]] = frozenset({"velocity"})
     """What the solver asks of the process: ``velocity``, ``denoise``, ``score``, ``drift``."""
+    controller: FixedGrid | PIDController = FIXED_GRID
+    """Where the loop steps: the grid, or a per-sample PID controller (adaptive solvers)."""
 
     @property
     def name(self) -> str:
@@ -95,11 +109,18 @@ class Solver:
         """Model evaluations per step of this instance."""
         return self.info.nfe_per_step
 
+    @property
+    def adaptive(self) -> bool:
+        """Whether this instance chooses its own steps (the one place callers ask)."""
+        return self.controller.adaptive
+
     def expected_nfe(self, grid: list[float]) -> int | None:
         """Model evaluations a run over ``grid`` takes (``None``: chosen adaptively).
 
         A step to ``t = 0`` uses only its start point, so it costs one evaluation.
         """
+        if self.adaptive:
+            return None
         steps = len(grid) - 1
         if grid[-1] == 0.0:
             return (steps - 1) * self.nfe_per_step + 1
@@ -123,20 +144,9 @@ class Solver:
         """Advance ``x`` from ``t0`` to ``t1``."""
         raise NotImplementedError
 
-    def integrate(
-        self,
-        process: ReverseProcess,
-        grid: list[float],
-        x: Tensor,
-        noise: NoiseSource,
-        observe: Observer,
-    ) -> Tensor:
-        """Step through ``grid``; ``observe(i, t0, t1, x)`` sees each new ``x``."""
-        state = self.init(process, grid, x, noise)
-        for i, (t0, t1) in enumerate(pairwise(grid)):
-            x, state = self.step(process, t0, t1, x, state, noise)
-            observe(i, t0, t1, x)
-        return x
+    def legs(self, process: ReverseProcess, grid: list[float]) -> list[Leg]:
+        """The pieces the loop steps: the whole grid, by default."""
+        return [Leg(grid)]
 
     def options(self) -> dict[str, Any]:
         """The constructor options of this instance (for repr, results, the CLI)."""
@@ -145,3 +155,61 @@ class Solver:
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"{type(self).__name__}({opts})"
+
+
+class AdaptiveSolver(Solver):
+    """A solver with an embedded error estimate, stepped per sample under ``controller``.
+
+    It works in its own coordinate ``s`` (time, or log-SNR) on its own state ``y``
+    (``x``, or ``x/α``); the loop moves every sample from grid time to grid time with
+    steps the controller sizes, calling ``attempt`` on the rows still short of the
+    next one.  ``error_order`` is the ``p`` of the controller's exponents, ``setup_nfe``
+    the evaluations ``start`` spends, ``min_step`` the step size below which the loop
+    stops with a :class:`NonFiniteError`.
+    """
+
+    controller: PIDController
+    error_order: ClassVar[float]
+    setup_nfe: ClassVar[int] = 0
+    min_step: ClassVar[float] = 1e-12
+    coordinate_tolerance: ClassVar[float] = 0.0
+    """A sample is done with a grid interval within this distance of its end."""
+
+    def coordinate(self, process: ReverseProcess, t: float) -> float:
+        """The coordinate of grid time ``t`` (the time itself, by default)."""
+        return t
+
+    def time_of(self, process: ReverseProcess, s: Tensor) -> Tensor:
+        """The times of coordinates ``s`` (for messages)."""
+        return s
+
+    def enter(self, process: ReverseProcess, t: float, x: Tensor) -> Tensor:
+        """The solver's state ``y`` of ``x`` at grid time ``t``."""
+        return x
+
+    def leave(self, process: ReverseProcess, t: float, y: Tensor) -> Tensor:
+        """``x`` of the solver's state ``y`` at grid time ``t``."""
+        return y
+
+    def start(
+        self, process: ReverseProcess, y: Tensor, s: Tensor, direction: float, span: float
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The first step sizes ``|h|`` (shape ``(B,)``) and the per-sample state."""
+        raise NotImplementedError
+
+    def attempt(
+        self,
+        process: ReverseProcess,
+        y: Tensor,
+        s: Tensor,
+        s_next: Tensor,
+        rows: Tensor | slice,
+        state: dict[str, Tensor],
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """One step of the batch rows ``rows`` (indices, or ``slice(None)``: all) from ``s``
+        to ``s_next``: the new ``y``, the
+        per-sample scaled error norm (``controller.error``) and the state if accepted."""
+        raise NotImplementedError
+
+    def expected_nfe(self, grid: list[float]) -> int | None:
+        return None

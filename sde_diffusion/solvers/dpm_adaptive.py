@@ -7,7 +7,9 @@ import math
 import torch
 from torch import Tensor
 
-from .base import NonFiniteError, Solver
+from ..controllers import PIDController
+from ..errors import ArgumentError
+from .base import AdaptiveSolver
 from .registry import register_solver
 
 
@@ -21,7 +23,7 @@ from .registry import register_solver
     reference="Lu et al. 2022, DPM-Solver (sec. 3.4, adaptive); Söderlind 2003 (PID "
     "control); k-diffusion sample_dpm_adaptive",
 )
-class DPMAdaptive(Solver):
+class DPMAdaptive(AdaptiveSolver):
     """Adaptive DPM-Solver-23 (or -12) in log-SNR with a PID step-size controller per sample.
 
     In ``y = x/α`` and ``λ = log(α/σ)`` the PF-ODE is ``dy/dσ̃ = ε̂`` with ``σ̃ = e^{-λ}``.
@@ -34,17 +36,19 @@ class DPMAdaptive(Solver):
     ``b_1 = (k_P + k_I + k_D)/p``, ``b_2 = −(k_P + 2k_D)/p``, ``b_3 = k_D/p``, and accepts
     when ``L ≥ accept_safety``.
 
-    Every sample has its own ``λ`` and ``h``, so its path does not depend on the rest of
-    the batch; a model call evaluates only the samples still moving, and ``nfe`` counts
-    calls (per grid interval, the most any sample needed).  Steps stop at every grid
-    time; over one grid interval a sample's path is k-diffusion's ``sample_dpm_adaptive``
-    run on it alone.
-    ``max_nfe`` (0: no cap) caps the calls: once only the calls needed to reach the
-    remaining grid times are left, each sample steps straight to them.  A grid ending at
-    ``t = 0`` is solved to its last positive time and finished with the Tweedie step.
+    The loop (:mod:`sde_diffusion.loop`) gives every sample its own ``λ`` and ``h`` under
+    this solver's :class:`~sde_diffusion.controllers.PIDController` (Söderlind's limiter,
+    the ``max`` error scale), so its path does not depend on the rest of the batch; a
+    model call evaluates only the samples still moving, and ``nfe`` counts calls (per
+    grid interval, the most any sample needed).  Steps stop at every grid time; over one
+    grid interval a sample's path is k-diffusion's ``sample_dpm_adaptive`` run on it
+    alone.  ``max_nfe`` (0: no cap) caps the calls: once only the calls needed to reach
+    the remaining grid times are left, each sample steps straight to them.  A grid ending
+    at ``t = 0`` is solved to its last positive time and finished with the Tweedie step.
     """
 
     uses = frozenset({"eps"})
+    coordinate_tolerance = 1e-5  # k-diffusion's: a sample within 1e-5 of λ_end is done
 
     def __init__(
         self,
@@ -59,142 +63,76 @@ class DPMAdaptive(Solver):
         max_nfe: int = 0,
     ):
         if order not in (2, 3):
-            raise ValueError(f"order must be 2 or 3, got {order!r}")
-        for name, value in (("rtol", rtol), ("atol", atol), ("h_init", h_init)):
-            if not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        gains = (pcoeff, icoeff, dcoeff)
-        if not all(math.isfinite(k) for k in gains) or pcoeff + icoeff + dcoeff <= 0:
-            raise ValueError(
-                f"pcoeff, icoeff and dcoeff must be finite with a positive sum, got {gains}"
-            )
-        if not 0 < accept_safety <= 1:
-            raise ValueError(f"accept_safety must lie in (0, 1], got {accept_safety!r}")
+            raise ArgumentError(f"order must be 2 or 3, got {order!r}")
+        if not 0 < h_init < math.inf:
+            raise ArgumentError(f"h_init must be a finite number > 0, got {h_init!r}")
         if not (isinstance(max_nfe, int) and (max_nfe == 0 or max_nfe >= order)):
-            raise ValueError(
+            raise ArgumentError(
                 f"max_nfe must be 0 (no cap) or a whole number >= {order} (one step of order "
                 f"{order}), got {max_nfe!r}"
             )
-        self.rtol, self.atol, self.method_order = float(rtol), float(atol), int(order)
-        self.h_init, self.accept_safety, self.max_nfe = float(h_init), float(accept_safety), max_nfe
-        self.pcoeff, self.icoeff, self.dcoeff = map(float, gains)
+        self.controller = PIDController(
+            rtol=float(rtol),
+            atol=float(atol),
+            pcoeff=float(pcoeff),
+            icoeff=float(icoeff),
+            dcoeff=float(dcoeff),
+            safety=1.0,
+            accept_safety=float(accept_safety),
+            limiter="atan",
+            norm="max",
+            error_offset=1e-8,
+            hold_after_reject=False,
+            resize_taken_step=False,
+            max_nfe=max_nfe,
+        )
+        self.method_order, self.h_init = int(order), float(h_init)
 
     def options(self):
-        opts = dict(vars(self))
-        opts["order"] = opts.pop("method_order")
-        return opts
+        c = self.controller
+        return {
+            "rtol": c.rtol,
+            "atol": c.atol,
+            "order": self.method_order,
+            "h_init": self.h_init,
+            "pcoeff": c.pcoeff,
+            "icoeff": c.icoeff,
+            "dcoeff": c.dcoeff,
+            "accept_safety": c.accept_safety,
+            "max_nfe": c.max_nfe,
+        }
 
     @property
     def order(self) -> float:
         return float(self.method_order)
 
     @property
+    def error_order(self) -> float:
+        return float(self.method_order)
+
+    @property
     def nfe_per_step(self) -> int:
         return self.method_order
 
-    def expected_nfe(self, grid):
-        return None
+    def coordinate(self, process, t):
+        return process.at(t).log_snr
 
-    def integrate(self, process, grid, x, noise, observe):
-        floor = 10 * torch.finfo(x.dtype).eps
-        if min(self.rtol, self.atol) < floor:
-            raise ValueError(
-                f"rtol and atol must be >= {floor:.1e} for {x.dtype}, which cannot resolve a "
-                f"smaller error (got rtol={self.rtol:g}, atol={self.atol:g})"
-            )
-        stops = [t for t in grid if t > 0.0]
-        to_zero = len(stops) < len(grid)
-        least = (len(stops) - 1) * self.method_order + to_zero
-        if self.max_nfe and self.max_nfe < least:
-            raise ValueError(
-                f"max_nfe={self.max_nfe} is below the {least} evaluations needed to reach "
-                f"the {len(stops) - 1} grid times (order {self.method_order}) of this grid"
-            )
-        lams = [process.at(t).log_snr for t in stops]
-        wide = dict(dtype=torch.float64, device=x.device)
-        y = x / process.at(stops[0]).alpha
-        run = _Run(self, y, torch.full((x.shape[0],), lams[0], **wide))
-        for i, target in enumerate(lams[1:]):
-            reserve = (len(lams) - 2 - i) * self.method_order + to_zero
-            while run.step(process, target, reserve):
-                pass
-            observe(i, grid[i], grid[i + 1], run.y * process.at(grid[i + 1]).alpha)
-        out = run.y * process.at(stops[-1]).alpha
-        if to_zero:
-            out = process.denoise(out, stops[-1])
-            observe(len(grid) - 2, stops[-1], 0.0, out)
-        return out
+    def time_of(self, process, s):
+        return process.sde.t_from_log_snr(s)
 
+    def enter(self, process, t, x):
+        return x / process.at(t).alpha
 
-class _Run:
-    """The per-sample state of one adaptive solve: ``y``, ``λ``, ``h``, the last
-    accepted low-order solution and the controller's inverse errors."""
+    def leave(self, process, t, y):
+        return y * process.at(t).alpha
 
-    def __init__(self, solver: DPMAdaptive, y: Tensor, lam: Tensor):
-        self.solver, self.y, self.lam = solver, y, lam
-        self.h = torch.full_like(lam, solver.h_init)
-        self.y_prev = y
-        self.inv_errors = torch.full(
-            (lam.shape[0], 3), math.nan, dtype=lam.dtype, device=lam.device
-        )
-        p = float(solver.method_order)
-        k_p, k_i, k_d = solver.pcoeff, solver.icoeff, solver.dcoeff
-        self.exponents = torch.tensor([k_p + k_i + k_d, -(k_p + 2 * k_d), k_d], **_like(lam)) / p
+    def start(self, process, y, s, direction, span):
+        return torch.full_like(s, self.h_init), {"low": y}
 
-    def step(self, process, target: float, reserve: int) -> bool:
-        """One attempted step of every sample short of ``target``; ``False`` when none is."""
-        rows = (self.lam < target - 1e-5).nonzero().squeeze(1)  # the one sync per step
-        if rows.numel() == 0:
-            return False
-        s = self.lam[rows]
-        cap = self.solver.max_nfe
-        forced = bool(cap) and process.nfe + 2 * self.solver.method_order + reserve > cap
-        t = torch.full_like(s, target) if forced else torch.clamp(s + self.h[rows], max=target)
-        y = self.y[rows]
-        low, high = self._pair(process, y, s, t - s, rows)
-        delta = torch.maximum(
-            torch.full_like(low, self.solver.atol),
-            self.solver.rtol * torch.maximum(low.abs(), self.y_prev[rows].abs()),
-        )
-        error = ((low - high) / delta).flatten(1).pow(2).mean(1).sqrt().to(s.dtype)
-        accept, factor = self._control(rows, error)
-        accept = accept | forced
-        self.h[rows] = self.h[rows] * factor
-        self._check(process, s, error, self.h[rows])
-        shape = (-1,) + (1,) * (y.ndim - 1)
-        self.y = self.y.index_put((rows,), torch.where(accept.view(shape), high, y))
-        self.y_prev = self.y_prev.index_put(
-            (rows,), torch.where(accept.view(shape), low, self.y_prev[rows])
-        )
-        self.lam = self.lam.index_put((rows,), torch.where(accept, t, s))
-        return True
-
-    def _check(self, process, s: Tensor, error: Tensor, h: Tensor) -> None:
-        """Stop with a sentence, never loop forever, on a non-finite error or a vanishing step."""
-        bad = ~error.isfinite() | (h < 1e-12)
-        if bad.any():
-            i = int(bad.nonzero()[0, 0])
-            t = float(process.sde.t_from_log_snr(s[i]))
-            if not error[i].isfinite():
-                raise NonFiniteError(
-                    f"dpm_adaptive: the error estimate of the step from t = {t:.4g} is not "
-                    "finite (the model returned inf or NaN); check the model there"
-                )
-            raise NonFiniteError(
-                f"dpm_adaptive: the step size vanished at t = {t:.4g}; rtol={self.solver.rtol:g} "
-                f"and atol={self.solver.atol:g} are too tight for this model"
-            )
-
-    def _control(self, rows: Tensor, error: Tensor) -> tuple[Tensor, Tensor]:
-        """The PID factor on ``h`` and whether each sample's step is accepted."""
-        inv = self.inv_errors[rows]
-        inv = torch.where(inv.isnan(), (1 / (error + 1e-8))[:, None], inv)  # first step
-        inv[:, 0] = 1 / (error + 1e-8)
-        factor = 1 + torch.atan(inv.pow(self.exponents).prod(1) - 1)
-        accept = factor >= self.solver.accept_safety
-        shifted = torch.stack([inv[:, 0], inv[:, 0], inv[:, 1]], 1)
-        self.inv_errors[rows] = torch.where(accept[:, None], shifted, inv)
-        return accept, factor
+    def attempt(self, process, y, s, s_next, rows, state):
+        low, high = self._pair(process, y, s, s_next - s, rows)
+        error = self.controller.error(low - high, low, state["low"]).to(s.dtype)
+        return high, error, {"low": low}
 
     def _pair(self, process, y: Tensor, s: Tensor, h: Tensor, rows: Tensor):
         """``(y_low, y_high)`` of one step of size ``h`` from ``λ = s`` (per sample)."""
@@ -213,7 +151,7 @@ class _Run:
 
         eps0 = eps(y, s)
         end = s + h
-        first = self.solver.method_order == 2
+        first = self.method_order == 2
         r1 = 0.5 if first else 1 / 3
         s1 = s + r1 * h
         u1 = y - sig(s1) * col(torch.expm1(r1 * h)) * eps0
@@ -232,7 +170,3 @@ class _Run:
         eps2 = eps(u2, s2)
         third = base - sig(end) / r2 * col(torch.expm1(h) / h - 1) * (eps2 - eps0)
         return second, third
-
-
-def _like(t: Tensor) -> dict:
-    return {"dtype": t.dtype, "device": t.device}

@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
-from .base import Solver, SolverInfo
+from .base import AdaptiveSolver, Solver, SolverInfo
 
 __all__ = [
     "SolverOptionError",
@@ -64,10 +64,11 @@ def register_solver(
     def decorate(cls: S) -> S:
         if not (isinstance(cls, type) and issubclass(cls, Solver)):
             raise TypeError(f"register_solver decorates Solver subclasses, got {cls!r}")
-        if adaptive and cls.integrate is Solver.integrate:
+        if adaptive != issubclass(cls, AdaptiveSolver):
             raise TypeError(
-                f"adaptive solver {cls.__name__} must define integrate(process, grid, "
-                "x, noise, observe): it chooses its own steps"
+                f"{cls.__name__}: an adaptive solver must define attempt(process, y, s, "
+                "s_next, rows, state) with an error estimate (subclass AdaptiveSolver), and "
+                "only adaptive solvers do"
             )
         keys = [_normalise(n) for n in (name, *aliases)]
         for key in keys:

@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from .base import Solver
+from ..errors import ArgumentError
+from .base import Leg, Solver
 from .heun_sde import noise_to_signal
 from .registry import get_solver, register_solver
 
@@ -46,21 +47,21 @@ class Restart(Solver):
         s_noise: float = 1.0,
     ):
         solver = get_solver(base)
-        if solver.kind != "ode" or solver.expected_nfe([1.0, 0.5]) is None:
-            raise ValueError(f"base must be a fixed-step ODE solver, got {base!r}")
+        if solver.kind != "ode" or solver.adaptive:
+            raise ArgumentError(f"base must be a fixed-step ODE solver, got {base!r}")
         if not 0 < restart_min < restart_max < math.inf:
-            raise ValueError(
+            raise ArgumentError(
                 "need 0 < restart_min < restart_max (noise levels σ/α), got "
                 f"restart_min={restart_min!r}, restart_max={restart_max!r}"
             )
         if not (isinstance(restarts, int) and 0 <= restarts <= 100):
-            raise ValueError(f"restarts must be a whole number in [0, 100], got {restarts!r}")
+            raise ArgumentError(f"restarts must be a whole number in [0, 100], got {restarts!r}")
         if not (isinstance(restart_steps, int) and 1 <= restart_steps <= 1000):
-            raise ValueError(
+            raise ArgumentError(
                 f"restart_steps must be a whole number in [1, 1000], got {restart_steps!r}"
             )
         if not 0 <= s_noise < math.inf:
-            raise ValueError(f"s_noise must be a finite number >= 0, got {s_noise!r}")
+            raise ArgumentError(f"s_noise must be a finite number >= 0, got {s_noise!r}")
         self.base, self.restart_min, self.restart_max = (
             solver.name,
             float(restart_min),
@@ -89,15 +90,22 @@ class Restart(Solver):
             self._base.expected_nfe(grid) + self.restarts * self.restart_steps * self.nfe_per_step
         )
 
-    def integrate(self, process, grid, x, noise, observe):
+    def init(self, process, grid, x, noise):
+        return self._base.init(process, grid, x, noise)
+
+    def step(self, process, t0, t1, x, state, noise):
+        return self._base.step(process, t0, t1, x, state, noise)
+
+    def legs(self, process, grid):
+        """The grid to ``t_i``, ``restarts`` re-noised legs back to ``t_i``, the rest."""
         if not self.restarts:
-            return self._base.integrate(process, grid, x, noise, observe)
+            return [Leg(grid)]
         nu = [noise_to_signal(process.at(t)) for t in grid]
         positive = [i for i, t in enumerate(grid) if t > 0.0]
         i = next((j for j in positive if nu[j] <= self.restart_min), positive[-1])
         top = noise_to_signal(process.at(process.sde.T))
         if self.restart_max > top:
-            raise ValueError(
+            raise ArgumentError(
                 f"restart_max={self.restart_max:g} lies above the SDE's largest noise level "
                 f"σ/α = {top:.4g}"
             )
@@ -105,19 +113,7 @@ class Restart(Solver):
         lo, hi = nu[i] ** (1 / 7), self.restart_max ** (1 / 7)
         levels = (hi + ramp * (lo - hi)) ** 7
         back = [*process.times_at_log_snr((-levels.log()).tolist()[:-1]), grid[i]]
-        x = self._base.integrate(process, grid[: i + 1], x, noise, observe)
         jump = self.s_noise * math.sqrt(self.restart_max**2 - nu[i] ** 2)
-        for _ in range(self.restarts):
-            y = torch.add(x / process.at(grid[i]).alpha, noise.fresh(x), alpha=jump)
-            x = self._base.integrate(process, back, y * process.at(back[0]).alpha, noise, _ignore)
-        if i == len(grid) - 1:
-            return x
-
-        def shifted(j, t0, t1, state):
-            observe(i + j, t0, t1, state)
-
-        return self._base.integrate(process, grid[i:], x, noise, shifted)
-
-
-def _ignore(*args) -> None:
-    """The observer of the restart passes (they are not grid steps)."""
+        restarts = [Leg(back, renoise=jump, first_index=None)] * self.restarts
+        rest = [Leg(grid[i:], first_index=i)] if i < len(grid) - 1 else []
+        return [Leg(grid[: i + 1]), *restarts, *rest]
