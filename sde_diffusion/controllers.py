@@ -81,9 +81,7 @@ class PIDController:
                 f"pcoeff, icoeff and dcoeff must be finite with a positive sum, got {gains}"
             )
         if not 0 < self.accept_safety <= 1:
-            raise ArgumentError(
-                f"accept_safety must lie in (0, 1], got {self.accept_safety!r}"
-            )
+            raise ArgumentError(f"accept_safety must lie in (0, 1], got {self.accept_safety!r}")
         if not (isinstance(self.max_nfe, int) and self.max_nfe >= 0):
             raise ArgumentError(f"max_nfe must be a whole number >= 0, got {self.max_nfe!r}")
 

@@ -26,13 +26,13 @@ import torch
 from torch import Tensor
 
 from .distributed import map_batches, sum_over_ranks
+from .errors import NonFiniteError
+from .loop import integrate
 from .noise import GeneratorNoise
 from .parametrization import Coefficients, convert_at
 from .reverse import ReverseProcess, ScoreFn
 from .sdes import SDE
 from .solvers.ancestral import posterior_coefficients
-from .errors import NonFiniteError
-from .loop import integrate
 from .solvers.base import Solver
 from .solvers.registry import get_solver, solver_class, solver_names, solver_options
 

@@ -19,12 +19,12 @@ import torch
 from torch import Tensor
 
 from .distributed import map_batches, stream_batches, sum_over_ranks
+from .errors import NonFiniteError
+from .loop import integrate
 from .models import Cond, slice_cond
 from .noise import GeneratorNoise, NoiseSource, PerSampleNoise
 from .reverse import ReverseProcess, ScoreFn
 from .sdes import SDE
-from .errors import NonFiniteError
-from .loop import integrate
 from .solvers.base import Solver
 from .solvers.registry import get_solver
 from .timesteps import timesteps, validate_grid
