@@ -122,9 +122,8 @@ class _AdaptiveRun:
             s_next = step.clamp(max=target) if direction > 0 else step.clamp(min=target)
         state = {k: v[rows] for k, v in self.state.items()}
         y_new, error, state_new = solver.attempt(self.process, self.y[rows], s, s_next, rows, state)
-        accept, factor, history = self.controller.adapt(
-            self.history[rows], error, solver.error_order
-        )
+        control = self.controller
+        accept, factor, history = control.adapt(self.history[rows], error, solver.error_order)
         taken = (s_next - s).abs() if control.resize_taken_step else self.h[rows]
         h = taken * factor
         failure = torch.where(
