@@ -24,16 +24,15 @@ from rich.console import Console
 
 import sde_diffusion as sd
 from sde_diffusion.checkpoint import CheckpointError
-from sde_diffusion.data import DataError, UnknownDataError
+from sde_diffusion.data import DataError
 from sde_diffusion.distributed import (
     init_distributed,
     rank_and_world,
     report_failure,
     reported_failures,
 )
-from sde_diffusion.problems import ProblemError
 from sde_diffusion.sampling import NonFiniteError
-from sde_diffusion.solvers import SolverOptionError, UnknownSolverError
+from sde_diffusion.solvers import UnknownSolverError
 from sde_diffusion.solvers.registry import solver_class, solver_options
 
 console = Console()
@@ -60,7 +59,7 @@ def on_sigterm(action) -> Iterator[None]:
 
 
 # bad input the user can fix on the command line: exit status 2
-USAGE_ERRORS = (UnknownSolverError, SolverOptionError, ProblemError, UnknownDataError)
+USAGE_ERRORS = (sd.ArgumentError,)
 # failures while running: exit status 1
 RUNTIME_ERRORS = (CheckpointError, DataError, NonFiniteError, RuntimeError, OSError, ValueError)
 
@@ -257,7 +256,7 @@ def build_solver(name: str, values: dict[str, object]) -> sd.Solver:
     options = {k: v for k, v in values.items() if v is not None}
     try:
         return sd.get_solver(name, **options)
-    except (UnknownSolverError, SolverOptionError, ValueError, TypeError) as err:
+    except sd.ArgumentError as err:
         raise click.UsageError(str(err)) from None
 
 

@@ -19,7 +19,8 @@ from sde_diffusion.atomic import atomic_path
 from sde_diffusion.distributed import local_batches, rank_and_world
 from sde_diffusion.npz import NpzWriter
 from sde_diffusion.plotting import save_samples
-from sde_diffusion.problems import SDE_NAMES, load_problem
+from sde_diffusion.problems import load_problem
+from sde_diffusion.sdes import sde_names
 
 from .common import (
     DTYPES,
@@ -55,7 +56,7 @@ def model_option(default: str | None = "digits"):
 
 sde_option = click.option(
     "--sde",
-    type=click.Choice(list(SDE_NAMES)),
+    type=click.Choice(sde_names()),
     default=None,
     help="SDE of an analytic problem [default: edm]; trained models bring their own.",
 )

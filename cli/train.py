@@ -17,7 +17,7 @@ from sde_diffusion.losses import WEIGHTINGS
 from sde_diffusion.networks import ResidualMLP, UNet
 from sde_diffusion.parametrization import PARAMETRIZATIONS, ScoreModel
 from sde_diffusion.plotting import save_samples
-from sde_diffusion.problems import SDE_NAMES
+from sde_diffusion.sdes import build_sde, sde_names
 from sde_diffusion.training import NonFiniteLossError, TrainConfig, Trainer
 
 from .common import (
@@ -155,7 +155,7 @@ def build_model(
             num_classes=num_classes,
         )
     sigma_data = float(data.x.std())
-    return ScoreModel(net, SDE_NAMES[sde_name](), parametrization, sigma_data=sigma_data)
+    return ScoreModel(net, build_sde(sde_name), parametrization, sigma_data=sigma_data)
 
 
 @click.command()
@@ -170,7 +170,7 @@ def build_model(
 @click.option(
     "--data", default="moons", show_default=True, help="A toy name, digits, .npy/.npz or a folder."
 )
-@click.option("--sde", type=click.Choice(list(SDE_NAMES)), default="vp", show_default=True)
+@click.option("--sde", type=click.Choice(sde_names()), default="vp", show_default=True)
 @click.option(
     "--network", type=click.Choice(["auto", "mlp", "unet"]), default="auto", show_default=True
 )

@@ -6,6 +6,9 @@
   command's real output, run at build time, so the reference cannot drift.
 - A line ``<!-- solver-table -->`` becomes the registry as a table (every solver's
   metadata with default options, its options and its reference).
+- A line ``<!-- modules sde_diffusion.solvers -->`` becomes a ``::: module`` entry for every
+  module of that package but its ``base`` and ``registry`` (documented above it), so a
+  new solver or SDE file is on its API page without an edit.
 - Sphinx roles in docstrings (``:class:`X```) render as plain code.
 """
 
@@ -21,6 +24,7 @@ from mkdocs.structure.files import File, Files
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 COMMAND = re.compile(r"^<!-- sdediff (.+?) -->$", re.M)
+MODULES = re.compile(r"^<!-- modules ([\w.]+) -->$", re.M)
 ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc):(?=<code>)")
 
 
@@ -32,11 +36,24 @@ def on_files(files: Files, config) -> Files:
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
     markdown = markdown.replace("<!-- solver-table -->", solver_table())
+    markdown = MODULES.sub(lambda m: module_entries(m.group(1)), markdown)
     return COMMAND.sub(lambda m: _run(m.group(1)), markdown)
 
 
 def on_page_content(html: str, page, config, files) -> str:
     return ROLE.sub("", html)
+
+
+def module_entries(package: str) -> str:
+    """``::: package.module`` (heading level 3) for each module of ``package`` in name order,
+    but ``base`` and ``registry``."""
+    import importlib
+    import pkgutil
+
+    path = importlib.import_module(package).__path__
+    names = sorted(m.name for m in pkgutil.iter_modules(path) if m.name not in ("base", "registry"))
+    options = "    options:\n      heading_level: 3"
+    return "\n\n".join(f"::: {package}.{name}\n{options}" for name in names)
 
 
 def yes_no(flag: bool) -> str:

@@ -8,6 +8,8 @@ res = sd.sample(gmm.score_fn(sde), sde, shape=(1024, 2), solver="heun", steps=32
 
 from . import adapters
 from .analytic import GaussianMixture, MixtureScore, eight_gaussians, high_dim_mixture
+from .controllers import PIDController
+from .errors import ArgumentError, NonFiniteError
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .likelihood import (
     ELBOResult,
@@ -22,9 +24,10 @@ from .models import ConditionError, FunctionModel, Model, as_model
 from .noise import BrownianNoise, GeneratorNoise, NoiseSource, PerSampleNoise
 from .parametrization import PREDICTIONS, ScoreModel
 from .reverse import ModelOutputError, ReverseProcess, ScoreFn
-from .sampling import NonFiniteError, SampleResult, StepInfo, sample, sample_batched, solve
+from .sampling import SampleResult, StepInfo, sample, sample_batched, solve
 from .sdes import EDMSDE, SDE, VESDE, VPSDE, DiscreteVPSDE, RectifiedFlow, SubVPSDE, append_dims
 from .solvers import (
+    AdaptiveSolver,
     Solver,
     SolverInfo,
     SolverOptionError,
@@ -46,6 +49,8 @@ __all__ = [
     "SDE",
     "VESDE",
     "VPSDE",
+    "AdaptiveSolver",
+    "ArgumentError",
     "BrownianNoise",
     "ClassifierFreeGuidance",
     "ClassifierGuidance",
@@ -61,6 +66,7 @@ __all__ = [
     "ModelOutputError",
     "NoiseSource",
     "NonFiniteError",
+    "PIDController",
     "PerSampleNoise",
     "RectifiedFlow",
     "ReverseProcess",

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .errors import ArgumentError
 from .models import Cond, ConditionError
 from .noise import GeneratorNoise
 from .reverse import ReverseProcess
@@ -69,7 +70,7 @@ def _schedule(scheduler: Any) -> tuple[DiscreteVPSDE, str]:
         )
     kind = scheduler.config.prediction_type
     if kind not in PREDICTION_TYPES:
-        raise ValueError(
+        raise ArgumentError(
             f"prediction_type {kind!r} is not supported; use one of {', '.join(PREDICTION_TYPES)}"
         )
     return DiscreteVPSDE(abar), PREDICTION_TYPES[kind]
@@ -243,7 +244,7 @@ class DiffusersScheduler:
         self.solver = get_solver(solver, **options)
         probe = [1.0, 0.75, 0.5]  # two steps that do not end at t = 0
         if self.solver.expected_nfe(probe) != len(probe) - 1:
-            raise ValueError(
+            raise ArgumentError(
                 f"solver {self.solver.name!r} evaluates the model more than once a step (or "
                 "chooses its own steps); a diffusers pipeline evaluates once a step: use one "
                 "of euler, lms, dpmpp_2m, dpmpp_3m, unipc, ddim, ancestral, euler_maruyama"

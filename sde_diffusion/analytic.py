@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .errors import ArgumentError
 from .parametrization import convert
 from .sdes import SDE, Time, as_time
 
@@ -45,21 +46,21 @@ class GaussianMixture:
     ):
         means = torch.as_tensor(means, dtype=torch.float64)
         if means.ndim != 2:
-            raise ValueError(f"means must have shape (K, d), got {tuple(means.shape)}")
+            raise ArgumentError(f"means must have shape (K, d), got {tuple(means.shape)}")
         k, d = means.shape
         if not bool((means.abs() <= 1e100).all()):  # squared distances must stay finite
-            raise ValueError(f"means must be finite numbers of magnitude <= 1e100, got {means}")
+            raise ArgumentError(f"means must be finite numbers of magnitude <= 1e100, got {means}")
         covs = torch.as_tensor(covs, dtype=torch.float64)
         if not bool(torch.isfinite(covs).all()):
-            raise ValueError("covs must be finite")
+            raise ArgumentError("covs must be finite")
         if covs.ndim <= 1:
             covs = covs.expand(k)[:, None, None] * torch.eye(d, dtype=torch.float64)
         if covs.shape != (k, d, d):
-            raise ValueError(
+            raise ArgumentError(
                 f"covs must have shape (K, d, d) = ({k}, {d}, {d}), got {tuple(covs.shape)}"
             )
         if not torch.allclose(covs, covs.mT, atol=1e-10):
-            raise ValueError("covs must be symmetric")
+            raise ArgumentError("covs must be symmetric")
         weights = (
             torch.full((k,), 1.0 / k, dtype=torch.float64)
             if weights is None
@@ -67,13 +68,13 @@ class GaussianMixture:
         )
         valid = weights.shape == (k,) and bool(torch.isfinite(weights).all())
         if not valid or bool((weights < 0).any()) or float(weights.sum()) <= 0:
-            raise ValueError(
+            raise ArgumentError(
                 f"weights must be {k} finite non-negative numbers with a positive sum, "
                 f"got {weights.tolist()}"
             )
         eigvals, eigvecs = torch.linalg.eigh(covs)
         if bool((eigvals <= 0).any()):
-            raise ValueError(
+            raise ArgumentError(
                 f"covs must be positive definite; smallest eigenvalue {eigvals.min().item():.3g}"
             )
         self.means, self.covs = means, covs
@@ -135,7 +136,7 @@ class GaussianMixture:
         """The law given the component set ``indices``: those terms, reweighted."""
         idx = torch.as_tensor(indices, dtype=torch.long).flatten()
         if idx.numel() == 0 or bool((idx < 0).any() | (idx >= self.num_components).any()):
-            raise ValueError(
+            raise ArgumentError(
                 f"component indices must lie in [0, {self.num_components - 1}], got {idx.tolist()}"
             )
         return GaussianMixture(self.means[idx], self.covs[idx], self.weights[idx])
@@ -189,23 +190,25 @@ class GaussianMixture:
         mask = cond if cond.dtype == torch.bool else None
         if mask is None:
             if cond.is_floating_point() or cond.shape != (x.shape[0],):
-                raise ValueError(
+                raise ArgumentError(
                     f"cond must be component indices of shape ({x.shape[0]},) or a boolean "
                     f"mask of shape ({x.shape[0]}, {k}), got {cond.dtype} {tuple(cond.shape)}"
                 )
             if cond.device.type == "cpu" and bool(((cond < 0) | (cond > k)).any()):
-                raise ValueError(f"component indices must lie in [0, {k - 1}] ({k}: no condition)")
+                raise ArgumentError(
+                    f"component indices must lie in [0, {k - 1}] ({k}: no condition)"
+                )
             labels = cond[:, None].to(x.device)
             mask = (labels == torch.arange(k, device=x.device)) | (labels == k)
         elif mask.shape != (x.shape[0], k):
-            raise ValueError(f"a component mask must have shape ({x.shape[0]}, {k})")
+            raise ArgumentError(f"a component mask must have shape ({x.shape[0]}, {k})")
         return log_w.masked_fill(~mask.to(x.device), -math.inf)
 
     def _log_prob_and_score(
         self, x: Tensor, alpha: Tensor, sigma: Tensor, need_score: bool, cond: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
         if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"expected x of shape (B, {self.dim}), got {tuple(x.shape)}")
+            raise ArgumentError(f"expected x of shape (B, {self.dim}), got {tuple(x.shape)}")
         alpha, sigma = self._per_sample(alpha, x), self._per_sample(sigma, x)
         means = self.means.to(x)
         eigvals, eigvecs = self.eigvals.to(x), self.eigvecs.to(x)

@@ -22,6 +22,7 @@ import torch
 from scipy.stats import bootstrap
 from torch import Tensor
 
+from .errors import ArgumentError
 from .noise import PerSampleNoise
 from .problems import Problem
 from .sampling import sample, solve
@@ -193,9 +194,11 @@ def rms_ratio(
     rests on them, and the interval says how far it could move on other draws."""
     a, b = (np.asarray(e.detach().cpu().double()) for e in (errors, baseline))
     if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
-        raise ValueError(f"need two equal 1-D sets of at least 2 errors, got {a.shape}, {b.shape}")
+        raise ArgumentError(
+            f"need two equal 1-D sets of at least 2 errors, got {a.shape}, {b.shape}"
+        )
     if not b.sum() > 0:
-        raise ValueError("the baseline has no error: the ratio is undefined")
+        raise ArgumentError("the baseline has no error: the ratio is undefined")
 
     def ratio(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
         return np.sqrt(x.mean(axis) / y.mean(axis))

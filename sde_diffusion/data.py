@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .analytic import eight_gaussians
+from .errors import ArgumentError
 
 __all__ = [
     "TOY_DATASETS",
@@ -36,7 +37,7 @@ class DataError(ValueError):
     """Data that cannot be used, with what was found and what was expected."""
 
 
-class UnknownDataError(DataError):
+class UnknownDataError(DataError, ArgumentError):
     """A data name that is neither a built-in set nor an existing path."""
 
 

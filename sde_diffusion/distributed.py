@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .errors import ArgumentError
+
 __all__ = [
     "DEFAULT_TIMEOUT",
     "barrier",
@@ -133,7 +135,7 @@ def local_batches(
     ``k mod world``; the defaults are this process's rank and world.
     """
     if total < 0 or batch_size < 1:
-        raise ValueError(f"need total >= 0 and batch_size >= 1, got {total} and {batch_size}")
+        raise ArgumentError(f"need total >= 0 and batch_size >= 1, got {total} and {batch_size}")
     if rank is None or world is None:
         rank, world = rank_and_world()
     starts = range(rank * batch_size, total, world * batch_size)
@@ -189,7 +191,7 @@ def _with_template(parts: list[Tensor]) -> Tensor:
     if dist.get_rank() == 0:
         shape = parts[0].shape[1:]
         if len(shape) > 8:
-            raise ValueError(f"rows of at most 8 dimensions can be gathered, got {len(shape)}")
+            raise ArgumentError(f"rows of at most 8 dimensions can be gathered, got {len(shape)}")
         meta[0], meta[1] = _DTYPES.index(parts[0].dtype), len(shape)
         meta[2 : 2 + len(shape)] = torch.tensor(shape, dtype=torch.int64)
     dist.broadcast(meta, 0)

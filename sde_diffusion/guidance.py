@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .errors import ArgumentError
 from .models import Cond, as_model
 from .parametrization import convert
 from .sdes import SDE
@@ -59,7 +60,7 @@ def null_condition(cond: Cond, null: Any) -> Cond:
 def _finite_scale(scale: float) -> float:
     scale = float(scale)
     if not math.isfinite(scale):
-        raise ValueError(f"the guidance scale must be a finite number, got {scale!r}")
+        raise ArgumentError(f"the guidance scale must be a finite number, got {scale!r}")
     return scale
 
 
@@ -93,9 +94,9 @@ class ClassifierFreeGuidance:
         if interval is not None:
             lo, hi = map(float, interval)
             if not 0 <= lo < hi:
-                raise ValueError(f"a guidance interval needs 0 <= lo < hi, got {interval!r}")
+                raise ArgumentError(f"a guidance interval needs 0 <= lo < hi, got {interval!r}")
             if sde is None:
-                raise ValueError("a guidance interval needs the sde (to read noise levels)")
+                raise ArgumentError("a guidance interval needs the sde (to read noise levels)")
             interval = (lo, hi)
         self.interval, self.sde = interval, sde
         self.passes_per_call = 2
@@ -110,7 +111,7 @@ class ClassifierFreeGuidance:
 
     def __call__(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
         if cond is None:
-            raise ValueError("classifier-free guidance needs cond (the condition to guide to)")
+            raise ArgumentError("classifier-free guidance needs cond (the condition to guide to)")
         if self.scale == 1.0 or not self._inside(t):
             self.passes_per_call = 1
             return self.model(x, t, cond)
@@ -152,7 +153,7 @@ class ClassifierGuidance:
 
     def __call__(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
         if cond is None:
-            raise ValueError("classifier guidance needs cond (the class to guide to)")
+            raise ArgumentError("classifier guidance needs cond (the class to guide to)")
         out = self.model(x, t, cond if self.model_cond else None)
         score = convert(out, x, t, self.sde, self.model.prediction, "score")
         with torch.enable_grad(), torch.inference_mode(False):

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .distributed import map_batches, sum_over_ranks
-from .errors import NonFiniteError
+from .errors import ArgumentError, NonFiniteError
 from .loop import integrate
 from .noise import GeneratorNoise
 from .parametrization import Coefficients, convert_at
@@ -80,7 +80,7 @@ def _solver(solver: str | Solver, rtol: float, atol: float) -> Solver:
         tolerances = {k: v for k, v in (("rtol", rtol), ("atol", atol)) if k in accepted}
         solver = get_solver(solver, **tolerances)
     if not integrates_flows(solver):
-        raise ValueError(
+        raise ArgumentError(
             f"likelihoods integrate with a deterministic solver that uses only the PF-ODE "
             f"velocity ({', '.join(likelihood_solvers())}); got {solver.name!r}"
         )
@@ -164,19 +164,21 @@ def log_likelihood(
     """
     integrator = _solver(solver, rtol, atol)
     if divergence not in ("auto", "exact", "hutchinson"):
-        raise ValueError(f"divergence must be 'auto', 'exact' or 'hutchinson', got {divergence!r}")
+        raise ArgumentError(
+            f"divergence must be 'auto', 'exact' or 'hutchinson', got {divergence!r}"
+        )
     if probes < 1 or probe_dist not in ("rademacher", "gaussian"):
-        raise ValueError(
+        raise ArgumentError(
             f"need probes >= 1 and probe_dist 'rademacher' or 'gaussian', got "
             f"probes={probes}, probe_dist={probe_dist!r}"
         )
     if x.ndim < 2 or not x.is_floating_point():
-        raise ValueError(
+        raise ArgumentError(
             f"x must be a floating-point batch of shape (B, *event), got {tuple(x.shape)} {x.dtype}"
         )
     t0 = float(sde.t_min if t_start is None else t_start)
     if not 0 < t0 < sde.T:
-        raise ValueError(f"t_start must lie in (0, T) = (0, {sde.T}), got {t0}")
+        raise ArgumentError(f"t_start must lie in (0, T) = (0, {sde.T}), got {t0}")
     dim = x[0].numel()
     if divergence == "auto":
         divergence = "exact" if dim <= EXACT_DIVERGENCE_MAX_DIM else "hutchinson"
@@ -291,14 +293,14 @@ def elbo(
     works (VP is the classical case).  The bound tightens as ``steps`` grows.
     """
     if x.ndim < 2 or not x.is_floating_point():
-        raise ValueError(
+        raise ArgumentError(
             f"x must be a floating-point batch of shape (B, *event), got {tuple(x.shape)} {x.dtype}"
         )
     if steps < 2:
-        raise ValueError(f"the variational bound needs steps >= 2, got {steps}")
+        raise ArgumentError(f"the variational bound needs steps >= 2, got {steps}")
     t0 = float(sde.t_min if t_start is None else t_start)
     if not 0 < t0 < sde.T:
-        raise ValueError(f"t_start must lie in (0, T) = (0, {sde.T}), got {t0}")
+        raise ArgumentError(f"t_start must lie in (0, T) = (0, {sde.T}), got {t0}")
     given = _GivenStart(sde, t0)
     grid = given.grid(t0, steps)
     process = ReverseProcess(model, sde, x, cond=cond, grid=grid)
@@ -374,11 +376,13 @@ def bits_per_dim(
     (terms, NFE) beside the bits/dim.
     """
     if estimator not in ("ode", "elbo"):
-        raise ValueError(f"estimator must be 'ode' or 'elbo', got {estimator!r}")
+        raise ArgumentError(f"estimator must be 'ode' or 'elbo', got {estimator!r}")
     if x_int.is_floating_point() and not torch.equal(x_int, x_int.round()):
-        raise ValueError("bits_per_dim expects integer pixel values (dequantisation is done here)")
+        raise ArgumentError(
+            "bits_per_dim expects integer pixel values (dequantisation is done here)"
+        )
     if x_int.min() < 0 or x_int.max() >= levels:
-        raise ValueError(
+        raise ArgumentError(
             f"pixel values must lie in [0, {levels - 1}], got "
             f"[{x_int.min().item()}, {x_int.max().item()}]"
         )
@@ -420,7 +424,7 @@ def nll_batched(
     stop)`` follows each finished batch of this rank (a progress bar).
     """
     if estimator not in ("ode", "elbo"):
-        raise ValueError(f"estimator must be 'ode' or 'elbo', got {estimator!r}")
+        raise ArgumentError(f"estimator must be 'ode' or 'elbo', got {estimator!r}")
     dim, calls = x[0].numel(), [0, 0]
 
     def run(start: int, stop: int) -> Tensor:

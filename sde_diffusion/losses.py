@@ -29,6 +29,7 @@ import math
 import torch
 from torch import Tensor
 
+from .errors import ArgumentError
 from .parametrization import ScoreModel, convert
 from .sdes import SDE, append_dims
 
@@ -50,7 +51,7 @@ class DenoisingScoreMatching:
         table_size: int = 4096,
     ):
         if weighting not in WEIGHTINGS:
-            raise ValueError(
+            raise ArgumentError(
                 f"unknown loss weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}"
             )
         self.sde, self.weighting = sde, weighting

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .errors import ArgumentError
+
 __all__ = ["mmd", "noise_floor", "sliced_wasserstein"]
 
 
@@ -25,7 +27,7 @@ def sliced_wasserstein(
     """
     x, y = x.flatten(1).double(), y.flatten(1).double()
     if x.shape[1] != y.shape[1]:
-        raise ValueError(f"sample sets differ in dimension: {x.shape[1]} and {y.shape[1]}")
+        raise ArgumentError(f"sample sets differ in dimension: {x.shape[1]} and {y.shape[1]}")
     theta = torch.randn(
         x.shape[1],
         projections,
@@ -50,7 +52,7 @@ def mmd(x: Tensor, y: Tensor, bandwidths: Sequence[float] = (0.1, 0.5, 1.0, 2.0,
     """Unbiased squared MMD with a sum of RBF kernels ``exp(-|a - b|^2 / (2 h^2))``."""
     x, y = x.flatten(1).double(), y.flatten(1).double()
     if len(x) < 2 or len(y) < 2:
-        raise ValueError("MMD needs at least two samples in each set")
+        raise ArgumentError("MMD needs at least two samples in each set")
 
     def kernel(a: Tensor, b: Tensor) -> Tensor:
         d2 = torch.cdist(a, b).pow(2)

@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from .errors import ArgumentError
 from .parametrization import check_prediction
 
 __all__ = ["ConditionError", "FunctionModel", "Model", "as_model", "check_cond", "slice_cond"]
@@ -30,7 +31,7 @@ __all__ = ["ConditionError", "FunctionModel", "Model", "as_model", "check_cond",
 Cond = Tensor | dict[str, Tensor] | None
 
 
-class ConditionError(ValueError):
+class ConditionError(ArgumentError):
     """A condition that does not fit the batch or the model."""
 
 

@@ -18,6 +18,8 @@ import torch
 import torchsde
 from torch import Tensor
 
+from .errors import ArgumentError
+
 __all__ = ["BrownianNoise", "GeneratorNoise", "NoiseSource", "PerSampleNoise"]
 
 
@@ -61,7 +63,7 @@ class BrownianNoise(NoiseSource):
         levy_area_approximation: str = "none",
     ):
         if not t_start > t_end:
-            raise ValueError(f"BrownianNoise needs t_start > t_end, got {t_start} and {t_end}")
+            raise ArgumentError(f"BrownianNoise needs t_start > t_end, got {t_start} and {t_end}")
         self.t_start, self.t_end = float(t_start), float(t_end)
         self.shape = x.shape
         self.interval = torchsde.BrownianInterval(
@@ -111,7 +113,7 @@ class PerSampleNoise(NoiseSource):
 
     def __init__(self, seed: int = 0, first_index: int = 0):
         if seed < 0 or first_index < 0:
-            raise ValueError(f"seed and first_index must be >= 0, got {seed} and {first_index}")
+            raise ArgumentError(f"seed and first_index must be >= 0, got {seed} and {first_index}")
         self.seed, self.first_index, self.draws = int(seed), int(first_index), 0
 
     def _bits(self, key: Tensor, counter: Tensor) -> Tensor:

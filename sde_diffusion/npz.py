@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ArgumentError
+
 __all__ = ["NpzWriter"]
 
 
@@ -40,7 +42,7 @@ class NpzWriter:
         """Append the next rows (shape ``(k, *shape[1:])``)."""
         rows = np.ascontiguousarray(rows, dtype=self.dtype)
         if rows.shape[1:] != self.shape[1:] or self.rows + len(rows) > self.shape[0]:
-            raise ValueError(
+            raise ArgumentError(
                 f"{self.name}: rows of shape {rows.shape} after {self.rows} of {self.shape}"
             )
         self._entry.write(rows.tobytes())
@@ -56,7 +58,7 @@ class NpzWriter:
         if self._entry is None:
             return
         if self.rows != self.shape[0]:
-            raise ValueError(f"{self.name}: {self.rows} of {self.shape[0]} rows were written")
+            raise ArgumentError(f"{self.name}: {self.rows} of {self.shape[0]} rows were written")
         self._entry.close()
         self._entry = None
 

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from .errors import ArgumentError
 from .sdes import SDE, Time, append_dims
 
 __all__ = [
@@ -75,13 +76,13 @@ class Coefficients:
             return -s / a, (a**2 + s**2) / a
         if kind == "velocity":
             return self.f, self.g2 / (2 * s)
-        raise ValueError(f"unknown prediction {kind!r}; choose one of {', '.join(PREDICTIONS)}")
+        raise ArgumentError(f"unknown prediction {kind!r}; choose one of {', '.join(PREDICTIONS)}")
 
 
 def check_prediction(kind: str) -> str:
     """``kind`` if it names a prediction, else a clear error."""
     if kind not in PREDICTIONS:
-        raise ValueError(f"unknown prediction {kind!r}; choose one of {', '.join(PREDICTIONS)}")
+        raise ArgumentError(f"unknown prediction {kind!r}; choose one of {', '.join(PREDICTIONS)}")
     return kind
 
 
@@ -150,12 +151,12 @@ class ScoreModel(nn.Module):
     ):
         super().__init__()
         if parametrization not in PARAMETRIZATIONS:
-            raise ValueError(
+            raise ArgumentError(
                 f"unknown parametrization {parametrization!r}; choose one of "
                 f"{', '.join(PARAMETRIZATIONS)}"
             )
         if not sigma_data > 0:
-            raise ValueError(f"sigma_data must be positive, got {sigma_data!r}")
+            raise ArgumentError(f"sigma_data must be positive, got {sigma_data!r}")
         self.net, self.sde = net, sde
         self.parametrization, self.sigma_data = parametrization, float(sigma_data)
 

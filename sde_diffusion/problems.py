@@ -21,25 +21,19 @@ import torch
 from torch import Tensor
 
 from .analytic import GaussianMixture, eight_gaussians, high_dim_mixture
+from .errors import ArgumentError
 from .reverse import ScoreFn
-from .sdes import EDMSDE, SDE, VESDE, VPSDE, RectifiedFlow, SubVPSDE
+from .sdes import SDE, build_sde, sde_names
 
-__all__ = ["ANALYTIC_PROBLEMS", "SDE_NAMES", "Problem", "ProblemError", "load_problem"]
+__all__ = ["ANALYTIC_PROBLEMS", "Problem", "ProblemError", "load_problem"]
 
 ANALYTIC_PROBLEMS: dict[str, Callable[[], GaussianMixture]] = {
     "gmm8": eight_gaussians,
     "gmm64": high_dim_mixture,
 }
-SDE_NAMES: dict[str, Callable[[], SDE]] = {
-    "edm": EDMSDE,
-    "vp": VPSDE,
-    "subvp": SubVPSDE,
-    "ve": VESDE,
-    "rectified_flow": RectifiedFlow,
-}
 
 
-class ProblemError(ValueError):
+class ProblemError(ArgumentError):
     """A model name or path that names no problem we can build."""
 
 
@@ -93,7 +87,7 @@ class Problem:
 
 def _analytic(name: str, sde_name: str) -> Problem:
     mixture = ANALYTIC_PROBLEMS[name]()
-    sde = SDE_NAMES[sde_name]()
+    sde = build_sde(sde_name)
 
     def reference(n: int, seed: int) -> Tensor:
         return mixture.sample(n, generator=torch.Generator().manual_seed(seed))
@@ -150,14 +144,14 @@ def load_problem(
 ) -> Problem:
     """Resolve ``spec``: an analytic name, a shipped model, or a checkpoint path.
 
-    ``sde`` (``edm``, ``vp``, ``subvp``, ``ve``) applies to analytic problems
+    ``sde`` (a registered SDE's name: ``edm``, ``vp``, ...) applies to analytic problems
     only; trained models carry their SDE in their config.
     """
     from .pretrained import available
 
     if spec in ANALYTIC_PROBLEMS:
-        if sde not in SDE_NAMES:
-            raise ProblemError(f"unknown SDE {sde!r}; choose one of {', '.join(SDE_NAMES)}")
+        if sde not in sde_names():
+            raise ProblemError(f"unknown SDE {sde!r}; choose one of {', '.join(sde_names())}")
         return _analytic(spec, sde)
     if spec in available():
         return _trained(spec, None, device, dtype)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .errors import ArgumentError
 from .models import Cond, as_model, check_cond, slice_cond
 from .parametrization import Coefficients, coefficients, convert_at
 from .sdes import SDE, Time
@@ -35,7 +36,7 @@ ScoreFn = Any
 plain ``score_fn(x, t)`` returning the score (wrapped by :func:`sde_diffusion.as_model`)."""
 
 
-class ModelOutputError(ValueError):
+class ModelOutputError(ArgumentError):
     """A model returned something that does not match ``x``."""
 
 

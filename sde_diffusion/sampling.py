@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .distributed import map_batches, stream_batches, sum_over_ranks
-from .errors import NonFiniteError
+from .errors import ArgumentError, NonFiniteError
 from .loop import integrate
 from .models import Cond, slice_cond
 from .noise import GeneratorNoise, NoiseSource, PerSampleNoise
@@ -68,7 +68,7 @@ class SampleResult:
 def _resolve(solver: str | Solver, options: dict[str, Any]) -> Solver:
     if isinstance(solver, Solver):
         if options:
-            raise ValueError(
+            raise ArgumentError(
                 "solver options go to get_solver; pass them with a solver name, "
                 "not with a Solver instance"
             )
@@ -122,10 +122,10 @@ def solve(
     """
     solver = _resolve(solver, options)
     if not isinstance(x_T, Tensor) or x_T.ndim < 1 or not x_T.is_floating_point():
-        raise ValueError("x_T must be a floating-point tensor of shape (B, *event)")
+        raise ArgumentError("x_T must be a floating-point tensor of shape (B, *event)")
     grid = validate_grid(sde, ts)
     if denoise and grid[-1] == 0.0:
-        raise ValueError(
+        raise ArgumentError(
             "the grid already ends at t=0, whose last step is the denoising step; use denoise=False"
         )
     start = time.perf_counter()
@@ -199,7 +199,7 @@ def sample(
     ``generator``, else from a ``torch.Generator`` seeded with ``seed``: a
     seeded call is reproducible.  With ``noise=PerSampleNoise(seed)`` each
     sample is also independent of the batch size (unless the solver's
-    ``batch_invariant`` is ``False``: ``rk45``, ``dop853``, ``pc``).  ``dtype`` is the state's
+    ``batch_invariant`` is ``False``: ``pc``).  ``dtype`` is the state's
     precision (float32 or float64), whatever the model's.  ``res.nfe`` is counted.
     """
     device = torch.device(device)
@@ -207,7 +207,7 @@ def sample(
     if seed is not None and (
         isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63
     ):
-        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+        raise ArgumentError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     if noise is None and generator is None:
         generator = torch.Generator(device=device)
         if seed is not None:
@@ -242,9 +242,11 @@ def _sample_shape(shape) -> tuple[int, ...]:
     ok = isinstance(shape, (tuple, list)) and len(shape) >= 1
     ok = ok and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)
     if not ok:
-        raise ValueError(f"shape must be (batch, *event) with positive integers, got {shape!r}")
+        raise ArgumentError(f"shape must be (batch, *event) with positive integers, got {shape!r}")
     if math.prod(shape) > 2**40:
-        raise ValueError(f"shape {tuple(shape)} holds more than 2**40 numbers; sample in batches")
+        raise ArgumentError(
+            f"shape {tuple(shape)} holds more than 2**40 numbers; sample in batches"
+        )
     return tuple(shape)
 
 
@@ -254,7 +256,7 @@ def _grid(sde: SDE, steps: int, schedule: str, rho: float, to_zero: bool, grid) 
         return timesteps(sde, steps, schedule, rho=rho, to_zero=to_zero)
     grid = torch.as_tensor(grid, dtype=torch.float64)
     if grid.ndim != 1 or len(grid) < 2 or not math.isclose(float(grid[0]), sde.T, rel_tol=1e-9):
-        raise ValueError(
+        raise ArgumentError(
             f"a sampling grid must start at the prior, t = T = {sde.T:g}; got "
             f"{grid.tolist()[:3]}... (a grid tuned for another SDE?)"
         )
@@ -300,7 +302,9 @@ def sample_batched(
     """
     solver = _resolve(solver, options)
     if not shape or shape[0] < 1 or batch_size < 1:
-        raise ValueError(f"need at least one sample and batch_size >= 1, got {shape}, {batch_size}")
+        raise ArgumentError(
+            f"need at least one sample and batch_size >= 1, got {shape}, {batch_size}"
+        )
     start_time, counts = time.perf_counter(), [0, 0, 0]
 
     def run(start: int, stop: int) -> Tensor:

@@ -21,6 +21,7 @@ from itertools import pairwise
 import torch
 from torch import Tensor
 
+from .errors import ArgumentError
 from .sdes import SDE
 
 __all__ = ["SCHEDULES", "timesteps", "validate_grid"]
@@ -49,18 +50,18 @@ def timesteps(
     only for SDEs with ``sigma(0) = 0``): still ``steps`` intervals.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-        raise ValueError(f"steps must be an integer in [1, {MAX_STEPS:,}], got {steps!r}")
+        raise ArgumentError(f"steps must be an integer in [1, {MAX_STEPS:,}], got {steps!r}")
     if not isinstance(schedule, str):
-        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        raise ArgumentError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     name = schedule.lower()
     if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        raise ArgumentError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if not (math.isfinite(rho) and rho > 0):
-        raise ValueError(f"rho must be a positive number, got {rho!r}")
+        raise ArgumentError(f"rho must be a positive number, got {rho!r}")
     if to_zero:
         _check_zero_end(sde)
         if steps < 2:
-            raise ValueError("a grid with to_zero=True needs steps >= 2")
+            raise ArgumentError("a grid with to_zero=True needs steps >= 2")
     n = steps - 1 if to_zero else steps
     u = torch.linspace(0.0, 1.0, n + 1, dtype=torch.float64)
     t_max, t_min = float(sde.T), float(sde.t_min)
@@ -85,7 +86,7 @@ def timesteps(
 def _check_zero_end(sde: SDE) -> None:
     sigma0 = float(sde.sigma(0.0))
     if sigma0 != 0.0:
-        raise ValueError(
+        raise ArgumentError(
             f"a grid may end at t=0 only when sigma(0) = 0, but {sde!r} has "
             f"sigma(0) = {sigma0:.3g}; end at sde.t_min instead"
         )
@@ -101,19 +102,19 @@ def validate_grid(sde: SDE, ts: Tensor) -> list[float]:
     if not isinstance(ts, Tensor):
         ts = torch.as_tensor(ts, dtype=torch.float64)
     if ts.ndim != 1 or ts.numel() < 2:
-        raise ValueError(
+        raise ArgumentError(
             f"a time grid must be 1-D with at least 2 points, got shape "
             f"{tuple(ts.shape)}; build one with sd.timesteps(sde, steps)"
         )
     grid = ts.detach().to("cpu", torch.float64).tolist()
     if not all(math.isfinite(t) for t in grid):
-        raise ValueError(f"a time grid must be finite, got {_short(grid)}")
+        raise ArgumentError(f"a time grid must be finite, got {_short(grid)}")
     if any(b >= a for a, b in pairwise(grid)):
-        raise ValueError(
+        raise ArgumentError(
             f"a time grid must be strictly decreasing (from T towards 0), got {_short(grid)}"
         )
     if grid[0] > sde.T * (1 + 1e-6) or grid[-1] < 0:
-        raise ValueError(
+        raise ArgumentError(
             f"a time grid must lie in [0, T] = [0, {sde.T!r}] for {sde!r}, got {_short(grid)}"
         )
     if grid[-1] == 0.0:

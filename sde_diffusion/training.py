@@ -33,6 +33,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from .checkpoint import load_checkpoint, prefixed, save_checkpoint
 from .data import Dataset
 from .distributed import barrier, init_distributed, rank_and_world, sum_over_ranks
+from .errors import ArgumentError
 from .losses import DenoisingScoreMatching
 from .networks import build_network
 from .parametrization import ScoreModel
@@ -68,11 +69,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "sample_count", "sample_steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ArgumentError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.cond_drop_prob < 1:
-            raise ValueError(f"cond_drop_prob must lie in [0, 1), got {self.cond_drop_prob}")
+            raise ArgumentError(f"cond_drop_prob must lie in [0, 1), got {self.cond_drop_prob}")
         if not 0 < self.lr < math.inf or self.warmup < 0 or not 0 <= self.ema_decay < 1:
-            raise ValueError(
+            raise ArgumentError(
                 f"need lr > 0, warmup >= 0 and 0 <= ema_decay < 1, got lr={self.lr}, "
                 f"warmup={self.warmup}, ema_decay={self.ema_decay}"
             )
@@ -87,7 +88,7 @@ class Trainer:
         self.model.to(self.device)
         self.rank, self.world = rank_and_world()
         if config.batch_size % self.world:
-            raise ValueError(
+            raise ArgumentError(
                 f"the global batch size {config.batch_size} does not split evenly over "
                 f"{self.world} processes; use a multiple of {self.world}"
             )

@@ -58,6 +58,7 @@ from torch import Tensor
 
 from .atomic import atomic_path
 from .benchmark import steps_for_nfe
+from .errors import ArgumentError
 from .models import Cond
 from .reverse import ReverseProcess, ScoreFn
 from .sampling import solve
@@ -112,11 +113,11 @@ def load_grid(path: str | Path) -> TunedGrid:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read a tuned grid from {path}: {err}") from None
+        raise ArgumentError(f"cannot read a tuned grid from {path}: {err}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a tuned grid (sdediff tune writes them)")
+        raise ArgumentError(f"{path} is not a tuned grid (sdediff tune writes them)")
     if data.get("version") != VERSION:
-        raise ValueError(
+        raise ArgumentError(
             f"{path} is a tuned grid of format version {data.get('version')!r}; this "
             f"version of sde-diffusion reads version {VERSION}"
         )
@@ -132,7 +133,7 @@ def load_grid(path: str | Path) -> TunedGrid:
         or not isinstance(fields["nfe"], int)
         or not isinstance(fields["sde"], str)
     ):
-        raise ValueError(f"{path}: a tuned grid needs decreasing finite times and its solver")
+        raise ArgumentError(f"{path}: a tuned grid needs decreasing finite times and its solver")
     return TunedGrid(**fields, record=data.get("record") or {})
 
 
@@ -238,26 +239,26 @@ def tune_timesteps(
     """
     solver = start_solver = get_solver(solver) if isinstance(solver, str) else solver
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise ArgumentError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if method == "gradient" and not isinstance(solver, ScaledMultistep):
-        raise ValueError(
+        raise ArgumentError(
             f"method 'gradient' differentiates deis and ipndm; tune {solver.name} with 'search'"
         )
     if fit_weights and method != "gradient":
-        raise ValueError("fit_weights needs method='gradient'")
+        raise ArgumentError("fit_weights needs method='gradient'")
     steps = steps_for_nfe(solver, nfe, to_zero=to_zero)
     if steps is None:
-        raise ValueError(
+        raise ArgumentError(
             f"{solver.name} cannot run on {nfe} evaluations (adaptive, or the shortest grid "
             "costs more)"
         )
     if not 2 <= candidates <= FINE_STEPS + 1 or not 1 <= max_evaluations <= 100_000:
-        raise ValueError(
+        raise ArgumentError(
             f"need 2 <= candidates <= {FINE_STEPS + 1} and 1 <= max_evaluations <= 100000, got "
             f"{candidates} and {max_evaluations}"
         )
     if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
+        raise ArgumentError(f"samples must be >= 1, got {samples}")
     start_time = time.perf_counter()
     x_T = prior_draws(sde, samples, shape, seed).to(device=device, dtype=dtype)
     t_max, t_min = float(sde.T), float(sde.t_min)

@@ -1,20 +1,16 @@
+from functools import partial
+
 import pytest
 import torch
 from hypothesis import settings
 
-import sde_diffusion as sd
+from sde_diffusion.sdes import build_sde, sde_names
 
 # `pytest --hypothesis-profile=full`: ten times the generated cases (tests/test_fuzz.py)
 settings.register_profile("full", max_examples=1000)
 
-SDE_FACTORIES = {
-    "vp": lambda: sd.VPSDE(),
-    "subvp": lambda: sd.SubVPSDE(),
-    "ve": lambda: sd.VESDE(),
-    "edm": lambda: sd.EDMSDE(),
-    "discrete": lambda: sd.DiscreteVPSDE(linear_beta_table(1e-4, 0.02, 1000)),
-    "rectified_flow": lambda: sd.RectifiedFlow(),
-}
+# every registered SDE with its defaults (a new SDE file joins every test that uses these)
+SDE_FACTORIES = {name: partial(build_sde, name) for name in sde_names()}
 
 
 def linear_beta_table(beta_start: float, beta_end: float, levels: int) -> torch.Tensor:

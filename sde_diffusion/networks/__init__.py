@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import ArgumentError
 from .embeddings import GaussianFourierFeatures, NoiseEmbedding, SinusoidalEmbedding
 from .mlp import ResidualMLP
 from .unet import UNet
@@ -27,7 +28,7 @@ def build_network(config: dict[str, Any]) -> nn.Module:
     options = dict(config)
     kind = options.pop("type", None)
     if kind not in _NETWORKS:
-        raise ValueError(f"unknown network type {kind!r}; choose one of {', '.join(_NETWORKS)}")
+        raise ArgumentError(f"unknown network type {kind!r}; choose one of {', '.join(_NETWORKS)}")
     if kind == "unet" and "channel_mult" in options:
         options["channel_mult"] = tuple(options["channel_mult"])
     return _NETWORKS[kind](**options)

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..errors import ArgumentError
+
 __all__ = ["ConditionEmbedding", "GaussianFourierFeatures", "NoiseEmbedding", "SinusoidalEmbedding"]
 
 
@@ -16,7 +18,7 @@ class GaussianFourierFeatures(nn.Module):
     def __init__(self, dim: int, scale: float = 16.0, seed: int = 0):
         super().__init__()
         if dim % 2:
-            raise ValueError(f"embedding dim must be even, got {dim}")
+            raise ArgumentError(f"embedding dim must be even, got {dim}")
         g = torch.Generator().manual_seed(seed)
         self.register_buffer("weight", torch.randn(dim // 2, generator=g) * scale)
 
@@ -31,7 +33,7 @@ class SinusoidalEmbedding(nn.Module):
     def __init__(self, dim: int, max_period: float = 10000.0):
         super().__init__()
         if dim % 2:
-            raise ValueError(f"embedding dim must be even, got {dim}")
+            raise ArgumentError(f"embedding dim must be even, got {dim}")
         half = dim // 2
         self.register_buffer("freqs", torch.exp(-math.log(max_period) * torch.arange(half) / half))
 
@@ -46,7 +48,7 @@ class NoiseEmbedding(nn.Module):
     def __init__(self, dim: int, kind: str = "fourier"):
         super().__init__()
         if kind not in ("fourier", "sinusoidal"):
-            raise ValueError(f"embedding must be 'fourier' or 'sinusoidal', got {kind!r}")
+            raise ArgumentError(f"embedding must be 'fourier' or 'sinusoidal', got {kind!r}")
         features = GaussianFourierFeatures(dim) if kind == "fourier" else SinusoidalEmbedding(dim)
         self.net = nn.Sequential(features, nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
@@ -79,7 +81,7 @@ class ConditionEmbedding(nn.Module):
             parts["vector" if cond.is_floating_point() else "labels"] = cond
         unknown = set(parts) - {"labels", "vector"}
         if unknown:
-            raise ValueError(f"unknown condition keys {sorted(unknown)}; use 'labels', 'vector'")
+            raise ArgumentError(f"unknown condition keys {sorted(unknown)}; use 'labels', 'vector'")
         if self.label is not None:
             labels = parts.pop("labels", None)
             if labels is None:
@@ -88,7 +90,7 @@ class ConditionEmbedding(nn.Module):
         if self.vector is not None and "vector" in parts:
             emb = emb + self.vector(parts.pop("vector").to(emb.dtype))
         if parts:
-            raise ValueError(
+            raise ArgumentError(
                 f"this network takes no {' or '.join(sorted(parts))} condition "
                 f"(num_classes={self.num_classes}, cond_dim={self.cond_dim})"
             )

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..errors import ArgumentError
 from .embeddings import ConditionEmbedding, NoiseEmbedding
 
 __all__ = ["ResidualMLP"]
@@ -63,7 +64,7 @@ class ResidualMLP(nn.Module):
 
     def forward(self, x: Tensor, c_noise: Tensor, cond=None) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.config["dim"]:
-            raise ValueError(
+            raise ArgumentError(
                 f"ResidualMLP expects x of shape (B, {self.config['dim']}), got {tuple(x.shape)}"
             )
         emb = self.cond(cond, self.embed(c_noise))

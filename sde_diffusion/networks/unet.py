@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ArgumentError
 from .embeddings import ConditionEmbedding, NoiseEmbedding
 
 __all__ = ["UNet"]
@@ -159,12 +160,14 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, c_noise: Tensor, cond=None) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.config["in_channels"]:
-            raise ValueError(
+            raise ArgumentError(
                 f"UNet expects x of shape (B, {self.config['in_channels']}, H, W), "
                 f"got {tuple(x.shape)}"
             )
         if x.shape[-1] % self.factor or x.shape[-2] % self.factor:
-            raise ValueError(f"image size {tuple(x.shape[-2:])} must be divisible by {self.factor}")
+            raise ArgumentError(
+                f"image size {tuple(x.shape[-2:])} must be divisible by {self.factor}"
+            )
         emb = self.cond(cond, self.embed(c_noise))
         h = self.inp(x)
         skips = [h]

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..errors import ArgumentError
 from ..parametrization import ScoreModel
 
 __all__ = ["available", "load_pretrained", "pretrained_path"]
@@ -34,7 +35,7 @@ def available() -> list[str]:
 def pretrained_path(name: str) -> Path:
     path = Path(str(resources.files(__name__) / f"{name}.safetensors"))
     if not path.is_file():
-        raise ValueError(f"no shipped model {name!r}; available: {', '.join(available())}")
+        raise ArgumentError(f"no shipped model {name!r}; available: {', '.join(available())}")
     return path
 
 

@@ -1,34 +1,13 @@
 """Solvers for the reverse SDE and the probability-flow ODE, one module per method.
 
-Importing this package registers every built-in method.
+Importing this package imports every module in it, so a method registers by being a file
+here with a ``@register_solver(...)`` class.
 """
 
-from . import (  # noqa: F401  (imported to register)
-    ancestral,
-    ddim,
-    deis,
-    dormand_prince,
-    dpm_2,
-    dpm_adaptive,
-    dpmpp_2m,
-    dpmpp_2m_sde,
-    dpmpp_2s,
-    dpmpp_3m,
-    dpmpp_3m_sde,
-    dpmpp_sde,
-    euler,
-    euler_ancestral,
-    euler_maruyama,
-    heun,
-    heun_sde,
-    ipndm,
-    lms,
-    pc,
-    restart,
-    torchsde_methods,
-    unipc,
-)
-from .base import Solver, SolverInfo
+import importlib
+import pkgutil
+
+from .base import AdaptiveSolver, Solver, SolverInfo
 from .registry import (
     SolverOptionError,
     UnknownSolverError,
@@ -38,7 +17,11 @@ from .registry import (
     solver_names,
 )
 
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
 __all__ = [
+    "AdaptiveSolver",
     "Solver",
     "SolverInfo",
     "SolverOptionError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ArgumentError
 from ..parametrization import Coefficients
 from .base import Solver
 from .registry import register_solver
@@ -49,7 +50,7 @@ class Ancestral(Solver):
 
     def __init__(self, variance: str = "posterior"):
         if variance not in VARIANCES:
-            raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+            raise ArgumentError(f"variance must be one of {VARIANCES}, got {variance!r}")
         self.variance = variance
 
     def step(self, process, t0, t1, x, state, noise):

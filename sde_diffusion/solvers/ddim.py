@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ArgumentError
 from .ancestral import posterior_coefficients
 from .base import Solver
 from .registry import register_solver
@@ -30,7 +31,7 @@ class DDIM(Solver):
 
     def __init__(self, eta: float = 0.0):
         if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
+            raise ArgumentError(f"eta must lie in [0, 1], got {eta!r}")
         self.eta = float(eta)
 
     @property

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ..errors import ArgumentError
 from .euler_ancestral import EtaSolver
 from .registry import register_solver
 
@@ -34,7 +35,7 @@ class DPMSolverPP2MSDE(EtaSolver):
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0, variant: str = "midpoint"):
         super().__init__(eta, s_noise)
         if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+            raise ArgumentError(f"variant must be one of {VARIANTS}, got {variant!r}")
         self.variant = variant
 
     def step(self, process, t0, t1, x, state, noise):

@@ -6,6 +6,7 @@ from itertools import pairwise
 
 import torch
 
+from ..errors import ArgumentError
 from .euler_ancestral import EtaSolver, ancestral_split
 from .registry import register_solver
 
@@ -34,7 +35,7 @@ class DPMSolverPPSDE(EtaSolver):
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0, r: float = 0.5):
         super().__init__(eta, s_noise)
         if not 0.0 < r <= 1.0:
-            raise ValueError(f"r must lie in (0, 1], got {r!r}")
+            raise ArgumentError(f"r must lie in (0, 1], got {r!r}")
         self.r = float(r)
 
     def _ancestral(self, x, x0, c0, c_to, z):

@@ -7,6 +7,7 @@ from itertools import pairwise
 
 import torch
 
+from ..errors import ArgumentError
 from .base import Solver
 from .registry import register_solver
 
@@ -47,9 +48,9 @@ class EtaSolver(Solver):
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
         if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
+            raise ArgumentError(f"eta must lie in [0, 1], got {eta!r}")
         if not 0.0 <= s_noise < math.inf:
-            raise ValueError(f"s_noise must be a finite number >= 0, got {s_noise!r}")
+            raise ArgumentError(f"s_noise must be a finite number >= 0, got {s_noise!r}")
         self.eta, self.s_noise = float(eta), float(s_noise)
 
     @property

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ..errors import ArgumentError
 from .base import Solver
 from .registry import register_solver
 
@@ -38,7 +39,7 @@ class EDMStochasticHeun(Solver):
         s_noise: float = 1.003,
     ):
         if churn < 0 or s_noise < 0 or s_tmin < 0 or s_tmax < s_tmin:
-            raise ValueError(
+            raise ArgumentError(
                 "need churn >= 0, s_noise >= 0 and 0 <= s_tmin <= s_tmax, got "
                 f"churn={churn}, s_tmin={s_tmin}, s_tmax={s_tmax}, s_noise={s_noise}"
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import ArgumentError
 from .base import Solver
 from .registry import register_solver
 
@@ -45,7 +46,7 @@ class LinearMultistep(Solver):
 
     def __init__(self, order: int = 4):
         if order not in (1, 2, 3, 4):
-            raise ValueError(f"order must be 1, 2, 3 or 4, got {order!r}")
+            raise ArgumentError(f"order must be 1, 2, 3 or 4, got {order!r}")
         self.method_order = int(order)
 
     def options(self):

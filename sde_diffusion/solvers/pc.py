@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ArgumentError
 from .base import Solver
 from .registry import get_solver, register_solver
 
@@ -47,17 +48,17 @@ class PredictorCorrector(Solver):
     ):
         self.predictor = get_solver(predictor)
         if self.predictor.kind != "sde" or self.predictor.info.adaptive:
-            raise ValueError(
+            raise ArgumentError(
                 f"the predictor must be a fixed-step reverse-SDE solver, got {predictor!r}"
             )
         if not 0 < snr <= 100:
-            raise ValueError(f"snr must lie in (0, 100], got {snr!r}")
+            raise ArgumentError(f"snr must lie in (0, 100], got {snr!r}")
         if not 0 <= corrector_steps <= MAX_CORRECTOR_STEPS:
-            raise ValueError(
+            raise ArgumentError(
                 f"corrector_steps must lie in [0, {MAX_CORRECTOR_STEPS}], got {corrector_steps!r}"
             )
         if norms not in self.NORMS:
-            raise ValueError(f"norms must be one of {', '.join(self.NORMS)}, got {norms!r}")
+            raise ArgumentError(f"norms must be one of {', '.join(self.NORMS)}, got {norms!r}")
         self.snr, self.corrector_steps, self.norms = float(snr), int(corrector_steps), norms
 
     def options(self):

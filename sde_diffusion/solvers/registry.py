@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
+from ..errors import ArgumentError
 from .base import AdaptiveSolver, Solver, SolverInfo
 
 __all__ = [
@@ -28,11 +29,11 @@ _LOOKUP: dict[str, str] = {}  # normalised name or alias -> canonical name
 S = TypeVar("S", bound=type[Solver])
 
 
-class UnknownSolverError(ValueError):
+class UnknownSolverError(ArgumentError):
     """A solver name that is not registered."""
 
 
-class SolverOptionError(ValueError):
+class SolverOptionError(ArgumentError):
     """An option a solver does not take."""
 
 
@@ -59,7 +60,7 @@ def register_solver(
     alias already taken raises ``ValueError``.
     """
     if kind not in ("sde", "ode"):
-        raise ValueError(f"kind must be 'sde' or 'ode', got {kind!r}")
+        raise ArgumentError(f"kind must be 'sde' or 'ode', got {kind!r}")
 
     def decorate(cls: S) -> S:
         if not (isinstance(cls, type) and issubclass(cls, Solver)):
@@ -73,7 +74,9 @@ def register_solver(
         keys = [_normalise(n) for n in (name, *aliases)]
         for key in keys:
             if key in _LOOKUP:
-                raise ValueError(f"solver name {key!r} is already registered (by {_LOOKUP[key]!r})")
+                raise ArgumentError(
+                    f"solver name {key!r} is already registered (by {_LOOKUP[key]!r})"
+                )
         text = summary or (inspect.getdoc(cls) or "").split("\n")[0]
         cls.info = SolverInfo(
             name=keys[0],

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import ArgumentError
 from .base import Solver
 
 
@@ -46,7 +47,7 @@ class ScaledMultistep(Solver):
         corrections: Sequence[Sequence[float]] | None = None,
     ):
         if order not in range(1, self.max_order + 1):
-            raise ValueError(f"order must be 1 to {self.max_order}, got {order!r}")
+            raise ArgumentError(f"order must be 1 to {self.max_order}, got {order!r}")
         self.method_order, self.afs = int(order), bool(afs)
         self.lower_order_final = bool(lower_order_final)
         self.corrections = None if corrections is None else _rows(corrections, self.method_order)
@@ -87,7 +88,7 @@ class ScaledMultistep(Solver):
         if self.corrections is not None:
             updates = steps - (grid[-1] == 0.0)
             if len(self.corrections) != updates:
-                raise ValueError(
+                raise ArgumentError(
                     f"the corrections have {len(self.corrections)} rows, one per step; this "
                     f"grid takes {updates} steps before t = 0 (use them with their own grid)"
                 )
@@ -139,7 +140,7 @@ def _rows(corrections: Sequence[Sequence[float]], order: int) -> list[list[float
     try:
         rows = [[float(c) for c in row] for row in corrections]
     except (TypeError, ValueError):
-        raise ValueError("corrections must be rows of numbers, one row per step") from None
+        raise ArgumentError("corrections must be rows of numbers, one row per step") from None
     if not rows or any(len(row) != order or not all(map(math.isfinite, row)) for row in rows):
-        raise ValueError(f"corrections must be rows of {order} finite numbers, one per step")
+        raise ArgumentError(f"corrections must be rows of {order} finite numbers, one per step")
     return rows

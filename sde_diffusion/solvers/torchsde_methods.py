@@ -18,6 +18,7 @@ from torchsde._brownian.brownian_base import BaseBrownian
 from torchsde._core import methods as torchsde_methods
 from torchsde._core.sdeint import check_contract
 
+from ..errors import ArgumentError
 from ..noise import BrownianNoise
 from .base import Solver
 from .registry import register_solver
@@ -54,7 +55,7 @@ class _IntervalBrownian(BaseBrownian):
 
     def __call__(self, ta, tb=None, return_U=False, return_A=False):
         if tb is None or return_A:
-            raise ValueError("only increments and space-time Levy areas of intervals are drawn")
+            raise ArgumentError("only increments and space-time Levy areas of intervals are drawn")
         key = (float(ta), float(tb))
         if self.last is None or self.last[0] != key:
             h = key[1] - key[0]
@@ -84,7 +85,7 @@ class TorchSDESolver(Solver):
     def init(self, process, grid, x, noise):
         if isinstance(noise, BrownianNoise):
             if noise.interval.levy_area_approximation not in self.levy_areas:
-                raise ValueError(
+                raise ArgumentError(
                     f"solver {self.info.name!r} needs a BrownianNoise built with "
                     f"levy_area_approximation in {self.levy_areas}"
                 )

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import torch
 
+from ..errors import ArgumentError
 from .base import Solver
 from .registry import register_solver
 
@@ -58,9 +59,9 @@ class UniPC(Solver):
 
     def __init__(self, order: int = 2, corrector: bool = True, variant: str = "bh2"):
         if order not in (1, 2, 3):
-            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+            raise ArgumentError(f"order must be 1, 2 or 3, got {order!r}")
         if variant not in ("bh1", "bh2"):
-            raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
+            raise ArgumentError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
         self.method_order, self.corrector, self.variant = int(order), bool(corrector), variant
 
     def options(self):
