@@ -64,6 +64,12 @@ USAGE_ERRORS = (sd.ArgumentError,)
 RUNTIME_ERRORS = (CheckpointError, DataError, NonFiniteError, RuntimeError, OSError, ValueError)
 
 
+def library_default(function, name: str):
+    """The default of parameter ``name`` of a library function: the one set of defaults,
+    which the flags read (and ``--help`` shows)."""
+    return inspect.signature(function).parameters[name].default
+
+
 def debug_enabled() -> bool:
     ctx = click.get_current_context(silent=True)
     return bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("debug"))

@@ -20,9 +20,15 @@ from rich.table import Table
 import sde_diffusion as sd
 from sde_diffusion.data import load_data
 from sde_diffusion.distributed import local_batches
-from sde_diffusion.likelihood import likelihood_solvers, pixel_range
+from sde_diffusion.likelihood import (
+    elbo,
+    likelihood_solvers,
+    log_likelihood,
+    nll_batched,
+    pixel_range,
+)
 
-from .common import console, friendly_errors, parse_device, start_ranks
+from .common import console, friendly_errors, library_default, parse_device, start_ranks
 from .sample import device_option, model_option, open_problem, sde_option, seed_option
 
 Z95 = 1.959964
@@ -63,7 +69,12 @@ def _summary(values: torch.Tensor) -> tuple[float, float]:
     "held-out data (digits: the test split).",
 )
 @click.option("--num-samples", "-n", type=click.IntRange(2, 10**6), default=128, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 10**6), default=128, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 10**6),
+    default=library_default(nll_batched, "batch_size"),
+    show_default=True,
+)
 @click.option(
     "--estimator",
     type=click.Choice(["ode", "elbo", "both"]),
@@ -72,30 +83,49 @@ def _summary(values: torch.Tensor) -> tuple[float, float]:
     help="PF-ODE log-likelihood, the variational bound, or both side by side.",
 )
 @click.option(
-    "--solver", type=click.Choice(likelihood_solvers()), default="rk45", show_default=True
+    "--solver",
+    type=click.Choice(likelihood_solvers()),
+    default=library_default(log_likelihood, "solver"),
+    show_default=True,
 )
 @click.option(
     "--steps",
     type=click.IntRange(2, 100_000),
-    default=100,
+    default=library_default(log_likelihood, "steps"),
     show_default=True,
     help="Steps of a fixed-grid ODE solver.",
 )
-@click.option("--elbo-steps", type=click.IntRange(2, 10**6), default=1000, show_default=True)
 @click.option(
-    "--rtol", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True
+    "--elbo-steps",
+    type=click.IntRange(2, 10**6),
+    default=library_default(elbo, "steps"),
+    show_default=True,
 )
 @click.option(
-    "--atol", type=click.FloatRange(min=0, min_open=True), default=1e-5, show_default=True
+    "--rtol",
+    type=click.FloatRange(min=0, min_open=True),
+    default=library_default(log_likelihood, "rtol"),
+    show_default=True,
+)
+@click.option(
+    "--atol",
+    type=click.FloatRange(min=0, min_open=True),
+    default=library_default(log_likelihood, "atol"),
+    show_default=True,
 )
 @click.option(
     "--divergence",
     type=click.Choice(["auto", "exact", "hutchinson"]),
-    default="auto",
+    default=library_default(log_likelihood, "divergence"),
     show_default=True,
     help="auto: exact up to 32 dimensions, Hutchinson above.",
 )
-@click.option("--probes", type=click.IntRange(1, 1000), default=1, show_default=True)
+@click.option(
+    "--probes",
+    type=click.IntRange(1, 1000),
+    default=library_default(log_likelihood, "probes"),
+    show_default=True,
+)
 @seed_option
 @device_option
 def likelihood(

@@ -20,6 +20,7 @@ from sde_diffusion.distributed import local_batches, rank_and_world
 from sde_diffusion.npz import NpzWriter
 from sde_diffusion.plotting import save_samples
 from sde_diffusion.problems import load_problem
+from sde_diffusion.sampling import DEFAULT_STEPS, default_steps
 from sde_diffusion.sdes import sde_names
 
 from .common import (
@@ -29,6 +30,7 @@ from .common import (
     build_solver,
     console,
     friendly_errors,
+    library_default,
     not_nan,
     parse_device,
     plural,
@@ -64,7 +66,10 @@ device_option = click.option(
     "--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N."
 )
 seed_option = click.option(
-    "--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True
+    "--seed",
+    type=click.IntRange(0, 2**63 - 1),
+    default=library_default(sd.sample_batched, "seed"),
+    show_default=True,
 )
 dtype_option = click.option(
     "--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True
@@ -137,14 +142,22 @@ def sample_with_progress(
 
 @click.command()
 @model_option()
-@click.option("--solver", type=SolverName(), default="heun", show_default=True)
+@click.option(
+    "--solver", type=SolverName(), default=library_default(sd.sample, "solver"), show_default=True
+)
 @click.option(
     "--steps",
     type=click.IntRange(1, MAX_STEPS),
-    default=None,
-    help="Grid intervals  [default: 25; 1 for adaptive solvers, which choose their own steps]",
+    default=library_default(sd.sample, "steps"),
+    help=f"Grid intervals  [default: {DEFAULT_STEPS}; 1 for adaptive solvers, which choose "
+    "their own steps]",
 )
-@click.option("--schedule", type=click.Choice(sd.SCHEDULES), default="karras", show_default=True)
+@click.option(
+    "--schedule",
+    type=click.Choice(sd.SCHEDULES),
+    default=library_default(sd.sample, "schedule"),
+    show_default=True,
+)
 @click.option(
     "--grid",
     "grid_file",
@@ -154,7 +167,12 @@ def sample_with_progress(
     "the solver unless --solver is given.",
 )
 @click.option("--num-samples", "-n", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=256, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, MAX_BATCH),
+    default=library_default(sd.sample_batched, "batch_size"),
+    show_default=True,
+)
 @seed_option
 @device_option
 @dtype_option
@@ -229,7 +247,7 @@ def sample(
     if grid is not None:
         steps, schedule = len(grid.times) - 1, "tuned"
     if steps is None:
-        steps = 1 if solver.adaptive else 25
+        steps = default_steps(solver)
     interval = parse_interval(guidance_interval)
     problem, device = open_problem(model, sde, start_ranks(parse_device(device)), dtype)
     if grid is not None and grid.sde != repr(problem.sde):

@@ -10,15 +10,16 @@ from typing import NoReturn
 import click
 import torch
 
-from sde_diffusion.checkpoint import CheckpointError, load_checkpoint
+from sde_diffusion.building import NETWORKS, build_model
+from sde_diffusion.checkpoint import CheckpointError
 from sde_diffusion.data import load_data
 from sde_diffusion.distributed import rank_and_world
 from sde_diffusion.losses import WEIGHTINGS
-from sde_diffusion.networks import ResidualMLP, UNet
-from sde_diffusion.parametrization import PARAMETRIZATIONS, ScoreModel
+from sde_diffusion.parametrization import PARAMETRIZATIONS
 from sde_diffusion.plotting import save_samples
-from sde_diffusion.sdes import build_sde, sde_names
+from sde_diffusion.sdes import sde_names
 from sde_diffusion.training import NonFiniteLossError, TrainConfig, Trainer
+from sde_diffusion.training_state import run_settings
 
 from .common import (
     INTERRUPTED,
@@ -30,6 +31,7 @@ from .common import (
     failed_ranks,
     finite,
     friendly_errors,
+    library_default,
     not_nan,
     on_sigterm,
     parse_device,
@@ -40,6 +42,13 @@ from .common import (
     writable_output,
 )
 from .sample import device_option, seed_option
+
+TRAIN = TrainConfig()  # the library's defaults, which the flags show
+
+
+def model_default(name: str):
+    return library_default(build_model, name)
+
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -96,66 +105,20 @@ def resume_defaults(ctx: click.Context, param: click.Parameter, path: Path | Non
     if path is None:
         return None
     try:
-        _, config = load_checkpoint(path, "cpu")
-        if "optimizer_groups" not in config:
-            raise click.BadParameter(
-                f"{path} holds no optimiser state: an exported model, not a training checkpoint",
-                ctx,
-                param,
-            )
-        train, net, data = config["train"], config["network"], config["data"]
-        values = {
-            "data": data.get("source", data["name"]),
-            "sde": config["sde"]["type"],
-            "network": net["type"],
-            "width": net.get("width", net.get("channels")),
-            "parametrization": config["parametrization"],
-            "conditional": net.get("num_classes") is not None,
-            "loss_weighting": train["loss_weighting"],
-            "cond_drop": train.get("cond_drop_prob", 0.1),
-            "ema": train["ema_decay"],
-            **{k: train[k] for k in ("steps", "batch_size", "lr", "checkpoint_every", "seed")},
-            "sample_every": train["sample_every"],
-        }
-    except (CheckpointError, KeyError, TypeError, AttributeError) as err:
-        raise click.BadParameter(
-            f"{path} is not a training checkpoint: {err}", ctx, param
-        ) from None
+        settings = run_settings(path)
+    except CheckpointError as err:
+        raise click.BadParameter(str(err), ctx, param) from None
+    train = settings.pop("train")
+    values = {
+        **settings,
+        "loss_weighting": train["loss_weighting"],
+        "cond_drop": train.get("cond_drop_prob", TRAIN.cond_drop_prob),
+        "ema": train["ema_decay"],
+        **{k: train[k] for k in ("steps", "batch_size", "lr", "checkpoint_every", "seed")},
+        "sample_every": train["sample_every"],
+    }
     ctx.default_map = {**values, **(ctx.default_map or {})}  # a --config file wins
     return path
-
-
-def build_model(
-    data, sde_name: str, network: str, width: int | None, parametrization: str, conditional: bool
-):
-    """An EDM-preconditioned score model sized for ``data`` (MLP for vectors, U-Net for
-    images), class-conditional on ``data``'s labels when ``conditional``."""
-    event = tuple(data.x.shape[1:])
-    if conditional and data.labels is None:
-        raise click.UsageError(
-            f"--conditional needs labelled data (digits, 8gaussians); {data.name} has no labels"
-        )
-    num_classes = data.num_classes if conditional else None
-    if network == "auto":
-        network = "unet" if len(event) == 3 else "mlp"
-    if network == "mlp":
-        if len(event) != 1:
-            raise click.UsageError(f"--network mlp needs vector data, got events of shape {event}")
-        net = ResidualMLP(
-            event[0], width=width or 128, depth=3, emb_dim=64, num_classes=num_classes
-        )
-    else:
-        if len(event) != 3:
-            raise click.UsageError(f"--network unet needs images (C, H, W), got shape {event}")
-        net = UNet(
-            event[0],
-            channels=width or 16,
-            num_res_blocks=1,
-            image_size=event[-1],
-            num_classes=num_classes,
-        )
-    sigma_data = float(data.x.std())
-    return ScoreModel(net, build_sde(sde_name), parametrization, sigma_data=sigma_data)
 
 
 @click.command()
@@ -170,17 +133,27 @@ def build_model(
 @click.option(
     "--data", default="moons", show_default=True, help="A toy name, digits, .npy/.npz or a folder."
 )
-@click.option("--sde", type=click.Choice(sde_names()), default="vp", show_default=True)
 @click.option(
-    "--network", type=click.Choice(["auto", "mlp", "unet"]), default="auto", show_default=True
+    "--sde", type=click.Choice(sde_names()), default=model_default("sde"), show_default=True
+)
+@click.option(
+    "--network", type=click.Choice(NETWORKS), default=model_default("network"), show_default=True
 )
 @click.option(
     "--width", type=click.IntRange(1, 4096), default=None, help="MLP width / U-Net channels."
 )
 @click.option(
-    "--parametrization", type=click.Choice(PARAMETRIZATIONS), default="edm", show_default=True
+    "--parametrization",
+    type=click.Choice(PARAMETRIZATIONS),
+    default=model_default("parametrization"),
+    show_default=True,
 )
-@click.option("--loss-weighting", type=click.Choice(WEIGHTINGS), default="edm", show_default=True)
+@click.option(
+    "--loss-weighting",
+    type=click.Choice(WEIGHTINGS),
+    default=TRAIN.loss_weighting,
+    show_default=True,
+)
 @click.option(
     "--conditional",
     is_flag=True,
@@ -190,25 +163,34 @@ def build_model(
     "--cond-drop",
     type=click.FloatRange(0, 1, max_open=True),
     callback=not_nan,
-    default=0.1,
+    default=TRAIN.cond_drop_prob,
     show_default=True,
     help="With --conditional: share of labels replaced by the null label while training.",
 )
-@click.option("--steps", type=click.IntRange(1, 10**8), default=2000, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 10**6), default=256, show_default=True)
+@click.option("--steps", type=click.IntRange(1, 10**8), default=TRAIN.steps, show_default=True)
+@click.option(
+    "--batch-size", type=click.IntRange(1, 10**6), default=TRAIN.batch_size, show_default=True
+)
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),
     callback=finite,
-    default=2e-3,
+    default=TRAIN.lr,
     show_default=True,
 )
-@click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=0.999, show_default=True)
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option(
+    "--ema", type=click.FloatRange(0, 1, max_open=True), default=TRAIN.ema_decay, show_default=True
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    default=TRAIN.checkpoint_every,
+    show_default=True,
+)
 @click.option(
     "--sample-every",
     type=click.IntRange(min=0),
-    default=0,
+    default=TRAIN.sample_every,
     help="Save a sample picture every N steps.",
 )
 @click.option(
@@ -273,7 +255,14 @@ def train(
         dataset = load_data(data, 20000, seed)
         dataset.info["source"] = data  # what --resume loads again
         torch.manual_seed(seed)
-        model = build_model(dataset, sde, network, width, parametrization, conditional)
+        model = build_model(
+            dataset,
+            sde=sde,
+            network=network,
+            width=width,
+            parametrization=parametrization,
+            conditional=conditional,
+        )
         config = TrainConfig(
             steps=steps,
             batch_size=batch_size,

@@ -9,9 +9,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import sde_diffusion as sd
-from sde_diffusion.benchmark import steps_for_nfe
-from sde_diffusion.solvers.scaled_multistep import ScaledMultistep
-from sde_diffusion.tuning import METHODS, endpoint_error, fine_solve
+from sde_diffusion.tuning import METHODS, check_request, endpoint_error, fine_solve
 
 from .common import DTYPES, SafePath, SolverName, console, friendly_errors, writable_output
 from .sample import device_option, dtype_option, model_option, open_problem, sde_option, seed_option
@@ -94,16 +92,8 @@ def tune(
       sdediff tune --model gmm8 --solver deis --method gradient --fit-weights
     """
     writable_output(out, suffixes=(".json",))
-    instance = sd.get_solver(solver)
-    if method == "gradient" and not isinstance(instance, ScaledMultistep):
-        raise click.UsageError(f"--method gradient fits deis and ipndm, not {solver}")
-    if fit_weights and method != "gradient":
-        raise click.UsageError("--fit-weights needs --method gradient")
-    if steps_for_nfe(instance, nfe) is None:
-        raise click.UsageError(
-            f"{solver} cannot run on {nfe} evaluations: it is adaptive or its shortest grid "
-            "costs more"
-        )
+    with friendly_errors("tuning"):  # before the model loads
+        instance = check_request(solver, nfe, method, fit_weights)
     problem, device = open_problem(model, sde, device, dtype)
     shape, state = tuple(problem.event_shape), DTYPES[dtype]
     columns = (

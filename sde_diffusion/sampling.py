@@ -29,7 +29,24 @@ from .solvers.base import Solver
 from .solvers.registry import get_solver
 from .timesteps import timesteps, validate_grid
 
-__all__ = ["NonFiniteError", "SampleResult", "StepInfo", "sample", "sample_batched", "solve"]
+__all__ = [
+    "DEFAULT_STEPS",
+    "NonFiniteError",
+    "SampleResult",
+    "StepInfo",
+    "default_steps",
+    "sample",
+    "sample_batched",
+    "solve",
+]
+
+DEFAULT_STEPS = 25  # grid intervals of a fixed-grid solver when none are asked for
+
+
+def default_steps(solver: Solver) -> int:
+    """Grid intervals when ``steps`` is not given: ``DEFAULT_STEPS``, or 1 for an adaptive
+    solver (it chooses its own steps; grid times are only where it must stop)."""
+    return 1 if solver.adaptive else DEFAULT_STEPS
 
 
 @dataclass(frozen=True)
@@ -173,7 +190,7 @@ def sample(
     sde: SDE,
     shape: tuple[int, ...],
     solver: str | Solver = "heun",
-    steps: int = 50,
+    steps: int | None = None,
     schedule: str = "karras",
     *,
     cond: Cond = None,
@@ -192,7 +209,8 @@ def sample(
 ) -> SampleResult:
     """Draw ``x_T`` from the prior and solve down to the data side.
 
-    The grid is ``timesteps(sde, steps, schedule, rho=rho, to_zero=to_zero)``, or
+    The grid is ``timesteps(sde, steps, schedule, rho=rho, to_zero=to_zero)`` (``steps``
+    by default :func:`default_steps`: 25, or 1 for adaptive solvers), or
     ``grid`` itself when given (a tuned grid, ``TunedGrid.tensor()``), which must start
     at ``sde.T``.
     Randomness (``x_T`` included) comes from ``noise`` if given, else from
@@ -215,6 +233,7 @@ def sample(
         else:
             generator.seed()
     solver = _resolve(solver, options)
+    steps = default_steps(solver) if steps is None else steps
     ts = _grid(sde, steps, schedule, rho, to_zero, grid)
     if noise is None:
         noise = GeneratorNoise(generator)
@@ -268,7 +287,7 @@ def sample_batched(
     sde: SDE,
     shape: tuple[int, ...],
     solver: str | Solver = "heun",
-    steps: int = 50,
+    steps: int | None = None,
     schedule: str = "karras",
     *,
     batch_size: int = 256,
@@ -301,6 +320,7 @@ def sample_batched(
     nothing (``x = None``): memory holds a batch per rank, whatever ``shape[0]``.
     """
     solver = _resolve(solver, options)
+    steps = default_steps(solver) if steps is None else steps
     if not shape or shape[0] < 1 or batch_size < 1:
         raise ArgumentError(
             f"need at least one sample and batch_size >= 1, got {shape}, {batch_size}"

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +30,19 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from .checkpoint import load_checkpoint, prefixed, save_checkpoint
 from .data import Dataset
 from .distributed import barrier, init_distributed, rank_and_world, sum_over_ranks
 from .errors import ArgumentError
 from .losses import DenoisingScoreMatching
-from .networks import build_network
 from .parametrization import ScoreModel
-from .sdes import sde_config, sde_from_config
+from .training_state import (
+    export_model,
+    load_score_model,
+    load_training_state,
+    model_config,
+    save_training_state,
+    training_tensors,
+)
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "Trainer", "init_distributed", "load_score_model"]
 
@@ -55,10 +60,10 @@ class TrainConfig:
     warmup: int = 100
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    loss_weighting: str = "sigma2"
+    loss_weighting: str = "edm"
     bf16: bool = False
     seed: int = 0
-    checkpoint_every: int = 1000
+    checkpoint_every: int = 500
     sample_every: int = 0  # 0: no evaluation samples
     sample_count: int = 64
     sample_solver: str = "heun"
@@ -253,18 +258,11 @@ class Trainer:
                 barrier()
         return self.history
 
-    # -- checkpoints ------------------------------------------------------------
+    # -- checkpoints (the layout lives in training_state) ------------------------
 
     def model_config(self) -> dict[str, Any]:
-        return {
-            "network": self.net.config,
-            "sde": sde_config(self.model.sde),
-            "parametrization": self.model.parametrization,
-            "sigma_data": self.model.sigma_data,
-            "data": self.data.config(),
-            "train": asdict(self.config),
-            "step": self.step,
-        }
+        """The metadata a checkpoint of this run holds."""
+        return model_config(self)
 
     def save(self, path: str | Path) -> Path | None:
         """Write model, EMA, optimiser and RNG states (rank 0 only).
@@ -274,77 +272,19 @@ class Trainer:
         """
         if self.rank != 0:
             return None
-        tensors = {f"model/{k}": v for k, v in self.net.state_dict().items()}
-        tensors |= {f"ema/{k}": v for k, v in self._ema_net_state().items()}
+        tensors = training_tensors(self)
         finite = [torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point()]
         if not bool(torch.stack(finite).all()):  # one host read
             raise NonFiniteLossError(
                 f"the weights at step {self.step} are not finite; they were not written and "
                 f"{path} keeps its last finite state"
             )
-        tensors["ema_n_averaged"] = self.ema.n_averaged
-        optim = self.optimizer.state_dict()
-        for index, state in optim["state"].items():
-            tensors |= {f"optim/{index}/{k}": v for k, v in state.items()}
-        tensors["rng/generator"] = self.generator.get_state()
-        tensors["rng/torch"] = torch.get_rng_state()
-        config = self.model_config() | {"optimizer_groups": optim["param_groups"]}
-        return save_checkpoint(path, tensors, config)
+        return save_training_state(self, path, tensors)
 
     def export(self, path: str | Path) -> Path | None:
         """Write the EMA weights and the model config only (a small file to ship)."""
-        if self.rank != 0:
-            return None
-        tensors = {f"ema/{k}": v for k, v in self._ema_net_state().items()}
-        return save_checkpoint(path, tensors, self.model_config())
-
-    def _ema_net_state(self) -> dict[str, Tensor]:
-        prefix = "module.net."
-        return {
-            k[len(prefix) :]: v for k, v in self.ema.state_dict().items() if k.startswith(prefix)
-        }
+        return export_model(self, path) if self.rank == 0 else None
 
     def resume(self, path: str | Path) -> None:
         """Restore everything :meth:`save` wrote; training continues exactly."""
-        tensors, config = load_checkpoint(path, self.device)
-        self.net.load_state_dict(prefixed(tensors, "model"))
-        ema_prefix = "module.net."
-        ema_state = {ema_prefix + k: v for k, v in prefixed(tensors, "ema").items()}
-        ema_state["n_averaged"] = tensors["ema_n_averaged"]
-        self.ema.load_state_dict(ema_state, strict=False)
-        optim_state: dict[int, dict[str, Tensor]] = {}
-        for key, value in prefixed(tensors, "optim").items():
-            index, name = key.split("/", 1)
-            optim_state.setdefault(int(index), {})[name] = value
-        self.optimizer.load_state_dict(
-            {"state": optim_state, "param_groups": config["optimizer_groups"]}
-        )
-        self.generator.set_state(tensors["rng/generator"].cpu())
-        torch.set_rng_state(tensors["rng/torch"].cpu())
-        self.step = int(config["step"])
-
-
-def load_score_model(
-    path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"
-) -> tuple[ScoreModel, dict[str, Any]]:
-    """Rebuild the ``ScoreModel`` a checkpoint describes (EMA weights by default)."""
-    tensors, config = load_checkpoint(path, device)
-    try:
-        net = build_network(config["network"])
-        model = ScoreModel(
-            net, sde_from_config(config["sde"]), config["parametrization"], config["sigma_data"]
-        )
-        net.load_state_dict(prefixed(tensors, "ema" if ema else "model"))
-    except (KeyError, TypeError, RuntimeError, ValueError) as err:
-        from .checkpoint import CheckpointError
-
-        hint = ""
-        if "emb.weight" in str(err) and "size mismatch" in str(err):
-            hint = (
-                "; it comes from an earlier U-Net whose residual blocks added the noise and "
-                "label embedding before a normalisation that removed it: retrain it"
-            )
-        raise CheckpointError(
-            f"{path}: cannot rebuild the model it describes ({str(err)[:300]}){hint}"
-        ) from None
-    return model.to(device).eval(), config
+        load_training_state(self, path)

@@ -205,6 +205,28 @@ def fine_solve(
     return res.x, res.trajectory
 
 
+def check_request(
+    solver: str | Solver, nfe: int, method: str, fit_weights: bool, to_zero: bool = True
+) -> Solver:
+    """The solver of a tuning request, or an ``ArgumentError`` saying why it cannot be
+    tuned so (what ``tune_timesteps`` checks before it starts; callers may check early)."""
+    solver = get_solver(solver) if isinstance(solver, str) else solver
+    if method not in METHODS:
+        raise ArgumentError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "gradient" and not isinstance(solver, ScaledMultistep):
+        raise ArgumentError(
+            f"method 'gradient' differentiates deis and ipndm; tune {solver.name} with 'search'"
+        )
+    if fit_weights and method != "gradient":
+        raise ArgumentError("fit_weights needs method='gradient'")
+    if steps_for_nfe(solver, nfe, to_zero=to_zero) is None:
+        raise ArgumentError(
+            f"{solver.name} cannot run on {nfe} evaluations (adaptive, or the shortest grid "
+            "costs more)"
+        )
+    return solver
+
+
 def tune_timesteps(
     model: ScoreFn,
     sde: SDE,
@@ -237,21 +259,8 @@ def tune_timesteps(
     with the grid: the result's ``solver_options`` then carry its ``corrections``.
     ``on_evaluation(n)`` follows the n-th solve of a candidate grid (a progress bar).
     """
-    solver = start_solver = get_solver(solver) if isinstance(solver, str) else solver
-    if method not in METHODS:
-        raise ArgumentError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if method == "gradient" and not isinstance(solver, ScaledMultistep):
-        raise ArgumentError(
-            f"method 'gradient' differentiates deis and ipndm; tune {solver.name} with 'search'"
-        )
-    if fit_weights and method != "gradient":
-        raise ArgumentError("fit_weights needs method='gradient'")
+    solver = start_solver = check_request(solver, nfe, method, fit_weights, to_zero)
     steps = steps_for_nfe(solver, nfe, to_zero=to_zero)
-    if steps is None:
-        raise ArgumentError(
-            f"{solver.name} cannot run on {nfe} evaluations (adaptive, or the shortest grid "
-            "costs more)"
-        )
     if not 2 <= candidates <= FINE_STEPS + 1 or not 1 <= max_evaluations <= 100_000:
         raise ArgumentError(
             f"need 2 <= candidates <= {FINE_STEPS + 1} and 1 <= max_evaluations <= 100000, got "

@@ -282,7 +282,7 @@ def test_resume_from_a_file_that_is_not_a_training_checkpoint_is_a_usage_error(t
         (["--data", "nothing"], "no data set 'nothing'"),
         (["--data", "a\0b"], "no data set"),
         (["--data", ""], "no data set ''"),
-        (["--network", "unet"], "--network unet needs images"),
+        (["--network", "unet"], "the unet network needs images"),
         (["--lr", "0"], "--lr"),
         (["--sde", "banana"], "'banana' is not one of"),
     ],

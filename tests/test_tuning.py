@@ -260,8 +260,11 @@ def test_sdediff_tune_fits_weights_and_sample_uses_them(tmp_path):
     settings = json.loads(str(np.load(samples)["settings"]))
     assert settings["solver_options"] == saved.solver_options  # the corrections, used
     for bad, message in [
-        (["--method", "gradient", "--solver", "unipc"], "fits deis and ipndm, not unipc"),
-        (["--fit-weights"], "--fit-weights needs --method gradient"),
+        (
+            ["--method", "gradient", "--solver", "unipc"],
+            "differentiates deis and ipndm; tune unipc",
+        ),
+        (["--fit-weights"], "fit_weights needs method='gradient'"),
     ]:
         result = runner.invoke(main, ["tune", "--model", "gmm8", *bad])
         assert result.exit_code == 2 and message in result.output, result.output

@@ -1,0 +1,154 @@
+"""The training checkpoint's schema: what a run writes, and everything that reads it back.
+
+A checkpoint is a ``.safetensors`` file (written atomically by :mod:`.checkpoint`) whose
+tensors are ``model/*`` (the weights), ``ema/*`` (their EMA), ``ema_n_averaged``,
+``optim/<param>/<name>`` (AdamW's moments), ``rng/generator`` and ``rng/torch``, and whose
+JSON metadata holds the model config (``network``, ``sde``, ``parametrization``,
+``sigma_data``), the data's config, the :class:`~sde_diffusion.training.TrainConfig`
+(``train``), the ``step`` and AdamW's ``optimizer_groups``.  An exported model keeps only
+``ema/*`` and the config.  This module alone writes and reads that layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from .checkpoint import CheckpointError, load_checkpoint, prefixed, save_checkpoint
+from .networks import build_network
+from .parametrization import ScoreModel
+from .sdes import sde_config, sde_from_config
+
+if TYPE_CHECKING:
+    from .training import Trainer
+
+__all__ = [
+    "ema_weights",
+    "export_model",
+    "load_score_model",
+    "load_training_state",
+    "model_config",
+    "run_settings",
+    "save_training_state",
+    "training_tensors",
+]
+
+_EMA_PREFIX = "module.net."  # where AveragedModel keeps the averaged network's weights
+
+
+def model_config(trainer: Trainer) -> dict[str, Any]:
+    """The metadata of a checkpoint: what rebuilds the model, the data and the run."""
+    model = trainer.model
+    return {
+        "network": trainer.net.config,
+        "sde": sde_config(model.sde),
+        "parametrization": model.parametrization,
+        "sigma_data": model.sigma_data,
+        "data": trainer.data.config(),
+        "train": asdict(trainer.config),
+        "step": trainer.step,
+    }
+
+
+def ema_weights(trainer: Trainer) -> dict[str, Tensor]:
+    """The EMA network's weights, named as the network's own."""
+    state = trainer.ema.state_dict()
+    return {k[len(_EMA_PREFIX) :]: v for k, v in state.items() if k.startswith(_EMA_PREFIX)}
+
+
+def training_tensors(trainer: Trainer) -> dict[str, Tensor]:
+    """Everything that resumes the run bit for bit: weights, EMA, AdamW state, RNG states."""
+    tensors = {f"model/{k}": v for k, v in trainer.net.state_dict().items()}
+    tensors |= {f"ema/{k}": v for k, v in ema_weights(trainer).items()}
+    tensors["ema_n_averaged"] = trainer.ema.n_averaged
+    for index, state in trainer.optimizer.state_dict()["state"].items():
+        tensors |= {f"optim/{index}/{k}": v for k, v in state.items()}
+    tensors["rng/generator"] = trainer.generator.get_state()
+    tensors["rng/torch"] = torch.get_rng_state()
+    return tensors
+
+
+def save_training_state(trainer: Trainer, path: str | Path, tensors: dict[str, Tensor]) -> Path:
+    """Write ``tensors`` (from :func:`training_tensors`) with the run's metadata."""
+    groups = trainer.optimizer.state_dict()["param_groups"]
+    return save_checkpoint(path, tensors, model_config(trainer) | {"optimizer_groups": groups})
+
+
+def export_model(trainer: Trainer, path: str | Path) -> Path:
+    """Write the EMA weights and the model config only (a small file to ship)."""
+    tensors = {f"ema/{k}": v for k, v in ema_weights(trainer).items()}
+    return save_checkpoint(path, tensors, model_config(trainer))
+
+
+def load_training_state(trainer: Trainer, path: str | Path) -> None:
+    """Restore into ``trainer`` everything :func:`save_training_state` wrote."""
+    tensors, config = load_checkpoint(path, trainer.device)
+    trainer.net.load_state_dict(prefixed(tensors, "model"))
+    ema_state = {_EMA_PREFIX + k: v for k, v in prefixed(tensors, "ema").items()}
+    ema_state["n_averaged"] = tensors["ema_n_averaged"]
+    trainer.ema.load_state_dict(ema_state, strict=False)
+    optim_state: dict[int, dict[str, Tensor]] = {}
+    for key, value in prefixed(tensors, "optim").items():
+        index, name = key.split("/", 1)
+        optim_state.setdefault(int(index), {})[name] = value
+    trainer.optimizer.load_state_dict(
+        {"state": optim_state, "param_groups": config["optimizer_groups"]}
+    )
+    trainer.generator.set_state(tensors["rng/generator"].cpu())
+    torch.set_rng_state(tensors["rng/torch"].cpu())
+    trainer.step = int(config["step"])
+
+
+def run_settings(path: str | Path) -> dict[str, Any]:
+    """The settings a training checkpoint was started with, named as ``build_model`` and
+    ``TrainConfig`` name them (``data`` is the source it loaded, ``train`` the config).
+
+    An exported model (no optimiser state) or a file of another layout raises
+    :class:`~sde_diffusion.checkpoint.CheckpointError`.
+    """
+    _, config = load_checkpoint(path, "cpu")
+    if "optimizer_groups" not in config:
+        raise CheckpointError(
+            f"{path} holds no optimiser state: an exported model, not a training checkpoint"
+        )
+    try:
+        net, data = config["network"], config["data"]
+        return {
+            "data": data.get("source", data["name"]),
+            "sde": config["sde"]["type"],
+            "network": net["type"],
+            "width": net.get("width", net.get("channels")),
+            "parametrization": config["parametrization"],
+            "conditional": net.get("num_classes") is not None,
+            "train": dict(config["train"]),
+        }
+    except (KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{path} is not a training checkpoint: {err!r}") from None
+
+
+def load_score_model(
+    path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[ScoreModel, dict[str, Any]]:
+    """Rebuild the ``ScoreModel`` a checkpoint describes (EMA weights by default)."""
+    tensors, config = load_checkpoint(path, device)
+    try:
+        net = build_network(config["network"])
+        model = ScoreModel(
+            net, sde_from_config(config["sde"]), config["parametrization"], config["sigma_data"]
+        )
+        net.load_state_dict(prefixed(tensors, "ema" if ema else "model"))
+    except (KeyError, TypeError, RuntimeError, ValueError) as err:
+        hint = ""
+        if "emb.weight" in str(err) and "size mismatch" in str(err):
+            hint = (
+                "; it comes from an earlier U-Net whose residual blocks added the noise and "
+                "label embedding before a normalisation that removed it: retrain it"
+            )
+        raise CheckpointError(
+            f"{path}: cannot rebuild the model it describes ({str(err)[:300]}){hint}"
+        ) from None
+    return model.to(device).eval(), config
