@@ -66,21 +66,7 @@ def steps_for_nfe(solver: str | Solver, nfe: int, to_zero: bool = True) -> int |
     or when the solver chooses its own steps.
     """
     instance = get_solver(solver) if isinstance(solver, str) else solver
-    if not fixed_grid(instance):
-        return None
-
-    def cost(steps: int) -> int:  # only the length and a final zero matter
-        grid = [float(steps - i) for i in range(steps + 1)]
-        if to_zero:
-            grid[-1] = 0.0
-        return instance.expected_nfe(grid)
-
-    steps = 2 if to_zero else 1
-    if cost(steps) > nfe:
-        return None
-    while cost(steps + 1) <= nfe:
-        steps += 1
-    return steps
+    return instance.steps_for(nfe, to_zero=to_zero)
 
 
 def _prior_draw(problem: Problem, n: int, seed: int, device, dtype) -> Tensor:

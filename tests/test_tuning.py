@@ -145,7 +145,7 @@ def test_the_differentiable_solve_is_the_registered_solver_with_its_corrections(
     and the registered solver with the same corrections agree to rounding, and the
     gradient reaches the grid and every correction that a step uses."""
     from sde_diffusion.reverse import ReverseProcess
-    from sde_diffusion.tuning import _differentiable_solve
+    from sde_diffusion.tuning.optimisers import differentiable_solve
 
     score = RING.score_fn(sde)
     x_T = sd.PerSampleNoise(3).normal((64, 2), "cpu", torch.float64) * sde.prior_std
@@ -159,7 +159,7 @@ def test_the_differentiable_solve_is_the_registered_solver_with_its_corrections(
     lams = sde.log_snr(grid[:-1]).requires_grad_(True)
     fitted = (0.1 * corrections).requires_grad_(True)
     process = ReverseProcess(score, sde, x_T)
-    x = _differentiable_solve(process, solver, x_T, lams, fitted, to_zero=True)
+    x = differentiable_solve(process, solver, x_T, lams, fitted, to_zero=True)
     torch.testing.assert_close(x, expected, rtol=1e-9, atol=1e-9)
     x.pow(2).sum().backward()
     assert lams.grad[1:-1].abs().min() > 0  # the end points are fixed; every inner time moves

@@ -126,6 +126,25 @@ class Solver:
             return (steps - 1) * self.nfe_per_step + 1
         return steps * self.nfe_per_step
 
+    def steps_for(self, nfe: int, to_zero: bool = True) -> int | None:
+        """The most grid steps whose ``expected_nfe`` fits ``nfe`` (``None``: even the
+        shortest grid, 2 steps to zero or else 1, costs more, or the solver is adaptive)."""
+        if self.adaptive:
+            return None
+
+        def cost(steps: int) -> int:  # only the length and a final zero matter
+            grid = [float(steps - i) for i in range(steps + 1)]
+            if to_zero:
+                grid[-1] = 0.0
+            return self.expected_nfe(grid)
+
+        steps = 2 if to_zero else 1
+        if cost(steps) > nfe:
+            return None
+        while cost(steps + 1) <= nfe:
+            steps += 1
+        return steps
+
     def init(
         self, process: ReverseProcess, grid: list[float], x: Tensor, noise: NoiseSource
     ) -> State:

@@ -105,10 +105,19 @@ class ScaledMultistep(Solver):
         if t1 == 0.0:
             return process.denoise(x, t0), (i + 1, weights, history)
         eps = y * (c0.alpha / c0.sigma) if self.afs and i == 0 else process.eps(x, t0)
-        history = [eps, *history][: self.method_order]
-        for w, e in zip(weights[i], history, strict=False):  # the step's order may be lower
-            y = torch.add(y, e, alpha=w)
+        y, history = self.advance(y, eps, history, weights[i])
         return y * process.at(t1).alpha, (i + 1, weights, history)
+
+    def advance(
+        self, y: Tensor, eps: Tensor, history: list[Tensor], weights: Sequence[float | Tensor]
+    ) -> tuple[Tensor, list[Tensor]]:
+        """The update ``y ← y + Σ_j w_j ε̂_j`` with ``eps`` the newest prediction, and the new
+        history.  ``weights`` are numbers when sampling and tensors when the grid is fitted
+        through the solver (``sd.tune_timesteps(method="gradient")``): one update for both."""
+        history = [eps, *history][: self.method_order]
+        for w, e in zip(weights, history, strict=False):  # the step's order may be lower
+            y = torch.add(y, e, alpha=w) if isinstance(w, float) else y + w.to(y.dtype) * e
+        return y, history
 
 
 GAUSS_LEGENDRE = np.polynomial.legendre.leggauss(16)
