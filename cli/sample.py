@@ -90,28 +90,17 @@ def open_problem(model: str, sde: str | None, device: str, dtype: str = "float32
 
 
 def sample_with_progress(
-    problem,
-    solver,
-    steps,
-    schedule,
-    num_samples,
-    batch_size,
-    seed,
-    device,
-    dtype,
-    model,
-    labels,
-    grid=None,
-    sink=None,
+    model, sde, shape: tuple[int, ...], solver: sd.Solver, steps: int, **options
 ) -> sd.SampleResult:
-    """``sd.sample_batched`` with a progress bar (this rank's batches and steps)."""
+    """``sd.sample`` in batches (``options`` are its own) with a progress bar of this
+    rank's batches and steps."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    mine = len(local_batches(num_samples, batch_size))
+    mine = len(local_batches(shape[0], options["batch_size"]))
     with Progress(*columns, console=console, transient=True) as bar:
         batches = bar.add_task("batches", total=mine)
         step_task = bar.add_task(f"{solver.name} steps", total=steps)
@@ -121,22 +110,15 @@ def sample_with_progress(
             bar.reset(step_task)
 
         with torch.inference_mode():
-            return sd.sample_batched(
+            return sd.sample(
                 model,
-                problem.sde,
-                (num_samples, *problem.event_shape),
+                sde,
+                shape,
                 solver,
                 steps,
-                schedule,
-                batch_size=batch_size,
-                cond=None if labels is None else labels.to(device),
-                seed=seed,
-                device=device,
-                dtype=dtype,
-                grid=grid,
                 callback=lambda info: bar.advance(step_task),
                 on_batch=on_batch,
-                sink=sink,
+                **options,
             )
 
 
@@ -271,25 +253,29 @@ def sample(
         highlight=False,
     )
     with friendly_errors("sampling"), npz_output(problem, out, num_samples) as npz:
+
+        def to_npz(start: int, stop: int, rows: torch.Tensor) -> None:
+            npz.write(data_units(rows, problem))
+
         res = sample_with_progress(
-            problem,
+            guided,
+            problem.sde,
+            (num_samples, *problem.event_shape),
             solver,
             steps,
-            schedule,
-            num_samples,
-            batch_size,
-            seed,
-            device,
-            DTYPES[dtype],
-            guided,
-            labels,
-            None if grid is None else grid.tensor(),
-            None if npz is None else lambda start, stop, rows: npz.write(data_units(rows, problem)),
+            schedule=schedule,
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+            dtype=DTYPES[dtype],
+            cond=None if labels is None else labels.to(device),
+            grid=None if grid is None else grid.tensor(),
+            sink=None if npz is None else to_npz,
         )
         if rank_and_world()[0] != 0:  # another rank of a torchrun job: rank 0 writes
             return
-        nfe, wall = res.nfe, res.wall_time
-        passes = res.network_passes / len(local_batches(num_samples, batch_size, 0, 1))
+        nfe, wall = round(res.nfe_per_batch), res.wall_time
+        passes = res.network_passes / res.batches
         settings = {
             "model": model,
             "solver": solver.name,

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -66,12 +67,13 @@ class SampleResult:
 
     ``nfe`` counts model calls, ``network_passes`` network forward passes (more
     than ``nfe`` for models that run their network twice a call, as guidance
-    does).  ``trajectory`` (with ``return_trajectory=True``) holds the state at
-    every time of ``times``: the grid, plus the denoising step's time again if
-    one was appended.
+    does), both totals over the ``batches`` solved (of every rank, under ``torchrun``);
+    ``nfe_per_batch`` is what one batch took on average.  ``trajectory`` (with
+    ``return_trajectory=True``) holds the state at every time of ``times``: the grid,
+    plus the denoising step's time again if one was appended.
     """
 
-    x: Tensor
+    x: Tensor | None
     nfe: int
     network_passes: int
     solver: str
@@ -80,6 +82,12 @@ class SampleResult:
     trajectory: Tensor | None = None
     times: list[float] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    batches: int = 1
+
+    @property
+    def nfe_per_batch(self) -> float:
+        """Model calls per batch (the NFE of one sample's solve, for fixed grids)."""
+        return self.nfe / max(1, self.batches)
 
 
 def _resolve(solver: str | Solver, options: dict[str, Any]) -> Solver:
@@ -205,20 +213,38 @@ def sample(
     grid: Tensor | None = None,
     callback: Callable[[StepInfo], None] | None = None,
     return_trajectory: bool = False,
+    batch_size: int | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+    sink: Callable[[int, int, Tensor], None] | None = None,
     **options: Any,
 ) -> SampleResult:
-    """Draw ``x_T`` from the prior and solve down to the data side.
+    """Draw ``x_T`` from the prior and solve down to the data side: in one batch, or in
+    batches of ``batch_size`` (sharded over ``torchrun`` ranks, optionally streamed to
+    ``sink``); the one sampling path.
 
     The grid is ``timesteps(sde, steps, schedule, rho=rho, to_zero=to_zero)`` (``steps``
     by default :func:`default_steps`: 25, or 1 for adaptive solvers), or
     ``grid`` itself when given (a tuned grid, ``TunedGrid.tensor()``), which must start
-    at ``sde.T``.
-    Randomness (``x_T`` included) comes from ``noise`` if given, else from
-    ``generator``, else from a ``torch.Generator`` seeded with ``seed``: a
-    seeded call is reproducible.  With ``noise=PerSampleNoise(seed)`` each
-    sample is also independent of the batch size (unless the solver's
-    ``batch_invariant`` is ``False``: ``pc``).  ``dtype`` is the state's
-    precision (float32 or float64), whatever the model's.  ``res.nfe`` is counted.
+    at ``sde.T``.  ``dtype`` is the state's precision (float32 or float64), whatever the
+    model's.  ``res.nfe`` is counted: the model calls of all batches (``res.batches`` of
+    them; ``res.nfe_per_batch`` what one batch took).
+
+    In one batch (``batch_size=None``, no ``sink``), randomness (``x_T`` included) comes
+    from ``noise`` if given, else from ``generator``, else from a ``torch.Generator``
+    seeded with ``seed``: a seeded call is reproducible.  With
+    ``noise=PerSampleNoise(seed)`` each sample is also independent of the batch size
+    (unless the solver's ``batch_invariant`` is ``False``: ``pc``).
+
+    In batches, sample ``i`` draws its noise from ``PerSampleNoise(seed)`` at index ``i``
+    and its condition from row ``i`` of ``cond``; batches are the global ``[k b, (k+1) b)``
+    and rank ``r`` of ``W`` solves batches ``r, r + W, ...``, so the samples are the same
+    bit for bit on any number of processes (for a given ``batch_size`` and thread count),
+    and for batch-free solvers for any ``batch_size`` up to the float rounding of the
+    model's batched arithmetic.  Rank 0 gets every sample in ``x`` and the totals of all
+    ranks; other ranks get ``x = None``.  ``on_batch(start, stop)`` follows each finished
+    batch of this rank.  With ``sink``, rank 0 hands each batch to ``sink(start, stop,
+    rows)`` in global order as it arrives and keeps nothing (``x = None``): memory holds a
+    batch per rank, whatever ``shape[0]``.
     """
     device = torch.device(device)
     shape = _sample_shape(shape)
@@ -226,15 +252,43 @@ def sample(
         isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63
     ):
         raise ArgumentError(f"seed must be an integer in [0, 2**63), got {seed!r}")
-    if noise is None and generator is None:
-        generator = torch.Generator(device=device)
-        if seed is not None:
-            generator.manual_seed(seed)
-        else:
-            generator.seed()
     solver = _resolve(solver, options)
     steps = default_steps(solver) if steps is None else steps
     ts = _grid(sde, steps, schedule, rho, to_zero, grid)
+    run = partial(
+        _sample_once,
+        model,
+        sde,
+        solver=solver,
+        ts=ts,
+        device=device,
+        dtype=dtype,
+        denoise=denoise,
+        callback=callback,
+    )
+    if batch_size is None and sink is None and on_batch is None:
+        if noise is None and generator is None:
+            generator = torch.Generator(device=device)
+            if seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(seed)
+        return run(shape, cond, noise, generator, return_trajectory)
+    if noise is not None or generator is not None or return_trajectory or seed is None:
+        raise ArgumentError(
+            "batched sampling draws per-sample noise from seed: give a seed, and no noise, "
+            "generator or return_trajectory"
+        )
+    return _sample_in_batches(
+        run, shape, cond, seed, batch_size or shape[0], on_batch, sink, solver, ts
+    )
+
+
+def _sample_once(
+    model, sde, shape, cond, noise, generator, return_trajectory, *, solver, ts, device, dtype,
+    denoise, callback,
+) -> SampleResult:  # fmt: skip
+    """One batch: ``x_T`` from ``noise`` or ``generator``, then :func:`solve`."""
     if noise is None:
         noise = GeneratorNoise(generator)
         x_T = sde.prior_sample(tuple(shape), generator=generator, device=device, dtype=dtype)
@@ -251,6 +305,41 @@ def sample(
         callback=callback,
         denoise=denoise,
         return_trajectory=return_trajectory,
+    )
+
+
+def _sample_in_batches(
+    run, shape, cond, seed, batch_size, on_batch, sink, solver, ts
+) -> SampleResult:
+    """``shape[0]`` samples in global batches of ``batch_size``, this rank's share solved."""
+    if batch_size < 1:
+        raise ArgumentError(f"batch_size must be >= 1, got {batch_size}")
+    start_time, counts = time.perf_counter(), [0, 0, 0]
+
+    def one(start: int, stop: int) -> Tensor:
+        rows = None if cond is None else slice_cond(cond, slice(start, stop))
+        res = run((stop - start, *shape[1:]), rows, PerSampleNoise(seed, start), None, False)
+        counts[:] = [counts[0] + res.nfe, counts[1] + res.network_passes, counts[2] + 1]
+        if on_batch is not None:
+            on_batch(start, stop)
+        return res.x
+
+    if sink is None:
+        x = map_batches(one, shape[0], batch_size)
+    else:
+        x = None
+        for start, stop, rows in stream_batches(one, shape[0], batch_size):
+            sink(start, stop, rows)
+    nfe, passes, batches = sum_over_ranks(counts)
+    return SampleResult(
+        x=x,
+        nfe=int(nfe),
+        network_passes=int(passes),
+        solver=solver.name,
+        ts=ts,
+        wall_time=time.perf_counter() - start_time,
+        options=solver.options(),
+        batches=int(batches),
     )
 
 
@@ -291,78 +380,10 @@ def sample_batched(
     schedule: str = "karras",
     *,
     batch_size: int = 256,
-    cond: Cond = None,
     seed: int = 0,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    denoise: bool = False,
-    to_zero: bool = False,
-    rho: float = 7.0,
-    grid: Tensor | None = None,
-    callback: Callable[[StepInfo], None] | None = None,
-    on_batch: Callable[[int, int], None] | None = None,
-    sink: Callable[[int, int, Tensor], None] | None = None,
-    **options: Any,
+    **kwargs: Any,
 ) -> SampleResult:
-    """``shape[0]`` samples in batches of ``batch_size``, sharded over ``torchrun`` ranks.
-
-    Sample ``i`` draws its noise from ``PerSampleNoise(seed)`` at index ``i`` and its
-    condition from row ``i`` of ``cond``; batches are the global ``[k b, (k+1) b)``
-    and rank ``r`` of ``W`` solves batches ``r, r + W, ...``.  The samples are
-    therefore the same bit for bit on any number of processes (for a given
-    ``batch_size`` and thread count), and for solvers whose ``batch_invariant`` is
-    ``True`` also for any ``batch_size`` up to float rounding of the model's batched
-    arithmetic.  Rank 0 gets every sample in ``x``; other ranks get ``x = None``.
-    ``nfe`` is the mean number of model calls per batch (exact for fixed grids),
-    ``network_passes`` the total over all batches of all ranks.  ``on_batch(start,
-    stop)`` follows each finished batch of this rank.  With ``sink``, rank 0 hands
-    each batch to ``sink(start, stop, rows)`` in global order as it arrives and keeps
-    nothing (``x = None``): memory holds a batch per rank, whatever ``shape[0]``.
-    """
-    solver = _resolve(solver, options)
-    steps = default_steps(solver) if steps is None else steps
-    if not shape or shape[0] < 1 or batch_size < 1:
-        raise ArgumentError(
-            f"need at least one sample and batch_size >= 1, got {shape}, {batch_size}"
-        )
-    start_time, counts = time.perf_counter(), [0, 0, 0]
-
-    def run(start: int, stop: int) -> Tensor:
-        res = sample(
-            model,
-            sde,
-            (stop - start, *shape[1:]),
-            solver,
-            steps,
-            schedule,
-            cond=None if cond is None else slice_cond(cond, slice(start, stop)),
-            noise=PerSampleNoise(seed, start),
-            device=device,
-            dtype=dtype,
-            denoise=denoise,
-            to_zero=to_zero,
-            rho=rho,
-            grid=grid,
-            callback=callback,
-        )
-        counts[:] = [counts[0] + res.nfe, counts[1] + res.network_passes, counts[2] + 1]
-        if on_batch is not None:
-            on_batch(start, stop)
-        return res.x
-
-    if sink is None:
-        x = map_batches(run, shape[0], batch_size)
-    else:
-        x = None
-        for start, stop, rows in stream_batches(run, shape[0], batch_size):
-            sink(start, stop, rows)
-    nfe, passes, batches = sum_over_ranks(counts)
-    return SampleResult(
-        x=x,
-        nfe=round(nfe / batches),
-        network_passes=int(passes),
-        solver=solver.name,
-        ts=_grid(sde, steps, schedule, rho, to_zero, grid),
-        wall_time=time.perf_counter() - start_time,
-        options=solver.options(),
+    """:func:`sample` in batches of ``batch_size`` (its batched mode, with that default)."""
+    return sample(
+        model, sde, shape, solver, steps, schedule, batch_size=batch_size, seed=seed, **kwargs
     )

@@ -97,7 +97,8 @@ def test_batched_sampling_keys_noise_and_condition_by_global_index():
         model, sde, (4, 2), "heun", 6, cond=labels[first:stop], noise=sd.PerSampleNoise(3, first)
     )
     assert torch.equal(res.x[first:stop], alone.x)
-    assert res.nfe == alone.nfe == 12 and res.network_passes == 3 * 12  # 3 batches
+    assert res.batches == 3 and res.nfe_per_batch == alone.nfe == 12  # 3 batches
+    assert res.nfe == res.network_passes == 3 * 12  # totals
     assert res.x.shape == (11, 2) and torch.isfinite(res.x).all()
 
 
