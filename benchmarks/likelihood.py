@@ -46,8 +46,8 @@ def mixture_rows(n: int = 1000) -> list[dict]:
         exact = gmm.marginal_log_prob(sde, x, sde.t_min)
         score = gmm.score_fn(sde)
         res, wall = timed(
-            lambda sde=sde, x=x, score=score: sd.log_likelihood(
-                score, sde, x, rtol=1e-6, atol=1e-6, return_result=True
+            lambda sde=sde, x=x, score=score: sd.likelihood_terms(
+                score, sde, x, rtol=1e-6, atol=1e-6
             )
         )
         row = {

@@ -20,13 +20,8 @@ from rich.table import Table
 import sde_diffusion as sd
 from sde_diffusion.data import load_data
 from sde_diffusion.distributed import local_batches
-from sde_diffusion.likelihood import (
-    elbo,
-    likelihood_solvers,
-    log_likelihood,
-    nll_batched,
-    pixel_range,
-)
+from sde_diffusion.elbo import elbo_terms
+from sde_diffusion.likelihood import likelihood_solvers, likelihood_terms, nll_batched, pixel_range
 
 from .common import console, friendly_errors, library_default, parse_device, start_ranks
 from .sample import device_option, model_option, open_problem, sde_option, seed_option
@@ -85,45 +80,45 @@ def _summary(values: torch.Tensor) -> tuple[float, float]:
 @click.option(
     "--solver",
     type=click.Choice(likelihood_solvers()),
-    default=library_default(log_likelihood, "solver"),
+    default=library_default(likelihood_terms, "solver"),
     show_default=True,
 )
 @click.option(
     "--steps",
     type=click.IntRange(2, 100_000),
-    default=library_default(log_likelihood, "steps"),
+    default=library_default(likelihood_terms, "steps"),
     show_default=True,
     help="Steps of a fixed-grid ODE solver.",
 )
 @click.option(
     "--elbo-steps",
     type=click.IntRange(2, 10**6),
-    default=library_default(elbo, "steps"),
+    default=library_default(elbo_terms, "steps"),
     show_default=True,
 )
 @click.option(
     "--rtol",
     type=click.FloatRange(min=0, min_open=True),
-    default=library_default(log_likelihood, "rtol"),
+    default=library_default(likelihood_terms, "rtol"),
     show_default=True,
 )
 @click.option(
     "--atol",
     type=click.FloatRange(min=0, min_open=True),
-    default=library_default(log_likelihood, "atol"),
+    default=library_default(likelihood_terms, "atol"),
     show_default=True,
 )
 @click.option(
     "--divergence",
     type=click.Choice(["auto", "exact", "hutchinson"]),
-    default=library_default(log_likelihood, "divergence"),
+    default=library_default(likelihood_terms, "divergence"),
     show_default=True,
     help="auto: exact up to 32 dimensions, Hutchinson above.",
 )
 @click.option(
     "--probes",
     type=click.IntRange(1, 1000),
-    default=library_default(log_likelihood, "probes"),
+    default=library_default(likelihood_terms, "probes"),
     show_default=True,
 )
 @seed_option

@@ -9,14 +9,14 @@ res = sd.sample(gmm.score_fn(sde), sde, shape=(1024, 2), solver="heun", steps=32
 from . import adapters
 from .analytic import GaussianMixture, MixtureScore, eight_gaussians, high_dim_mixture
 from .controllers import PIDController
+from .elbo import ELBOResult, elbo, elbo_terms
 from .errors import ArgumentError, NonFiniteError
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .likelihood import (
-    ELBOResult,
     LikelihoodResult,
     bits_per_dim,
-    elbo,
     likelihood_solvers,
+    likelihood_terms,
     log_likelihood,
     nll_batched,
 )
@@ -87,9 +87,11 @@ __all__ = [
     "bits_per_dim",
     "eight_gaussians",
     "elbo",
+    "elbo_terms",
     "get_solver",
     "high_dim_mixture",
     "likelihood_solvers",
+    "likelihood_terms",
     "list_solvers",
     "load_grid",
     "log_likelihood",

@@ -9,7 +9,9 @@ surfaces as what it is.
 
 from __future__ import annotations
 
-__all__ = ["ArgumentError", "NonFiniteError"]
+import torch
+
+__all__ = ["ArgumentError", "NonFiniteError", "raise_if_not_finite"]
 
 
 class ArgumentError(ValueError):
@@ -18,3 +20,14 @@ class ArgumentError(ValueError):
 
 class NonFiniteError(FloatingPointError):
     """The state became NaN or infinite during a solve."""
+
+
+def raise_if_not_finite(values: torch.Tensor, what: str) -> None:
+    """A :class:`NonFiniteError` naming how many of the per-sample ``values`` are not
+    finite (one host read)."""
+    bad = int((~torch.isfinite(values)).sum())
+    if bad:
+        raise NonFiniteError(
+            f"{what} is not finite for {bad} of {len(values)} samples: the model returned "
+            "non-finite values or the solver diverged; check the model, or use more steps"
+        )

@@ -19,29 +19,26 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from .distributed import map_batches, sum_over_ranks
-from .errors import ArgumentError, NonFiniteError
+from .elbo import elbo_terms
+from .errors import ArgumentError, raise_if_not_finite
 from .loop import integrate
 from .noise import GeneratorNoise
-from .parametrization import Coefficients, convert_at
 from .reverse import ReverseProcess, ScoreFn
 from .sdes import SDE
-from .solvers.ancestral import posterior_coefficients
 from .solvers.base import Solver
 from .solvers.registry import get_solver, solver_class, solver_names, solver_options
 
 __all__ = [
-    "ELBOResult",
     "LikelihoodResult",
     "bits_per_dim",
-    "elbo",
     "likelihood_solvers",
+    "likelihood_terms",
     "log_likelihood",
     "nll_batched",
     "pixel_range",
@@ -136,7 +133,7 @@ class _AugmentedFlow:
         return torch.stack(estimates).mean(0)
 
 
-def log_likelihood(
+def likelihood_terms(
     model: ScoreFn,
     sde: SDE,
     x: Tensor,
@@ -151,9 +148,9 @@ def log_likelihood(
     probe_dist: Literal["rademacher", "gaussian"] = "rademacher",
     t_start: float | None = None,
     generator: torch.Generator | None = None,
-    return_result: bool = False,
-) -> Tensor | LikelihoodResult:
-    """Per-sample ``log p_{t_start}(x)`` in nats, shape ``(B,)``.
+) -> LikelihoodResult:
+    """Per-sample ``log p_{t_start}(x)`` in nats with its terms and cost
+    (:func:`log_likelihood` gives the values alone).
 
     ``t_start`` defaults to ``sde.t_min``.  ``solver`` is any solver of
     :func:`likelihood_solvers`: adaptive ones (``rk45``, ``dop853``) take ``rtol``
@@ -198,10 +195,14 @@ def log_likelihood(
     prior = sde.prior_logp(x_T)
     integral = z[:, -1]
     logp = prior + integral
-    _raise_if_not_finite(logp, "log_likelihood")
-    if not return_result:
-        return logp
+    raise_if_not_finite(logp, "log_likelihood")
     return LikelihoodResult(logp, prior, integral, x_T, process.nfe, divergence)
+
+
+def log_likelihood(model: ScoreFn, sde: SDE, x: Tensor, **options) -> Tensor:
+    """Per-sample ``log p_{t_start}(x)`` in nats, shape ``(B,)``: the value of
+    :func:`likelihood_terms`, whose options these are."""
+    return likelihood_terms(model, sde, x, **options).log_likelihood
 
 
 def _log_snr_grid(sde: SDE, t0: float, steps: int) -> list[float]:
@@ -212,134 +213,6 @@ def _log_snr_grid(sde: SDE, t0: float, steps: int) -> list[float]:
     grid = sde.t_from_log_snr(lam).tolist()
     grid[0], grid[-1] = t0, float(sde.T)
     return grid
-
-
-class _GivenStart:
-    """``sde``'s marginals given ``x_{t0}`` in place of ``x_0``: ``x_t = a(t) x_{t0} + s(t) eps``.
-
-    ``a = alpha_t / alpha_{t0}`` and ``s^2 = sigma_t^2 - a^2 sigma_{t0}^2``: the
-    data of the variational bound is ``x_{t0}``, the variable whose density the
-    PF-ODE computes, so both numbers bound or equal the same quantity.
-    """
-
-    def __init__(self, sde: SDE, t0: float):
-        self.sde, self.alpha0, self.sigma0 = sde, sde.alpha(t0), sde.sigma(t0)
-
-    def alpha(self, t: float) -> Tensor:
-        return self.sde.alpha(t) / self.alpha0
-
-    def sigma(self, t: float) -> Tensor:
-        return (self.sde.sigma(t) ** 2 - (self.alpha(t) * self.sigma0) ** 2).clamp_min(0).sqrt()
-
-    def at(self, t: float) -> Coefficients:
-        return Coefficients(float(self.alpha(t)), float(self.sigma(t)))
-
-    def grid(self, t0: float, steps: int) -> list[float]:
-        """``t0`` then ``steps`` times up to ``T``, uniform in this chain's log-SNR.
-
-        With ``n = sigma^2 / alpha^2`` the chain's noise-to-signal ratio is
-        ``alpha_{t0}^2 (n(t) - n(t0))``.  It runs from ``sigma_{t0}^2`` (added noise as
-        large as the noise already in ``x_{t0}``) to its value at ``T``.  A grid uniform
-        in the SDE's own log-SNR would crowd the chain's first steps with ratios
-        2, 3/2, 4/3, ... and leave a gap of about ``pi^2 D / 24`` nats however many
-        steps were taken.
-        """
-        n0 = math.exp(-float(self.sde.log_snr(t0)))
-        a0sq = float(self.alpha0) ** 2
-        hi = -math.log(a0sq * n0)
-        lo = -math.log(a0sq * (math.exp(-float(self.sde.log_snr(self.sde.T))) - n0))
-        lam_rel = torch.linspace(hi, lo, steps, dtype=torch.float64)
-        lam = -torch.log(n0 + torch.exp(-lam_rel) / a0sq)
-        times = self.sde.t_from_log_snr(lam).tolist()
-        times[-1] = float(self.sde.T)
-        return [t0, *times]
-
-
-@dataclass
-class ELBOResult:
-    """Per-sample terms of the variational bound (nats): ``elbo = -(prior + diffusion + recon)``."""
-
-    elbo: Tensor
-    prior_kl: Tensor
-    diffusion_kl: Tensor
-    reconstruction: Tensor
-    nfe: int
-
-
-def elbo(
-    model: ScoreFn,
-    sde: SDE,
-    x: Tensor,
-    *,
-    cond: Tensor | dict[str, Tensor] | None = None,
-    steps: int = 1000,
-    t_start: float | None = None,
-    generator: torch.Generator | None = None,
-    return_result: bool = False,
-) -> Tensor | ELBOResult:
-    """Per-sample variational lower bound on ``log p_{t_start}(x)`` in nats (the VLB).
-
-    The discrete-time bound of Sohl-Dickstein et al. 2015 and Ho et al. 2020 on a
-    grid ``t_start = t_0 < t_1 < ... < t_N = T`` uniform in the log-SNR of
-    ``x_t`` given ``x_{t_0}`` (see ``_GivenStart.grid``), with the model's
-    reverse steps ``p(x_s | x_t) = q(x_s | x_t, x̂_0)`` (posterior variance) and
-    ``x̂_0`` Tweedie's estimate from the score::
-
-        -elbo = KL(q(x_T | x) || prior) + sum_i KL(q(x_{i-1} | x_i, x) || p(x_{i-1} | x_i))
-                - log N(x; x̂_0(x_1), s_1^2 I)
-
-    Each KL between Gaussians of equal variance is ``c_0^2 |x - x̂_0|^2 / (2 var)``;
-    every term is estimated with one draw of ``x_i ~ q(x_i | x)``.  Any linear SDE
-    works (VP is the classical case).  The bound tightens as ``steps`` grows.
-    """
-    if x.ndim < 2 or not x.is_floating_point():
-        raise ArgumentError(
-            f"x must be a floating-point batch of shape (B, *event), got {tuple(x.shape)} {x.dtype}"
-        )
-    if steps < 2:
-        raise ArgumentError(f"the variational bound needs steps >= 2, got {steps}")
-    t0 = float(sde.t_min if t_start is None else t_start)
-    if not 0 < t0 < sde.T:
-        raise ArgumentError(f"t_start must lie in (0, T) = (0, {sde.T}), got {t0}")
-    given = _GivenStart(sde, t0)
-    grid = given.grid(t0, steps)
-    process = ReverseProcess(model, sde, x, cond=cond, grid=grid)
-    dim, flat = x[0].numel(), x.flatten(1)
-
-    def draw_and_denoise(t: float) -> Tensor:
-        """``E[x_{t0} | x_t]`` for ``x_t ~ q(x_t | x)`` (Tweedie on the chain from ``t0``)."""
-        chain = given.at(t)
-        eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_t = chain.alpha * x + chain.sigma * eps
-        return convert_at(process.score(x_t, t), x_t, "score", "x0", chain).flatten(1)
-
-    prior_var = sde.prior_std**2
-    a_T, s_T = float(given.alpha(sde.T)), float(given.sigma(sde.T))
-    ratio = s_T**2 / prior_var
-    prior_kl = 0.5 * (dim * (ratio - 1 - math.log(ratio)) + a_T**2 * flat.pow(2).sum(1) / prior_var)
-    diffusion_kl = torch.zeros_like(prior_kl)
-    for s, t in pairwise(grid[1:]):
-        _, c_0, var, _ = posterior_coefficients(given.at(t), given.at(s))
-        sq = (flat - draw_and_denoise(t)).pow(2).sum(1)
-        diffusion_kl = diffusion_kl + c_0**2 / (2 * var) * sq
-    t1 = grid[1]
-    rec_var = float(given.sigma(t1) ** 2 / given.alpha(t1) ** 2)
-    sq = (flat - draw_and_denoise(t1)).pow(2).sum(1)
-    reconstruction = 0.5 * dim * math.log(2 * math.pi * rec_var) + sq / (2 * rec_var)
-    bound = -(prior_kl + diffusion_kl + reconstruction)
-    _raise_if_not_finite(bound, "elbo")
-    if not return_result:
-        return bound
-    return ELBOResult(bound, prior_kl, diffusion_kl, reconstruction, process.nfe)
-
-
-def _raise_if_not_finite(values: Tensor, what: str) -> None:
-    bad = int((~torch.isfinite(values)).sum())  # the one host read of the estimate
-    if bad:
-        raise NonFiniteError(
-            f"{what} is not finite for {bad} of {len(values)} samples: the model returned "
-            "non-finite values or the solver diverged; check the model, or use more steps"
-        )
 
 
 def pixel_range(scale: float, shift: float, levels: int) -> tuple[float, float]:
@@ -361,9 +234,8 @@ def bits_per_dim(
     high: float = 1.0,
     generator: torch.Generator | None = None,
     estimator: Literal["ode", "elbo"] = "ode",
-    return_result: bool = False,
     **options,
-) -> Tensor | tuple[Tensor, LikelihoodResult | ELBOResult]:
+) -> Tensor:
     """Per-sample bits/dim of integer data in ``{0, ..., levels - 1}`` (images).
 
     Uniform dequantisation ``u = x + U[0, 1)``, then the model's scaling
@@ -372,9 +244,13 @@ def bits_per_dim(
     ``bits/dim = -log p(u) / (D ln 2)``, an upper bound on the discrete NLL.
     ``log p(y)`` comes from :func:`log_likelihood` (``estimator="ode"``) or from
     the variational bound :func:`elbo` (``"elbo"``, a looser upper bound on bits/dim);
-    ``options`` go to that function; ``return_result=True`` returns its result
-    (terms, NFE) beside the bits/dim.
+    ``options`` go to that function.
     """
+    return _bits_and_terms(model, sde, x_int, levels, low, high, generator, estimator, options)[0]
+
+
+def _bits_and_terms(model, sde, x_int, levels, low, high, generator, estimator, options):
+    """Bits/dim and the estimator's result (terms and NFE)."""
     if estimator not in ("ode", "elbo"):
         raise ArgumentError(f"estimator must be 'ode' or 'elbo', got {estimator!r}")
     if x_int.is_floating_point() and not torch.equal(x_int, x_int.round()):
@@ -391,11 +267,11 @@ def bits_per_dim(
     u = x_int.to(noise.dtype) + noise
     y = low + (high - low) * u / levels
     dim = x_int[0].numel()
-    estimate = log_likelihood if estimator == "ode" else elbo
-    result = estimate(model, sde, y, generator=generator, return_result=True, **options)
+    estimate = likelihood_terms if estimator == "ode" else elbo_terms
+    result = estimate(model, sde, y, generator=generator, **options)
     logp_y = result.log_likelihood if estimator == "ode" else result.elbo
     bits = -(logp_y + dim * math.log((high - low) / levels)) / (dim * math.log(2))
-    return (bits, result) if return_result else bits
+    return bits, result
 
 
 def nll_batched(
@@ -431,22 +307,13 @@ def nll_batched(
         generator = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + start)
         batch = x[start:stop]
         if levels is not None:
-            bits, result = bits_per_dim(
-                model,
-                sde,
-                batch,
-                levels=levels,
-                low=low,
-                high=high,
-                generator=generator,
-                estimator=estimator,
-                return_result=True,
-                **options,
+            bits, result = _bits_and_terms(
+                model, sde, batch, levels, low, high, generator, estimator, options
             )
             nll = bits * dim * math.log(2)
         else:
-            estimate = log_likelihood if estimator == "ode" else elbo
-            result = estimate(model, sde, batch, generator=generator, return_result=True, **options)
+            estimate = likelihood_terms if estimator == "ode" else elbo_terms
+            result = estimate(model, sde, batch, generator=generator, **options)
             nll = -(result.log_likelihood if estimator == "ode" else result.elbo)
         calls[0], calls[1] = calls[0] + result.nfe, calls[1] + 1
         if on_batch is not None:

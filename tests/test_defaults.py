@@ -11,16 +11,17 @@ from sdediff_cli.main import main
 
 import sde_diffusion as sd
 from sde_diffusion.building import build_model
-from sde_diffusion.likelihood import elbo, log_likelihood, nll_batched
+from sde_diffusion.elbo import elbo_terms
+from sde_diffusion.likelihood import likelihood_terms, nll_batched
 from sde_diffusion.training import TrainConfig
 
 # command -> the library callables it runs, and the CLI names the library spells otherwise
 LIBRARY = {
-    "sample": ([sd.sample, sd.sample_batched], {}),
+    "sample": ([sd.sample_batched, sd.sample], {}),  # the CLI samples in batches
     "train": ([build_model, TrainConfig], {"ema": "ema_decay", "cond_drop": "cond_drop_prob"}),
     "likelihood": (
-        [log_likelihood, nll_batched],
-        {"elbo_steps": (elbo, "steps"), "num_samples": None},
+        [likelihood_terms, nll_batched],
+        {"elbo_steps": (elbo_terms, "steps"), "num_samples": None},
     ),
 }
 

@@ -27,7 +27,7 @@ def _points(gmm, sde, n=16, seed=0):
 def test_matches_closed_form_mixture_density(name):
     sde, gmm = MATCHED[name](), small_mixture()
     x = _points(gmm, sde)
-    result = sd.log_likelihood(gmm.score_fn(sde), sde, x, rtol=1e-8, atol=1e-8, return_result=True)
+    result = sd.likelihood_terms(gmm.score_fn(sde), sde, x, rtol=1e-8, atol=1e-8)
     exact = gmm.marginal(sde, sde.t_min).log_prob(x)
     assert result.divergence == "exact" and result.nfe > 0
     assert (result.log_likelihood - exact).abs().max() < 1e-3
@@ -98,9 +98,7 @@ def test_hutchinson_is_unbiased_in_64_dimensions():
 def test_auto_picks_hutchinson_in_high_dimension():
     sde, gmm = sd.VPSDE(), sd.high_dim_mixture()
     x = _points(gmm, sde, n=2)
-    result = sd.log_likelihood(
-        gmm.score_fn(sde), sde, x, solver="euler", steps=4, return_result=True
-    )
+    result = sd.likelihood_terms(gmm.score_fn(sde), sde, x, solver="euler", steps=4)
     assert result.divergence == "hutchinson" and result.log_likelihood.shape == (2,)
 
 
@@ -164,7 +162,7 @@ def test_only_the_prior_mismatch_separates_default_sdes_from_the_density(make):
     """log p_T(x_T) - log prior(x_T), added back, closes the gap to 1e-5 nats."""
     sde, gmm = make(), small_mixture()
     x = _points(gmm, sde, n=8)
-    result = sd.log_likelihood(gmm.score_fn(sde), sde, x, rtol=1e-8, atol=1e-8, return_result=True)
+    result = sd.likelihood_terms(gmm.score_fn(sde), sde, x, rtol=1e-8, atol=1e-8)
     mismatch = gmm.marginal(sde, sde.T).log_prob(result.x_T) - sde.prior_logp(result.x_T)
     exact = gmm.marginal(sde, sde.t_min).log_prob(x)
     assert (result.log_likelihood + mismatch - exact).abs().max() < 1e-5
@@ -195,7 +193,7 @@ def test_elbo_bounds_the_log_density_and_tightens_like_one_over_steps(make):
 def test_elbo_terms_add_up_and_count_evaluations():
     sde, gmm = sd.VPSDE(), small_mixture()
     x = _points(gmm, sde, n=8)
-    res = sd.elbo(gmm.score_fn(sde), sde, x, steps=50, return_result=True)
+    res = sd.elbo_terms(gmm.score_fn(sde), sde, x, steps=50)
     torch.testing.assert_close(res.elbo, -(res.prior_kl + res.diffusion_kl + res.reconstruction))
     assert res.nfe == 50 and res.elbo.shape == (8,)
     assert (res.prior_kl >= 0).all() and (res.diffusion_kl >= 0).all()

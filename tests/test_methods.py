@@ -9,8 +9,8 @@ from scipy.integrate import quad
 
 import sde_diffusion as sd
 from sde_diffusion.metrics import sliced_wasserstein
-from sde_diffusion.solvers.ancestral import posterior_coefficients
 from sde_diffusion.solvers.lms import adams_bashforth_weights
+from sde_diffusion.solvers.stochastic import posterior_coefficients
 from sde_diffusion.solvers.unipc import unipc_weights
 
 CLASSICAL_AB = {

@@ -5,26 +5,11 @@ from __future__ import annotations
 import torch
 
 from ..errors import ArgumentError
-from ..parametrization import Coefficients
 from .base import Solver
 from .registry import register_solver
+from .stochastic import posterior_coefficients
 
 VARIANCES = ("posterior", "forward")
-
-
-def posterior_coefficients(c_t: Coefficients, c_s: Coefficients):
-    """Mean weights and variance of ``q(x_s | x_t, x_0)`` for ``s < t``.
-
-    With ``a = alpha_t / alpha_s`` and ``v = sigma_t^2 - a^2 sigma_s^2`` (the
-    forward transition ``x_t | x_s ~ N(a x_s, v)``):
-    ``mean = (a sigma_s^2 / sigma_t^2) x_t + (alpha_s v / sigma_t^2) x_0`` and
-    ``var = v sigma_s^2 / sigma_t^2``.  Returns (weight on x_t, weight on x_0,
-    posterior variance, forward variance v).
-    """
-    a = c_t.alpha / c_s.alpha
-    v = c_t.sigma**2 - a**2 * c_s.sigma**2
-    ratio = c_s.sigma**2 / c_t.sigma**2
-    return a * ratio, c_s.alpha * v / c_t.sigma**2, v * ratio, v
 
 
 @register_solver(

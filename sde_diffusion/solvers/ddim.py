@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import ArgumentError
-from .ancestral import posterior_coefficients
 from .base import Solver
 from .registry import register_solver
+from .stochastic import posterior_coefficients
 
 
 @register_solver(

@@ -7,8 +7,8 @@ import math
 import torch
 
 from ..errors import ArgumentError
-from .euler_ancestral import EtaSolver
 from .registry import register_solver
+from .stochastic import EtaSolver
 
 VARIANTS = ("midpoint", "heun")
 

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from .euler_ancestral import MidpointEtaSolver
 from .registry import register_solver
+from .stochastic import MidpointEtaSolver
 
 
 @register_solver(

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from .euler_ancestral import EtaSolver
 from .registry import register_solver
+from .stochastic import EtaSolver
 
 
 @register_solver(

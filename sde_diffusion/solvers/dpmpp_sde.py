@@ -7,8 +7,8 @@ from itertools import pairwise
 import torch
 
 from ..errors import ArgumentError
-from .euler_ancestral import EtaSolver, ancestral_split
 from .registry import register_solver
+from .stochastic import EtaSolver, ancestral_split
 
 
 @register_solver(

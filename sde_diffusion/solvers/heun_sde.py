@@ -9,6 +9,7 @@ import torch
 from ..errors import ArgumentError
 from .base import Solver
 from .registry import register_solver
+from .stochastic import noise_to_signal
 
 
 @register_solver(
@@ -83,8 +84,3 @@ class EDMStochasticHeun(Solver):
             d1 = (x_next - process.denoise(x_next * process.at(t1).alpha, t1)) / v1
             x_next = torch.add(x_scaled, d + d1, alpha=0.5 * (v1 - v_hat))
         return x_next * process.at(t1).alpha, (i + 1, nu, nu_hat, t_hat)
-
-
-def noise_to_signal(c) -> float:
-    """Noise-to-signal ratio sigma / alpha (0 at t = 0 for sigma(0) = 0)."""
-    return c.sigma / c.alpha

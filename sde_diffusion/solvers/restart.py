@@ -8,8 +8,8 @@ import torch
 
 from ..errors import ArgumentError
 from .base import Leg, Solver
-from .heun_sde import noise_to_signal
 from .registry import get_solver, register_solver
+from .stochastic import noise_to_signal
 
 
 @register_solver(
