@@ -36,7 +36,8 @@ from .models import Cond, ConditionError
 from .noise import GeneratorNoise
 from .reverse import ReverseProcess
 from .sdes import EDMSDE, DiscreteVPSDE, append_dims
-from .solvers.registry import get_solver
+from .solvers.base import Solver
+from .solvers.registry import get_solver, solver_names
 from .timesteps import timesteps, validate_grid
 
 __all__ = [
@@ -46,6 +47,8 @@ __all__ = [
     "from_diffusers",
     "from_kdiffusion",
     "kdiffusion_sampling",
+    "once_a_step",
+    "pipeline_solvers",
     "scheduler_grid",
 ]
 
@@ -216,6 +219,18 @@ class _GivenOutput:
         return out
 
 
+def once_a_step(solver: Solver) -> bool:
+    """Whether ``solver`` evaluates the model once per step of a grid (what a diffusers
+    pipeline's loop does), read from its ``expected_nfe``: adaptive solvers give none."""
+    probe = [1.0, 0.75, 0.5]  # two steps that do not end at t = 0
+    return solver.expected_nfe(probe) == len(probe) - 1
+
+
+def pipeline_solvers() -> list[str]:
+    """The registered solvers that fit a diffusers pipeline with their default options."""
+    return [name for name in solver_names() if once_a_step(get_solver(name))]
+
+
 class DiffusersScheduler:
     """One of our solvers as a diffusers scheduler, for ``pipe.scheduler = ...``.
 
@@ -242,12 +257,11 @@ class DiffusersScheduler:
         **options: Any,
     ):
         self.solver = get_solver(solver, **options)
-        probe = [1.0, 0.75, 0.5]  # two steps that do not end at t = 0
-        if self.solver.expected_nfe(probe) != len(probe) - 1:
+        if not once_a_step(self.solver):
             raise ArgumentError(
                 f"solver {self.solver.name!r} evaluates the model more than once a step (or "
                 "chooses its own steps); a diffusers pipeline evaluates once a step: use one "
-                "of euler, lms, dpmpp_2m, dpmpp_3m, unipc, ddim, ancestral, euler_maruyama"
+                f"of {', '.join(pipeline_solvers())}"
             )
         schedule = schedule if schedule is not None else _diffusers().DDPMScheduler()
         self.sde, self.prediction = _schedule(schedule)
