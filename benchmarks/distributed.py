@@ -26,12 +26,12 @@ import torch
 from common import fmt, write_results
 
 import sde_diffusion as sd
-from sde_diffusion.data import digits, load_data
 from sde_diffusion.distributed import barrier, init_distributed, rank_and_world
+from sde_diffusion.evaluation.problems import load_problem
 from sde_diffusion.networks import ResidualMLP, UNet
 from sde_diffusion.parametrization import ScoreModel
-from sde_diffusion.problems import load_problem
 from sde_diffusion.training import TrainConfig, Trainer
+from sde_diffusion.training.data import digits, load_data
 
 
 def timed(run, repeats: int, device: torch.device) -> float:

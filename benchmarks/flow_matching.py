@@ -30,10 +30,10 @@ import torch
 from common import fmt, write_results
 
 import sde_diffusion as sd
-from sde_diffusion.benchmark import steps_for_nfe
-from sde_diffusion.data import toy_2d
-from sde_diffusion.metrics import noise_floor, sliced_wasserstein
-from sde_diffusion.problems import load_problem
+from sde_diffusion.evaluation.benchmark import steps_for_nfe
+from sde_diffusion.evaluation.metrics import noise_floor, sliced_wasserstein
+from sde_diffusion.evaluation.problems import load_problem
+from sde_diffusion.training.data import toy_2d
 
 COMMAND = [
     "train", "--data", "moons", "--sde", "rectified_flow", "--parametrization", "velocity",

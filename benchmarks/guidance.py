@@ -22,10 +22,10 @@ import torch
 from common import RESULTS, table, write_results
 
 import sde_diffusion as sd
-from sde_diffusion.data import digits
-from sde_diffusion.digits_eval import class_accuracy, digits_fid
+from sde_diffusion.evaluation.digits_eval import class_accuracy, digits_fid
+from sde_diffusion.evaluation.problems import load_problem
 from sde_diffusion.plotting import save_image_grid
-from sde_diffusion.problems import load_problem
+from sde_diffusion.training.data import digits
 
 SCALES = (0.0, 0.5, 1.0, 2.0, 4.0)
 INTERVAL = (0.2, 2.0)

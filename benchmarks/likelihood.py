@@ -22,9 +22,9 @@ import torch
 from common import write_results
 
 import sde_diffusion as sd
-from sde_diffusion.data import digits
-from sde_diffusion.likelihood import pixel_range
+from sde_diffusion.evaluation.likelihood import pixel_range
 from sde_diffusion.pretrained import load_pretrained
+from sde_diffusion.training.data import digits
 
 
 def mean_se(v: torch.Tensor) -> tuple[float, float]:

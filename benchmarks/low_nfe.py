@@ -37,7 +37,7 @@ from common import RESULTS, table, write_results
 from peers import Case, Peer, diffusers_grid, run_diffusers, standard_grid_runs
 
 import sde_diffusion as sd
-from sde_diffusion.benchmark import fixed_grid_solvers, rms_ratio, steps_for_nfe
+from sde_diffusion.evaluation.benchmark import fixed_grid_solvers, rms_ratio, steps_for_nfe
 from sde_diffusion.tuning import worst_share
 
 NFES = [4, 5, 6, 8, 10, 15, 20]
@@ -200,8 +200,8 @@ def trained(kd, budgets=tuple(NFES), only: str | None = None, solvers=TUNED) -> 
 
 
 def _trained(kd, name: str, budgets, only: str | None, solvers) -> list[dict]:
+    from sde_diffusion.evaluation.problems import load_problem
     from sde_diffusion.parametrization import convert
-    from sde_diffusion.problems import load_problem
 
     n, fit = TRAINED[name]
     rows = []

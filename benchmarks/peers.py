@@ -46,10 +46,10 @@ import torch
 from common import RESULTS, fmt, machine, table, write_results
 
 import sde_diffusion as sd
-from sde_diffusion.benchmark import fixed_grid_solvers, steps_for_nfe
+from sde_diffusion.evaluation.benchmark import fixed_grid_solvers, steps_for_nfe
+from sde_diffusion.evaluation.problems import load_problem
 from sde_diffusion.parametrization import convert
 from sde_diffusion.plotting import save_error_plot
-from sde_diffusion.problems import load_problem
 
 NFES = [5, 10, 20, 50, 100, 200]
 SIGMA_MIN, SIGMA_MAX, TRAIN_LEVELS = 0.002, 80.0, 1000

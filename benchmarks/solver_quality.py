@@ -5,7 +5,7 @@
 
 Each problem runs every fixed-grid solver on a Karras (rho = 7) and a log-SNR
 grid from one prior draw (``PerSampleNoise(0)``), through
-``sde_diffusion.benchmark.compare_solvers`` (the code behind ``sdediff bench``).
+``sde_diffusion.evaluation.benchmark.compare_solvers`` (the code behind ``sdediff bench``).
 ``error`` is the endpoint RMS per dimension against DOP853 at rtol = atol =
 1e-10 from the same x_T (deterministic solvers, exact scores only);
 ``quality`` is sliced W2 to fresh exact samples (digits: digits-FID to the test
@@ -25,15 +25,15 @@ import statistics
 import torch
 from common import RESULTS, fmt, pivot, table, write_results
 
-from sde_diffusion.benchmark import (
+from sde_diffusion.evaluation.benchmark import (
     compare_solvers,
     convergence_slope,
     ends_at_zero,
     fixed_grid_solvers,
     reference_endpoints,
 )
+from sde_diffusion.evaluation.problems import load_problem
 from sde_diffusion.plotting import save_error_plot
-from sde_diffusion.problems import load_problem
 
 BOTH = ("karras", "logsnr")
 SUITES = {  # (problem, SDE, samples, grids) and the NFE budgets
@@ -55,7 +55,7 @@ def noise_floor(problem, n: int, reference=None, repeats: int = 5) -> float:
     if reference is not None:
         return problem.quality(reference.float(), 0)
     if problem.is_digits:  # the reference is the fixed test set: FID of the training images
-        from sde_diffusion.data import digits
+        from sde_diffusion.training.data import digits
 
         train = digits("train").x
         return problem.quality(train[torch.randperm(len(train))[:n]], 0)

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import torch
 
-from sde_diffusion.data import digits
-from sde_diffusion.digits_eval import (
+from sde_diffusion.evaluation.digits_eval import (
     confident_fraction,
     digits_fid,
     save_digits_classifier,
     train_digits_classifier,
 )
+from sde_diffusion.training.data import digits
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,12 +24,12 @@ import torch
 from common import machine
 
 import sde_diffusion as sd
-from sde_diffusion.data import digits
-from sde_diffusion.digits_eval import class_accuracy, confident_fraction, digits_fid
+from sde_diffusion.evaluation.digits_eval import class_accuracy, confident_fraction, digits_fid
 from sde_diffusion.networks import UNet
 from sde_diffusion.parametrization import ScoreModel
 from sde_diffusion.plotting import save_image_grid
 from sde_diffusion.training import TrainConfig, Trainer
+from sde_diffusion.training.data import digits
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,12 +20,12 @@ import torch
 from common import machine
 
 import sde_diffusion as sd
-from sde_diffusion.data import load_data, toy_2d
-from sde_diffusion.metrics import noise_floor, sliced_wasserstein
+from sde_diffusion.evaluation.metrics import noise_floor, sliced_wasserstein
 from sde_diffusion.networks import ResidualMLP
 from sde_diffusion.parametrization import ScoreModel
 from sde_diffusion.plotting import save_scatter
 from sde_diffusion.training import TrainConfig, Trainer
+from sde_diffusion.training.data import load_data, toy_2d
 
 ROOT = Path(__file__).resolve().parents[1]
 

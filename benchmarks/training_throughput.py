@@ -15,10 +15,10 @@ import torch
 from common import write_results
 
 import sde_diffusion as sd
-from sde_diffusion.data import digits, load_data
 from sde_diffusion.networks import ResidualMLP, UNet
 from sde_diffusion.parametrization import ScoreModel
 from sde_diffusion.training import TrainConfig, Trainer
+from sde_diffusion.training.data import digits, load_data
 
 
 def trainers(device: str) -> dict[str, Trainer]:

@@ -13,7 +13,11 @@ from rich.table import Table
 
 import sde_diffusion as sd
 from sde_diffusion.atomic import atomic_path
-from sde_diffusion.benchmark import compare_solvers, convergence_slope, fixed_grid_solvers
+from sde_diffusion.evaluation.benchmark import (
+    compare_solvers,
+    convergence_slope,
+    fixed_grid_solvers,
+)
 from sde_diffusion.plotting import save_error_plot
 
 from .common import DTYPES, SafePath, comma_list, console, friendly_errors, writable_output

@@ -23,8 +23,6 @@ import torch.distributed as dist
 from rich.console import Console
 
 import sde_diffusion as sd
-from sde_diffusion.checkpoint import CheckpointError
-from sde_diffusion.data import DataError
 from sde_diffusion.distributed import (
     init_distributed,
     rank_and_world,
@@ -34,6 +32,8 @@ from sde_diffusion.distributed import (
 from sde_diffusion.sampling import NonFiniteError
 from sde_diffusion.solvers import UnknownSolverError
 from sde_diffusion.solvers.registry import solver_class, solver_options
+from sde_diffusion.training.checkpoint import CheckpointError
+from sde_diffusion.training.data import DataError
 
 console = Console()
 err_console = Console(stderr=True)

@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from sde_diffusion.checkpoint import load_checkpoint, prefixed
 from sde_diffusion.pretrained import available, pretrained_path
 from sde_diffusion.training import load_score_model
+from sde_diffusion.training.checkpoint import load_checkpoint, prefixed
 
 from .common import console, friendly_errors
 

@@ -18,10 +18,15 @@ from rich.progress import (
 from rich.table import Table
 
 import sde_diffusion as sd
-from sde_diffusion.data import load_data
 from sde_diffusion.distributed import local_batches
-from sde_diffusion.elbo import elbo_terms
-from sde_diffusion.likelihood import likelihood_solvers, likelihood_terms, nll_batched, pixel_range
+from sde_diffusion.evaluation.elbo import elbo_terms
+from sde_diffusion.evaluation.likelihood import (
+    likelihood_solvers,
+    likelihood_terms,
+    nll_batched,
+    pixel_range,
+)
+from sde_diffusion.training.data import load_data
 
 from .common import console, friendly_errors, library_default, parse_device, start_ranks
 from .sample import device_option, model_option, open_problem, sde_option, seed_option

@@ -6,7 +6,7 @@ import click
 from rich.table import Table
 
 import sde_diffusion as sd
-from sde_diffusion.benchmark import fixed_grid
+from sde_diffusion.evaluation.benchmark import fixed_grid
 
 from .bench import bench
 from .common import console

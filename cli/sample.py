@@ -17,9 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import sde_diffusion as sd
 from sde_diffusion.atomic import atomic_path
 from sde_diffusion.distributed import local_batches, rank_and_world
+from sde_diffusion.evaluation.problems import load_problem
 from sde_diffusion.npz import NpzWriter
 from sde_diffusion.plotting import save_samples
-from sde_diffusion.problems import load_problem
 from sde_diffusion.sampling import DEFAULT_STEPS, default_steps
 from sde_diffusion.sdes import sde_names
 

@@ -10,16 +10,16 @@ from typing import NoReturn
 import click
 import torch
 
-from sde_diffusion.building import NETWORKS, build_model
-from sde_diffusion.checkpoint import CheckpointError
-from sde_diffusion.data import load_data
 from sde_diffusion.distributed import rank_and_world
-from sde_diffusion.losses import WEIGHTINGS
 from sde_diffusion.parametrization import PARAMETRIZATIONS
 from sde_diffusion.plotting import save_samples
 from sde_diffusion.sdes import sde_names
 from sde_diffusion.training import NonFiniteLossError, TrainConfig, Trainer
-from sde_diffusion.training_state import run_settings
+from sde_diffusion.training.building import NETWORKS, build_model
+from sde_diffusion.training.checkpoint import CheckpointError
+from sde_diffusion.training.data import load_data
+from sde_diffusion.training.losses import WEIGHTINGS
+from sde_diffusion.training.state import run_settings
 
 from .common import (
     INTERRUPTED,

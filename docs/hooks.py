@@ -63,7 +63,7 @@ def yes_no(flag: bool) -> str:
 def solver_table() -> str:
     """The registry, one row per solver, from ``sd.list_solvers()`` and the default instance."""
     import sde_diffusion as sd
-    from sde_diffusion.benchmark import fixed_grid
+    from sde_diffusion.evaluation.benchmark import fixed_grid
     from sde_diffusion.solvers.registry import solver_class, solver_options
 
     rows = [

@@ -9,10 +9,9 @@ res = sd.sample(gmm.score_fn(sde), sde, shape=(1024, 2), solver="heun", steps=32
 from . import adapters
 from .analytic import GaussianMixture, MixtureScore, eight_gaussians, high_dim_mixture
 from .controllers import PIDController
-from .elbo import ELBOResult, elbo, elbo_terms
 from .errors import ArgumentError, NonFiniteError
-from .guidance import ClassifierFreeGuidance, ClassifierGuidance
-from .likelihood import (
+from .evaluation.elbo import ELBOResult, elbo, elbo_terms
+from .evaluation.likelihood import (
     LikelihoodResult,
     bits_per_dim,
     likelihood_solvers,
@@ -20,6 +19,7 @@ from .likelihood import (
     log_likelihood,
     nll_batched,
 )
+from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .models import ConditionError, FunctionModel, Model, as_model
 from .noise import BrownianNoise, GeneratorNoise, NoiseSource, PerSampleNoise
 from .parametrization import PREDICTIONS, ScoreModel

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from sdediff_cli.main import main
 
 import sde_diffusion as sd
-from sde_diffusion.checkpoint import load_checkpoint
+from sde_diffusion.training.checkpoint import load_checkpoint
 
 
 def run(*args, cwd=None):

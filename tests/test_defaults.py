@@ -10,10 +10,10 @@ from sdediff_cli.common import DTYPES
 from sdediff_cli.main import main
 
 import sde_diffusion as sd
-from sde_diffusion.building import build_model
-from sde_diffusion.elbo import elbo_terms
-from sde_diffusion.likelihood import likelihood_terms, nll_batched
+from sde_diffusion.evaluation.elbo import elbo_terms
+from sde_diffusion.evaluation.likelihood import likelihood_terms, nll_batched
 from sde_diffusion.training import TrainConfig
+from sde_diffusion.training.building import build_model
 
 # command -> the library callables it runs, and the CLI names the library spells otherwise
 LIBRARY = {

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from sde_diffusion.checkpoint import load_checkpoint
-from sde_diffusion.data import digits
-from sde_diffusion.digits_eval import (
+from sde_diffusion.evaluation.digits_eval import (
     confident_fraction,
     digits_fid,
     frechet_distance,
     load_digits_classifier,
 )
+from sde_diffusion.training.checkpoint import load_checkpoint
+from sde_diffusion.training.data import digits
 
 
 def test_frechet_distance_of_a_shift_is_its_squared_length():

@@ -21,8 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import sde_diffusion as sd
-from sde_diffusion.checkpoint import load_checkpoint
 from sde_diffusion.distributed import local_batches, map_batches
+from sde_diffusion.training.checkpoint import load_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default per process; alike for both
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

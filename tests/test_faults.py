@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from sde_diffusion.atomic import atomic_path, stale_temporaries
-from sde_diffusion.checkpoint import load_checkpoint, save_checkpoint
+from sde_diffusion.training.checkpoint import load_checkpoint, save_checkpoint
 
 SDEDIFF = str(Path(sys.executable).parent / "sdediff")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

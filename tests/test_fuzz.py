@@ -33,8 +33,8 @@ from safetensors.torch import save_file
 from sdediff_cli.main import main
 
 import sde_diffusion as sd
-from sde_diffusion.checkpoint import load_checkpoint, save_checkpoint
 from sde_diffusion.solvers.registry import solver_class, solver_options
+from sde_diffusion.training.checkpoint import load_checkpoint, save_checkpoint
 
 CASE_LIMIT_S = 120  # a case still running after this is a hang
 TALLY = {"cases": 0, "clean": 0, "slowest": (0.0, "")}

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import sde_diffusion as sd
-from sde_diffusion.data import load_data
 from sde_diffusion.networks import ResidualMLP, UNet
 from sde_diffusion.parametrization import ScoreModel
 from sde_diffusion.training import TrainConfig, Trainer
+from sde_diffusion.training.data import load_data
 
 
 def two_classes() -> sd.GaussianMixture:

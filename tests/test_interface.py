@@ -7,9 +7,9 @@ import torch
 from helpers import adaptive, gaussian_score, names, rms
 
 import sde_diffusion as sd
-from sde_diffusion.benchmark import compare_solvers, steps_for_nfe
+from sde_diffusion.evaluation.benchmark import compare_solvers, steps_for_nfe
+from sde_diffusion.evaluation.problems import load_problem
 from sde_diffusion.parametrization import Coefficients, convert, convert_at
-from sde_diffusion.problems import load_problem
 
 DATA_STD = 0.7
 

@@ -8,7 +8,7 @@ from helpers import fitted_order, rms, small_mixture
 from scipy.integrate import quad
 
 import sde_diffusion as sd
-from sde_diffusion.metrics import sliced_wasserstein
+from sde_diffusion.evaluation.metrics import sliced_wasserstein
 from sde_diffusion.solvers.lms import adams_bashforth_weights
 from sde_diffusion.solvers.stochastic import posterior_coefficients
 from sde_diffusion.solvers.unipc import unipc_weights

@@ -5,7 +5,7 @@ import math
 import torch
 
 import sde_diffusion as sd
-from sde_diffusion.metrics import mmd, noise_floor, sliced_wasserstein
+from sde_diffusion.evaluation.metrics import mmd, noise_floor, sliced_wasserstein
 
 
 def test_sliced_w2_of_a_shift_is_its_projected_length():

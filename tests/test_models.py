@@ -7,9 +7,9 @@ import torch
 from scipy.integrate import quad
 
 import sde_diffusion as sd
-from sde_diffusion.losses import DenoisingScoreMatching
 from sde_diffusion.networks import ResidualMLP, UNet, build_network
 from sde_diffusion.parametrization import PARAMETRIZATIONS, ScoreModel, convert
+from sde_diffusion.training.losses import DenoisingScoreMatching
 
 
 @pytest.mark.parametrize(
@@ -190,8 +190,8 @@ def test_unknown_weighting():
 
 def test_unet_moves_dtype_and_trains():
     """A U-Net score model converts to float64 and its loss falls over a few steps."""
-    from sde_diffusion.data import digits
     from sde_diffusion.training import TrainConfig, Trainer
+    from sde_diffusion.training.data import digits
 
     torch.manual_seed(0)
     net = UNet(channels=8, channel_mult=(1, 2), num_res_blocks=1, image_size=8, num_classes=10)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import sde_diffusion as sd
-from sde_diffusion.data import toy_2d
-from sde_diffusion.metrics import noise_floor, sliced_wasserstein
+from sde_diffusion.evaluation.metrics import noise_floor, sliced_wasserstein
 from sde_diffusion.pretrained import available, load_pretrained
+from sde_diffusion.training.data import toy_2d
 
 
 def test_shipped_moons_model_is_within_three_noise_floors():
@@ -82,7 +82,7 @@ def test_fresh_virtualenv_install_gives_a_working_sdediff(tmp_path, editable):
 
 def test_shipped_conditional_digits_model_draws_the_requested_class():
     """digits-cond without guidance: >= 90% of 20 samples per class are that class."""
-    from sde_diffusion.digits_eval import class_accuracy, confident_fraction
+    from sde_diffusion.evaluation.digits_eval import class_accuracy, confident_fraction
 
     model, config = load_pretrained("digits-cond")
     assert config["network"]["num_classes"] == 10 and config["train"]["cond_drop_prob"] == 0.1
@@ -97,8 +97,8 @@ def test_shipped_conditional_digits_model_draws_the_requested_class():
 
 def test_shipped_digits_model_meets_its_quality_bar():
     """digits-FID within 3x the train/test FID, >= 90% recognised with max softmax >= 0.9."""
-    from sde_diffusion.data import digits
-    from sde_diffusion.digits_eval import confident_fraction, digits_fid
+    from sde_diffusion.evaluation.digits_eval import confident_fraction, digits_fid
+    from sde_diffusion.training.data import digits
 
     model, config = load_pretrained("digits")
     with torch.no_grad():

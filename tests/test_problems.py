@@ -6,15 +6,15 @@ import pytest
 import torch
 
 import sde_diffusion as sd
-from sde_diffusion.benchmark import (
+from sde_diffusion.evaluation.benchmark import (
     compare_solvers,
     convergence_slope,
     reference_endpoints,
     rms_ratio,
     steps_for_nfe,
 )
-from sde_diffusion.metrics import noise_floor
-from sde_diffusion.problems import ProblemError, load_problem
+from sde_diffusion.evaluation.metrics import noise_floor
+from sde_diffusion.evaluation.problems import ProblemError, load_problem
 
 
 @pytest.mark.parametrize(

@@ -215,7 +215,7 @@ def test_pc_with_marginal_norms_corrects_as_well_as_batch_norms_at_a_larger_snr(
     """The batch-free step (r = sigma(t)) is smaller near the data than Song et al.'s
     batch-mean rule; at snr 1 it matches it (measured: sliced W2 0.1026 vs 0.1025) and the
     corrector clearly helps (no corrector: 0.131)."""
-    from sde_diffusion.metrics import sliced_wasserstein
+    from sde_diffusion.evaluation.metrics import sliced_wasserstein
 
     sde, gmm = sd.EDMSDE(), sd.eight_gaussians()
     ref = gmm.sample(4096, generator=torch.Generator().manual_seed(9)).float()

@@ -9,11 +9,11 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import sde_diffusion as sd
-from sde_diffusion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from sde_diffusion.data import TOY_DATASETS, DataError, digits, load_data, toy_2d
 from sde_diffusion.networks import ResidualMLP
 from sde_diffusion.parametrization import ScoreModel
 from sde_diffusion.training import NonFiniteLossError, TrainConfig, Trainer, load_score_model
+from sde_diffusion.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from sde_diffusion.training.data import TOY_DATASETS, DataError, digits, load_data, toy_2d
 
 # -- data ------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import ArgumentError
 from ..parametrization import ScoreModel
+from ..training.state import load_score_model
 
 __all__ = ["available", "load_pretrained", "pretrained_path"]
 
@@ -41,8 +42,6 @@ def pretrained_path(name: str) -> Path:
 
 def load_pretrained(name: str, device: str = "cpu") -> tuple[ScoreModel, dict[str, Any]]:
     """The shipped ``ScoreModel`` and its config (training metrics under ``"metrics"``)."""
-    from ..training import load_score_model
-
     model, config = load_score_model(pretrained_path(name), device=device)
     metrics = Path(str(resources.files(__name__) / f"{name}.json"))
     if metrics.is_file():

@@ -24,15 +24,15 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .distributed import map_batches, sum_over_ranks
+from ..distributed import map_batches, sum_over_ranks
+from ..errors import ArgumentError, raise_if_not_finite
+from ..loop import integrate
+from ..noise import GeneratorNoise
+from ..reverse import ReverseProcess, ScoreFn
+from ..sdes import SDE
+from ..solvers.base import Solver
+from ..solvers.registry import get_solver, solver_class, solver_names, solver_options
 from .elbo import elbo_terms
-from .errors import ArgumentError, raise_if_not_finite
-from .loop import integrate
-from .noise import GeneratorNoise
-from .reverse import ReverseProcess, ScoreFn
-from .sdes import SDE
-from .solvers.base import Solver
-from .solvers.registry import get_solver, solver_class, solver_names, solver_options
 
 __all__ = [
     "LikelihoodResult",

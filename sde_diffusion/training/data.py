@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .analytic import eight_gaussians
-from .errors import ArgumentError
+from ..analytic import eight_gaussians
+from ..errors import ArgumentError
 
 __all__ = [
     "TOY_DATASETS",

@@ -18,7 +18,7 @@ import scipy.linalg
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import load_checkpoint, prefixed, save_checkpoint
+from ..training.checkpoint import load_checkpoint, prefixed, save_checkpoint
 
 __all__ = [
     "DigitsClassifier",

@@ -2,7 +2,7 @@
 
 The discrete-time bound of Sohl-Dickstein et al. 2015 and Ho et al. 2020, whose reverse
 steps are the model's Gaussian posteriors ``q(x_s | x_t, x̂_0)`` (DDPM's).  It sits beside
-the exact PF-ODE log-likelihood of :mod:`sde_diffusion.likelihood`, above which it lies.
+the exact PF-ODE log-likelihood of :mod:`sde_diffusion.evaluation.likelihood`, above which it lies.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from itertools import pairwise
 import torch
 from torch import Tensor
 
-from .errors import ArgumentError, raise_if_not_finite
-from .parametrization import Coefficients, convert_at
-from .reverse import ReverseProcess, ScoreFn
-from .sdes import SDE
-from .solvers.stochastic import posterior_coefficients
+from ..errors import ArgumentError, raise_if_not_finite
+from ..parametrization import Coefficients, convert_at
+from ..reverse import ReverseProcess, ScoreFn
+from ..sdes import SDE
+from ..solvers.stochastic import posterior_coefficients
 
 __all__ = ["ELBOResult", "elbo", "elbo_terms"]
 

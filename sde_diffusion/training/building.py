@@ -9,11 +9,11 @@ command line's.
 
 from __future__ import annotations
 
+from ..errors import ArgumentError
+from ..networks import ResidualMLP, UNet
+from ..parametrization import PARAMETRIZATIONS, ScoreModel
+from ..sdes import build_sde
 from .data import Dataset
-from .errors import ArgumentError
-from .networks import ResidualMLP, UNet
-from .parametrization import PARAMETRIZATIONS, ScoreModel
-from .sdes import build_sde
 
 __all__ = ["NETWORKS", "build_model"]
 

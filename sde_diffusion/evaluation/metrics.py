@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .errors import ArgumentError
+from ..errors import ArgumentError
 
 __all__ = ["mmd", "noise_floor", "sliced_wasserstein"]
 

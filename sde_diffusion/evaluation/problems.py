@@ -20,10 +20,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .analytic import GaussianMixture, eight_gaussians, high_dim_mixture
-from .errors import ArgumentError
-from .reverse import ScoreFn
-from .sdes import SDE, build_sde, sde_names
+from ..analytic import GaussianMixture, eight_gaussians, high_dim_mixture
+from ..errors import ArgumentError
+from ..pretrained import available, load_pretrained
+from ..reverse import ScoreFn
+from ..sdes import SDE, build_sde, sde_names
+from ..training.data import TOY_DATASETS, digits, toy_2d
+from ..training.state import load_score_model
+from .digits_eval import digits_fid
+from .metrics import sliced_wasserstein
 
 __all__ = ["ANALYTIC_PROBLEMS", "Problem", "ProblemError", "load_problem"]
 
@@ -72,8 +77,6 @@ class Problem:
 
     def quality(self, x: Tensor, seed: int = 0) -> float:
         """digits-FID for 8x8 digits, else sliced W2 to fresh reference samples."""
-        from .digits_eval import digits_fid
-        from .metrics import sliced_wasserstein
 
         if self.reference is None:
             return float("nan")
@@ -104,7 +107,6 @@ def _analytic(name: str, sde_name: str) -> Problem:
 
 
 def _reference_data(data: dict[str, Any]) -> Callable[[int, int], Tensor] | None:
-    from .data import TOY_DATASETS, digits, toy_2d
 
     name = data.get("name")
     if name == "digits":
@@ -117,8 +119,6 @@ def _reference_data(data: dict[str, Any]) -> Callable[[int, int], Tensor] | None
 
 
 def _trained(name: str, path: Path | None, device, dtype) -> Problem:
-    from .pretrained import load_pretrained
-    from .training import load_score_model
 
     model, config = load_score_model(path, device=device) if path else load_pretrained(name, device)
     model = model.to(dtype)
@@ -147,7 +147,6 @@ def load_problem(
     ``sde`` (a registered SDE's name: ``edm``, ``vp``, ...) applies to analytic problems
     only; trained models carry their SDE in their config.
     """
-    from .pretrained import available
 
     if spec in ANALYTIC_PROBLEMS:
         if sde not in sde_names():

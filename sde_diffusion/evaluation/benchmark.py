@@ -22,13 +22,13 @@ import torch
 from scipy.stats import bootstrap
 from torch import Tensor
 
-from .errors import ArgumentError
-from .noise import PerSampleNoise
+from ..errors import ArgumentError
+from ..noise import PerSampleNoise
+from ..sampling import sample, solve
+from ..solvers.base import Solver
+from ..solvers.registry import get_solver, list_solvers, solver_class
+from ..timesteps import timesteps
 from .problems import Problem
-from .sampling import sample, solve
-from .solvers.base import Solver
-from .solvers.registry import get_solver, list_solvers, solver_class
-from .timesteps import timesteps
 
 __all__ = [
     "compare_solvers",

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ..networks import build_network
+from ..parametrization import ScoreModel
+from ..sdes import sde_config, sde_from_config
 from .checkpoint import CheckpointError, load_checkpoint, prefixed, save_checkpoint
-from .networks import build_network
-from .parametrization import ScoreModel
-from .sdes import sde_config, sde_from_config
 
 if TYPE_CHECKING:
-    from .training import Trainer
+    from .trainer import Trainer
 
 __all__ = [
     "ema_weights",
@@ -108,7 +108,7 @@ def run_settings(path: str | Path) -> dict[str, Any]:
     ``TrainConfig`` name them (``data`` is the source it loaded, ``train`` the config).
 
     An exported model (no optimiser state) or a file of another layout raises
-    :class:`~sde_diffusion.checkpoint.CheckpointError`.
+    :class:`~sde_diffusion.training.checkpoint.CheckpointError`.
     """
     _, config = load_checkpoint(path, "cpu")
     if "optimizer_groups" not in config:

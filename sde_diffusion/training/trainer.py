@@ -30,12 +30,13 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from ..distributed import barrier, init_distributed, rank_and_world, sum_over_ranks
+from ..errors import ArgumentError
+from ..parametrization import ScoreModel
+from ..sampling import sample
 from .data import Dataset
-from .distributed import barrier, init_distributed, rank_and_world, sum_over_ranks
-from .errors import ArgumentError
 from .losses import DenoisingScoreMatching
-from .parametrization import ScoreModel
-from .training_state import (
+from .state import (
     export_model,
     load_score_model,
     load_training_state,
@@ -192,8 +193,6 @@ class Trainer:
     @torch.no_grad()
     def evaluation_samples(self) -> Tensor:
         """``sample_count`` samples of the EMA model (seeded, so runs are comparable)."""
-        from .sampling import sample
-
         shape = (self.config.sample_count, *self.data.x.shape[1:])
         res = sample(
             self.ema.module,

@@ -29,9 +29,9 @@ import math
 import torch
 from torch import Tensor
 
-from .errors import ArgumentError
-from .parametrization import ScoreModel, convert
-from .sdes import SDE, append_dims
+from ..errors import ArgumentError
+from ..parametrization import ScoreModel, convert
+from ..sdes import SDE, append_dims
 
 __all__ = ["WEIGHTINGS", "DenoisingScoreMatching"]
 
