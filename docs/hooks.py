@@ -5,7 +5,8 @@
 - A line ``<!-- sdediff ARGS -->`` in a page is replaced by ``$ sdediff ARGS`` and the
   command's real output, run at build time, so the reference cannot drift.
 - A line ``<!-- solver-table -->`` becomes the registry as a table (every solver's
-  metadata with default options, its options and its reference).
+  metadata with default options, its options and its reference); ``<!-- sde-table -->``
+  the SDE registry (name, class, parameters, summary).
 - A line ``<!-- modules sde_diffusion.solvers -->`` becomes a ``::: module`` entry for every
   module of that package but its ``base`` and ``registry`` (documented above it), so a
   new solver or SDE file is on its API page without an edit.
@@ -36,6 +37,7 @@ def on_files(files: Files, config) -> Files:
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
     markdown = markdown.replace("<!-- solver-table -->", solver_table())
+    markdown = markdown.replace("<!-- sde-table -->", sde_table())
     markdown = MODULES.sub(lambda m: module_entries(m.group(1)), markdown)
     return COMMAND.sub(lambda m: _run(m.group(1)), markdown)
 
@@ -54,6 +56,23 @@ def module_entries(package: str) -> str:
     names = sorted(m.name for m in pkgutil.iter_modules(path) if m.name not in ("base", "registry"))
     options = "    options:\n      heading_level: 3"
     return "\n\n".join(f"::: {package}.{name}\n{options}" for name in names)
+
+
+def sde_table() -> str:
+    """The SDE registry, one row per SDE: name, class, parameters with defaults, summary."""
+    import inspect
+
+    from sde_diffusion.sdes import SDE_TYPES
+
+    rows = ["| name (`--sde`) | class | parameters | what it is |", "| --- | --- | --- | --- |"]
+    for name, cls in SDE_TYPES.items():
+        params = [
+            f"`{p.name}={p.default!r}`"
+            for p in list(inspect.signature(cls.__init__).parameters.values())[1:]
+        ]
+        summary = (inspect.getdoc(cls) or "").split("\n")[0]
+        rows.append(f"| `{name}` | `{cls.__name__}` | {', '.join(params) or '–'} | {summary} |")
+    return "\n".join(rows)
 
 
 def yes_no(flag: bool) -> str:
