@@ -83,7 +83,10 @@ def friendly_errors(what: str) -> Iterator[None]:
     except click.ClickException:
         raise
     except KeyboardInterrupt:
-        err_console.print(f"[yellow]interrupted[/]: {what} stopped; nothing half-written is left.")
+        err_console.print(
+            f"[yellow]interrupted[/]: {what} stopped; nothing half-written is left.",
+            soft_wrap=True,
+        )
         raise SystemExit(INTERRUPTED) from None
     except USAGE_ERRORS as err:
         if debug_enabled():

@@ -302,7 +302,8 @@ def train(
                 history = trainer.train(checkpoint=out, on_samples=on_samples)
             except KeyboardInterrupt:
                 err_console.print(
-                    f"{rank_prefix()}[yellow]interrupted[/] at step {trainer.step}: {saved}"
+                    f"{rank_prefix()}[yellow]interrupted[/] at step {trainer.step}: {saved}",
+                    soft_wrap=True,  # one line, whatever the terminal's width
                 )
                 raise SystemExit(INTERRUPTED) from None
             except NonFiniteLossError as err:
@@ -324,7 +325,8 @@ def train(
                 why = failed_ranks()
                 err_console.print(
                     f"{rank_prefix()}[yellow]stopped[/] by SIGTERM at step {trainer.step}"
-                    f"{f' after {why}' if why else ''}: {saved}"
+                    f"{f' after {why}' if why else ''}: {saved}",
+                    soft_wrap=True,
                 )
                 raise SystemExit(TERMINATED)
     last = history[-1]["loss"] if history else float("nan")

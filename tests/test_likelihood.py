@@ -7,6 +7,7 @@ import torch
 from helpers import small_mixture
 
 import sde_diffusion as sd
+from sde_diffusion.evaluation.likelihood import pixel_range
 
 # SDEs whose p_T matches the prior to well under 1e-3 nats for this mixture:
 # VP with alpha(1) = 4.4e-5, VE/EDM with sigma_max = 1e4 (mismatch ~ |mu| / sigma_max).
@@ -222,7 +223,7 @@ def test_elbo_bits_per_dim_is_above_the_ode_bits_per_dim():
 
 
 def test_pixel_range_centres_each_level_on_its_training_value():
-    low, high = sd.likelihood.pixel_range(scale=8.0, shift=8.0, levels=17)  # digits
+    low, high = pixel_range(scale=8.0, shift=8.0, levels=17)  # digits
     assert (low, high) == (-1.0625, 1.0625)
     width = (high - low) / 17
     for k in (0, 8, 16):
