@@ -4,9 +4,7 @@ Importing this package imports every module in it, so an SDE registers by being 
 here with a ``@register_sde("name")`` class (see :mod:`.registry`).
 """
 
-import importlib
-import pkgutil
-
+from ..discovery import import_submodules
 from .base import SDE, Time, append_dims, as_time, broadcast_coefficient
 from .discrete_vp import DiscreteVPSDE
 from .edm import EDMSDE
@@ -23,8 +21,7 @@ from .registry import (
 from .ve import VESDE
 from .vp import VPSDE, SubVPSDE
 
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+import_submodules(__name__, __path__)
 
 __all__ = [
     "EDMSDE",

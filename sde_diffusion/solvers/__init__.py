@@ -4,9 +4,7 @@ Importing this package imports every module in it, so a method registers by bein
 here with a ``@register_solver(...)`` class.
 """
 
-import importlib
-import pkgutil
-
+from ..discovery import import_submodules
 from .base import AdaptiveSolver, Solver, SolverInfo
 from .registry import (
     SolverOptionError,
@@ -17,8 +15,7 @@ from .registry import (
     solver_names,
 )
 
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+import_submodules(__name__, __path__)
 
 __all__ = [
     "AdaptiveSolver",
