@@ -36,7 +36,7 @@ from torch import Tensor
 from .errors import ArgumentError
 from .models import Cond, as_model
 from .parametrization import convert
-from .sdes import SDE
+from .sdes import SDE, append_dims
 
 __all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "null_condition"]
 
@@ -76,7 +76,9 @@ class ClassifierFreeGuidance:
     ``null`` says what "no condition" is for the model (see :func:`null_condition`;
     for our networks and the analytic mixture it is the label ``num_classes``).
     ``interval = (lo, hi)`` limits guidance to noise levels ``ν = σ/α`` in
-    ``[lo, hi]`` of ``sde`` (needed then); outside, one conditional pass.
+    ``[lo, hi]`` of ``sde`` (needed then), judged per sample, so solvers that give each
+    sample its own time (the adaptive ones) stay batch-free; a call with no sample inside
+    makes one conditional pass.
     """
 
     def __init__(
@@ -101,18 +103,18 @@ class ClassifierFreeGuidance:
         self.interval, self.sde = interval, sde
         self.passes_per_call = 2
 
-    def _inside(self, t: Tensor) -> bool:
-        """Whether this call's time lies in the interval (one time per call: read once)."""
+    def _inside(self, t: Tensor) -> Tensor | None:
+        """Per sample, whether its noise level lies in the interval (``None``: no interval)."""
         if self.interval is None:
-            return True
-        t0 = t[:1].to("cpu", torch.float64)  # the solver gives every sample the same time
-        nu = float(self.sde.sigma(t0) / self.sde.alpha(t0))
-        return self.interval[0] <= nu <= self.interval[1]
+            return None
+        nu = self.sde.sigma(t) / self.sde.alpha(t)
+        return (nu >= self.interval[0]) & (nu <= self.interval[1])
 
     def __call__(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
         if cond is None:
             raise ArgumentError("classifier-free guidance needs cond (the condition to guide to)")
-        if self.scale == 1.0 or not self._inside(t):
+        inside = self._inside(t)
+        if self.scale == 1.0 or (inside is not None and not bool(inside.any())):  # one read
             self.passes_per_call = 1
             return self.model(x, t, cond)
         self.passes_per_call = 2
@@ -120,7 +122,10 @@ class ClassifierFreeGuidance:
             torch.cat([x, x]), torch.cat([t, t]), _concat(cond, null_condition(cond, self.null))
         )
         conditional, unconditional = both.chunk(2)
-        return torch.lerp(unconditional, conditional, self.scale)
+        guided = torch.lerp(unconditional, conditional, self.scale)
+        if inside is None:
+            return guided
+        return torch.where(append_dims(inside, x.ndim), guided, conditional)
 
     def __repr__(self) -> str:
         window = f", interval={self.interval}" if self.interval else ""

@@ -88,6 +88,26 @@ def test_results_count_network_passes():
     assert 0 < inside < res.nfe
 
 
+@pytest.mark.parametrize("solver", ["dpm_adaptive", "rk45"])
+def test_a_guidance_interval_is_judged_per_sample_so_adaptive_solvers_stay_batch_free(solver):
+    """Adaptive solvers give every sample its own time: each sample is guided by its own
+    noise level, so a batch of 8 gives each sample's solo result bit for bit."""
+    gmm, sde = two_classes(), sd.EDMSDE()
+    guided = sd.ClassifierFreeGuidance(gmm.score_fn(sde), 3.0, null=2, interval=(0.3, 4.0), sde=sde)
+    labels = torch.tensor([0, 1, 0, 1, 1, 0, 1, 0])
+    x_T = sde.prior_sample((8, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ts = sd.timesteps(sde, 1)
+    batch = sd.solve(guided, sde, x_T, ts, solver, cond=labels, rtol=1e-3, atol=1e-3).x
+    solo = [
+        sd.solve(guided, sde, x_T[i : i + 1], ts, solver, cond=labels[i : i + 1], rtol=1e-3,
+                 atol=1e-3).x
+        for i in range(8)
+    ]  # fmt: skip
+    assert torch.equal(batch, torch.cat(solo))
+    unguided = sd.solve(gmm.score_fn(sde), sde, x_T, ts, solver, cond=labels, rtol=1e-3, atol=1e-3)
+    assert (batch - unguided.x).abs().max() > 0.1  # the interval did guide
+
+
 def test_classifier_guidance_with_the_exact_posterior_is_the_conditional_score():
     """∇ log p(x) + ∇ log p(c | x) = ∇ log p(x | c) (Bayes), with the exact class posterior."""
     gmm, sde = two_classes(), sd.VPSDE()
