@@ -25,7 +25,6 @@ import importlib.util
 import math
 import sys
 import types
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,22 +32,15 @@ from torch import Tensor
 
 from .errors import ArgumentError
 from .models import Cond, ConditionError
-from .noise import GeneratorNoise
-from .reverse import ReverseProcess
 from .sdes import EDMSDE, DiscreteVPSDE, append_dims
-from .solvers.base import Solver
-from .solvers.registry import get_solver, solver_names
-from .timesteps import timesteps, validate_grid
 
 __all__ = [
     "DiffusersModel",
-    "DiffusersScheduler",
     "KDiffusionModel",
     "from_diffusers",
     "from_kdiffusion",
     "kdiffusion_sampling",
-    "once_a_step",
-    "pipeline_solvers",
+    "model_timestep",
     "scheduler_grid",
 ]
 
@@ -199,118 +191,10 @@ def kdiffusion_sampling() -> types.ModuleType | None:
     return importlib.import_module("k_diffusion.sampling")
 
 
-@dataclass
-class SchedulerOutput:
-    """What ``DiffusersScheduler.step`` returns (diffusers reads ``prev_sample``)."""
-
-    prev_sample: Tensor
-
-
-class _GivenOutput:
-    """The model a pipeline already evaluated: returns that output, once."""
-
-    def __init__(self, prediction: str):
-        self.prediction, self.output = prediction, None
-
-    def __call__(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
-        out, self.output = self.output, None
-        if out is None:
-            raise RuntimeError("the solver asked for a second model evaluation within one step")
-        return out
-
-
-def once_a_step(solver: Solver) -> bool:
-    """Whether ``solver`` evaluates the model once per step of a grid (what a diffusers
-    pipeline's loop does), read from its ``expected_nfe``: adaptive solvers give none."""
-    probe = [1.0, 0.75, 0.5]  # two steps that do not end at t = 0
-    return solver.expected_nfe(probe) == len(probe) - 1
-
-
-def pipeline_solvers() -> list[str]:
-    """The registered solvers that fit a diffusers pipeline with their default options."""
-    return [name for name in solver_names() if once_a_step(get_solver(name))]
-
-
-class DiffusersScheduler:
-    """One of our solvers as a diffusers scheduler, for ``pipe.scheduler = ...``.
-
-    ``schedule`` is the diffusers scheduler the model was trained with (its
-    ``alphas_cumprod`` and ``prediction_type``; a default ``DDPMScheduler`` if
-    omitted).  ``set_timesteps(n)`` builds ``sd.timesteps(sde, n, spacing,
-    rho=rho, to_zero=to_zero)`` on its discrete VP SDE, so a pipeline gives the
-    same images as ``sd.solve`` on that grid from the same noise.  Only solvers
-    that evaluate the model once a step fit a pipeline's loop; others raise.
-    The solver state is float32 for half-precision pipelines.
-    """
-
-    order = 1
-    init_noise_sigma = 1.0
-
-    def __init__(
-        self,
-        solver: str = "dpmpp_2m",
-        *,
-        schedule: Any = None,
-        spacing: str = "karras",
-        rho: float = 7.0,
-        to_zero: bool = True,
-        **options: Any,
-    ):
-        self.solver = get_solver(solver, **options)
-        if not once_a_step(self.solver):
-            raise ArgumentError(
-                f"solver {self.solver.name!r} evaluates the model more than once a step (or "
-                "chooses its own steps); a diffusers pipeline evaluates once a step: use one "
-                f"of {', '.join(pipeline_solvers())}"
-            )
-        schedule = schedule if schedule is not None else _diffusers().DDPMScheduler()
-        self.sde, self.prediction = _schedule(schedule)
-        self.config = schedule.config
-        self.spacing, self.rho, self.to_zero = spacing, rho, to_zero
-        self.timesteps: Tensor | None = None
-
-    def set_timesteps(self, num_inference_steps: int, device: Any = None) -> None:
-        ts = timesteps(
-            self.sde, num_inference_steps, self.spacing, rho=self.rho, to_zero=self.to_zero
-        )
-        self.grid = validate_grid(self.sde, ts)
-        times = torch.tensor(self.grid[:-1], dtype=torch.float64)
-        self.timesteps = model_timestep(times.float(), self.sde).to(device)  # as solve feeds it
-        self.num_inference_steps = num_inference_steps
-        self.step_index, self._run = 0, None
-
-    def scale_model_input(self, sample: Tensor, timestep: Any = None) -> Tensor:
-        return sample
-
-    def step(
-        self,
-        model_output: Tensor,
-        timestep: Any,
-        sample: Tensor,
-        generator: torch.Generator | None = None,
-        return_dict: bool = True,
-    ) -> SchedulerOutput | tuple[Tensor]:
-        """Advance ``sample`` one grid step with the pipeline's ``model_output``."""
-        if self.timesteps is None:
-            raise RuntimeError("call set_timesteps(num_inference_steps) before step")
-        i = self.step_index
-        if i >= len(self.grid) - 1:
-            raise RuntimeError(f"all {len(self.grid) - 1} steps are done; call set_timesteps again")
-        wide = torch.float32 if sample.dtype in (torch.float16, torch.bfloat16) else sample.dtype
-        x = sample.to(wide)
-        if self._run is None:
-            given = _GivenOutput(self.prediction)
-            process = ReverseProcess(given, self.sde, x, grid=self.grid)
-            noise = GeneratorNoise(generator)
-            self._run = (given, process, self.solver.init(process, self.grid, x, noise))
-        given, process, state = self._run
-        if model_output.shape[1] == 2 * sample.shape[1]:  # learned variance
-            model_output = model_output[:, : sample.shape[1]]
-        given.output = model_output
-        x, state = self.solver.step(
-            process, self.grid[i], self.grid[i + 1], x, state, GeneratorNoise(generator)
-        )
-        self._run = (given, process, state)
-        self.step_index += 1
-        prev = x.to(sample.dtype)
-        return SchedulerOutput(prev) if return_dict else (prev,)
+def __getattr__(name: str) -> Any:
+    """``DiffusersScheduler`` and its helpers load with diffusers, on first use."""
+    if name in ("DiffusersScheduler", "pipeline_solvers"):
+        _diffusers()  # a clear sentence when diffusers is missing
+        module = importlib.import_module(f"{__package__}.diffusers_scheduler")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

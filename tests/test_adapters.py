@@ -127,7 +127,9 @@ def test_a_pipeline_runs_our_solver(diffusers):
     training = diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2")
     pipe = diffusers.DDPMPipeline(unet=unet, scheduler=training)
     pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = adapters.DiffusersScheduler("dpmpp_2m", schedule=training)
+    pipe.scheduler = adapters.DiffusersScheduler.from_config(
+        pipe.scheduler.config, solver="dpmpp_2m"
+    )
     images = pipe(
         batch_size=2,
         generator=torch.Generator().manual_seed(1),
@@ -142,11 +144,12 @@ def test_a_pipeline_runs_our_solver(diffusers):
 
 
 def test_pipelines_take_one_evaluation_per_step(diffusers):
+    config = diffusers.DDPMScheduler().config
     with pytest.raises(ValueError, match="'heun' evaluates the model more than once a step"):
-        adapters.DiffusersScheduler("heun")
+        adapters.DiffusersScheduler.from_config(config, solver="heun")
     with pytest.raises(ValueError, match="chooses its own steps"):
-        adapters.DiffusersScheduler("rk45")
-    scheduler = adapters.DiffusersScheduler("euler")
+        adapters.DiffusersScheduler.from_config(config, solver="rk45")
+    scheduler = adapters.DiffusersScheduler.from_config(config, solver="euler")
     with pytest.raises(RuntimeError, match="call set_timesteps"):
         scheduler.step(torch.zeros(1, 2), 0, torch.zeros(1, 2))
 
@@ -154,7 +157,7 @@ def test_pipelines_take_one_evaluation_per_step(diffusers):
 def test_missing_diffusers_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "diffusers", None)
     with pytest.raises(ImportError, match=r'pip install "sde-diffusion\[peers\]"'):
-        adapters.DiffusersScheduler("euler")
+        adapters.DiffusersScheduler.from_config({}, solver="euler")
 
 
 def test_from_kdiffusion_reproduces_sample_heun():

@@ -1,0 +1,296 @@
+"""Our solvers as a real diffusers scheduler (``SchedulerMixin`` + ``ConfigMixin``).
+
+Built the way every diffusers scheduler is swapped in, from the config of the scheduler it
+replaces, which carries the model's training table (β schedule or trained betas, the
+prediction type)::
+
+    pipe.scheduler = DiffusersScheduler.from_config(pipe.scheduler.config, solver="dpmpp_2m")
+
+It saves and loads like any scheduler (``save_pretrained`` / ``from_pretrained``), keeps the
+keys of the config it came from, so swapping back (``DPMSolverMultistepScheduler.
+from_config(pipe.scheduler.config)``) gets the same table, and steps any registered solver
+that evaluates the model at most once a step on ``sd.timesteps(sde, n, spacing)`` of the
+table's discrete VP SDE, or on the ``timesteps=`` / ``sigmas=`` a pipeline passes.  ``step``
+locates its ``timestep`` in the schedule, so a pipeline that starts mid-schedule (img2img:
+``set_begin_index``, ``add_noise``) steps from the right time.  This module needs diffusers
+(``pip install "sde-diffusion[peers]"``); ``sde_diffusion.adapters`` imports it on first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from diffusers import DDPMScheduler
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
+from torch import Tensor
+
+from .adapters import PREDICTION_TYPES, model_timestep
+from .errors import ArgumentError
+from .models import Cond
+from .noise import GeneratorNoise, NoiseSource
+from .reverse import ReverseProcess
+from .sdes import DiscreteVPSDE
+from .solvers.base import Solver
+from .solvers.registry import get_solver, solver_names
+from .timesteps import timesteps as time_grid
+from .timesteps import validate_grid
+
+__all__ = ["DiffusersScheduler", "GeneratorListNoise", "SchedulerOutput", "pipeline_solvers"]
+
+
+@dataclass
+class SchedulerOutput:
+    """What ``DiffusersScheduler.step`` returns (diffusers reads ``prev_sample``)."""
+
+    prev_sample: Tensor
+
+
+def evaluations_a_step(solver: Solver) -> int | None:
+    """Model evaluations per grid step of ``solver`` away from t = 0 (``None``: adaptive)."""
+    probe = [1.0, 0.75, 0.5, 0.25]  # three steps that do not end at t = 0
+    nfe = solver.expected_nfe(probe)
+    return None if nfe is None else -(-nfe // (len(probe) - 1))
+
+
+def fits_a_pipeline(solver: Solver) -> bool:
+    """Whether ``solver`` evaluates the model at most once a step (a pipeline's loop);
+    ``afs`` multistep solvers skip one evaluation and fit too."""
+    return evaluations_a_step(solver) == 1
+
+
+def pipeline_solvers() -> list[str]:
+    """The registered solvers that fit a diffusers pipeline with their default options."""
+    return [name for name in solver_names() if fits_a_pipeline(get_solver(name))]
+
+
+class GeneratorListNoise(NoiseSource):
+    """Fresh normals for a batch from one generator per sample, as diffusers pipelines pass
+    them (``generator=[g_0, g_1, ...]`` for per-image seeds)."""
+
+    def __init__(self, generators: list[torch.Generator]):
+        self.generators = generators
+
+    def __call__(self, x: Tensor, t0: float, t1: float) -> Tensor:
+        return self.fresh(x)
+
+    def fresh(self, x: Tensor) -> Tensor:
+        if len(self.generators) != x.shape[0]:
+            raise ArgumentError(
+                f"got {len(self.generators)} generators for a batch of {x.shape[0]}; pass one "
+                "generator, or one per sample"
+            )
+        rows = [
+            torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype)
+            for g in self.generators
+        ]
+        return torch.stack(rows).to(x.device)
+
+
+def noise_source(generator: torch.Generator | list[torch.Generator] | None) -> NoiseSource:
+    """What a pipeline's ``generator`` argument means for our solvers."""
+    if isinstance(generator, (list, tuple)):
+        return GeneratorListNoise(list(generator))
+    return GeneratorNoise(generator)
+
+
+class _GivenOutput:
+    """The model a pipeline already evaluated: returns that output, once."""
+
+    def __init__(self, prediction: str):
+        self.prediction, self.output = prediction, None
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
+        out, self.output = self.output, None
+        if out is None:
+            raise RuntimeError("the solver asked for a second model evaluation within one step")
+        return out
+
+
+class DiffusersScheduler(SchedulerMixin, ConfigMixin):
+    """A registered solver as a diffusers scheduler on the training table of its config.
+
+    ``solver`` and ``solver_options`` pick the method; ``spacing`` (any of our schedules),
+    ``rho`` and ``to_zero`` the grid ``set_timesteps(n)`` builds.  The table entries
+    (``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule``,
+    ``trained_betas``, ``rescale_betas_zero_snr``) and ``prediction_type`` come from the
+    config it is built from (``from_config``): a scheduler with no table is an error.  The
+    solver state is float32 for half-precision pipelines.
+    """
+
+    _compatibles: ClassVar[list[str]] = [e.name for e in KarrasDiffusionSchedulers]
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        solver: str = "dpmpp_2m",
+        solver_options: dict[str, Any] | None = None,
+        spacing: str = "karras",
+        rho: float = 7.0,
+        to_zero: bool = True,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str | None = None,
+        trained_betas: list[float] | None = None,
+        prediction_type: str = "epsilon",
+        rescale_betas_zero_snr: bool = False,
+    ):
+        self.solver = get_solver(solver, **(solver_options or {}))
+        if not fits_a_pipeline(self.solver):
+            raise ArgumentError(
+                f"solver {self.solver.name!r} evaluates the model more than once a step (or "
+                "chooses its own steps); a diffusers pipeline evaluates once a step: use one "
+                f"of {', '.join(pipeline_solvers())}"
+            )
+        if beta_schedule is None and trained_betas is None:
+            raise ArgumentError(
+                "a DiffusersScheduler needs the model's training table: build it from the "
+                "scheduler it replaces, DiffusersScheduler.from_config(pipe.scheduler.config, "
+                f"solver={solver!r})"
+            )
+        if prediction_type not in PREDICTION_TYPES:
+            raise ArgumentError(
+                f"prediction_type {prediction_type!r} is not supported; use one of "
+                f"{', '.join(PREDICTION_TYPES)}"
+            )
+        table = DDPMScheduler(
+            num_train_timesteps=num_train_timesteps,
+            beta_start=beta_start,
+            beta_end=beta_end,
+            beta_schedule=beta_schedule or "linear",
+            trained_betas=trained_betas,
+            rescale_betas_zero_snr=rescale_betas_zero_snr,
+        ).alphas_cumprod
+        self.sde, self.prediction = DiscreteVPSDE(table), PREDICTION_TYPES[prediction_type]
+        self.init_noise_sigma = 1.0
+        self.timesteps: Tensor | None = None
+        self.num_inference_steps: int | None = None
+        self._begin_index: int | None = None
+        self._step_index: int | None = None
+        self._run = None
+
+    @classmethod
+    def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any):
+        """The scheduler for the model ``config`` (any diffusers scheduler's) was made for;
+        ``kwargs`` set our entries (``solver``, ``solver_options``, ``spacing``, ...).
+
+        A table entry the source scheduler took by default is its table all the same (the
+        DDPM family shares its defaults), so it counts as given here.
+        """
+        if isinstance(config, Mapping):
+            config = {k: v for k, v in config.items() if k != "_use_default_values"}
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    # -- the schedule --------------------------------------------------------------------
+
+    @property
+    def step_index(self) -> int | None:
+        """The index of the next step (``None`` until the first ``step``)."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        """Where a pipeline that starts mid-schedule begins (``set_begin_index``)."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start at step ``begin_index`` of the schedule (img2img pipelines call this)."""
+        self._begin_index = int(begin_index)
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: list[int] | None = None,
+        sigmas: list[float] | None = None,
+    ) -> None:
+        """The grid: ``num_inference_steps`` steps of our spacing, or the training
+        ``timesteps`` or VE ``sigmas`` (σ/α, decreasing) a pipeline passes."""
+        if sum(v is not None for v in (num_inference_steps, timesteps, sigmas)) != 1:
+            raise ArgumentError(
+                "pass exactly one of num_inference_steps, timesteps and sigmas to set_timesteps"
+            )
+        end = [0.0] if self.config.to_zero else []
+        if timesteps is not None:
+            levels = torch.as_tensor(timesteps, dtype=torch.float64).cpu()
+            times = ((levels + 1) / self.sde.num_levels).tolist() + end
+        elif sigmas is not None:
+            sigma = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
+            positive = sigma[sigma > 0]
+            times = self.sde.t_from_log_snr(-positive.log()).tolist()
+            times += [0.0] * int((sigma == 0).sum())
+        else:
+            times = time_grid(
+                self.sde,
+                num_inference_steps,
+                self.config.spacing,
+                rho=self.config.rho,
+                to_zero=self.config.to_zero,
+            ).tolist()
+        self.grid = validate_grid(self.sde, torch.tensor(times, dtype=torch.float64))
+        times = torch.tensor(self.grid[:-1], dtype=torch.float64)
+        self.timesteps = model_timestep(times, self.sde).to(device)  # as solve feeds the model
+        self.num_inference_steps = len(self.grid) - 1
+        self._step_index = self._begin_index = self._run = None
+
+    def index_for_timestep(self, timestep: float | Tensor) -> int:
+        """The schedule index of ``timestep`` (the closest of ``self.timesteps``)."""
+        value = torch.as_tensor(timestep, dtype=torch.float32).flatten()[0].cpu()
+        return int((self.timesteps.cpu() - value).abs().argmin())
+
+    def scale_model_input(self, sample: Tensor, timestep: Any = None) -> Tensor:
+        return sample
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """``x_t = α x_0 + σ ε`` at the training timesteps ``timesteps`` (img2img, SDEdit)."""
+        levels = torch.as_tensor(timesteps, device=original_samples.device).to(torch.float64)
+        t = (levels.flatten() + 1) / self.sde.num_levels
+        alpha = self.sde.alpha(t).to(original_samples.dtype)
+        sigma = self.sde.sigma(t).to(original_samples.dtype)
+        shape = (-1,) + (1,) * (original_samples.ndim - 1)
+        return alpha.view(shape) * original_samples + sigma.view(shape) * noise
+
+    # -- one step ------------------------------------------------------------------------
+
+    def step(
+        self,
+        model_output: Tensor,
+        timestep: Any,
+        sample: Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple[Tensor]:
+        """Advance ``sample`` from ``timestep`` one grid step with the pipeline's
+        ``model_output``."""
+        if self.timesteps is None:
+            raise RuntimeError("call set_timesteps(num_inference_steps) before step")
+        if self._step_index is None:
+            start = self._begin_index
+            self._step_index = self.index_for_timestep(timestep) if start is None else start
+        i = self._step_index
+        if i >= len(self.grid) - 1:
+            raise RuntimeError(f"all {len(self.grid) - 1} steps are done; call set_timesteps again")
+        wide = torch.float32 if sample.dtype in (torch.float16, torch.bfloat16) else sample.dtype
+        x, noise = sample.to(wide), noise_source(generator)
+        if self._run is None:  # the solver's run starts where the pipeline starts
+            given = _GivenOutput(self.prediction)
+            legs = self.grid[i:]
+            process = ReverseProcess(given, self.sde, x, grid=legs)
+            self._run = (given, process, self.solver.init(process, legs, x, noise))
+        given, process, state = self._run
+        if model_output.shape[1] == 2 * sample.shape[1]:  # learned variance
+            model_output = model_output[:, : sample.shape[1]]
+        given.output = model_output
+        x, state = self.solver.step(process, self.grid[i], self.grid[i + 1], x, state, noise)
+        self._run = (given, process, state)
+        self._step_index += 1
+        prev = x.to(sample.dtype)
+        return SchedulerOutput(prev) if return_dict else (prev,)
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps

@@ -1,0 +1,168 @@
+"""Our solvers as a real diffusers scheduler: the swap idiom, save/load, add_noise, starting
+mid-schedule, the timesteps and sigmas a pipeline passes, per-sample generators.
+
+Tiny seeded diffusers models only; skipped without diffusers (``pip install -e ".[peers]"``).
+"""
+
+import inspect
+
+import pytest
+import torch
+from test_adapters import tiny_unet
+
+import sde_diffusion as sd
+
+diffusers = pytest.importorskip("diffusers")
+from sde_diffusion.adapters import DiffusersScheduler, from_diffusers  # noqa: E402
+
+SD_TABLE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_the_swap_idiom_works_both_ways_and_keeps_the_table():
+    theirs = diffusers.DPMSolverMultistepScheduler(
+        **SD_TABLE, prediction_type="v_prediction", solver_order=3
+    )
+    ours = DiffusersScheduler.from_config(theirs.config, solver="unipc", spacing="logsnr")
+    torch.testing.assert_close(
+        ours.sde.alphas_cumprod, theirs.alphas_cumprod.double(), rtol=1e-6, atol=0
+    )
+    assert ours.prediction == "v" and ours.solver.name == "unipc"
+    back = diffusers.DPMSolverMultistepScheduler.from_config(ours.config)
+    assert torch.equal(back.alphas_cumprod, theirs.alphas_cumprod)
+    assert back.config.prediction_type == "v_prediction" and back.config.solver_order == 3
+    again = diffusers.EulerDiscreteScheduler.from_config(ours.config)
+    assert again.config.beta_schedule == "scaled_linear"
+    assert "DPMSolverMultistepScheduler" in [c.__name__ for c in ours.compatibles]
+
+
+def test_a_scheduler_with_no_table_names_from_config():
+    with pytest.raises(sd.ArgumentError, match=r"DiffusersScheduler\.from_config\(pipe\.scheduler"):
+        DiffusersScheduler(solver="dpmpp_2m")
+    config = diffusers.DDPMScheduler().config
+    with pytest.raises(sd.ArgumentError, match="does not take option"):
+        DiffusersScheduler.from_config(config, solver="ddim", solver_options={"etaa": 0.5})
+    with pytest.raises(sd.ArgumentError, match="prediction_type 'flow' is not supported"):
+        DiffusersScheduler.from_config(config, prediction_type="flow")
+    scheduler = DiffusersScheduler.from_config(config)
+    with pytest.raises(sd.ArgumentError, match="exactly one of num_inference_steps"):
+        scheduler.set_timesteps(10, timesteps=[999, 500])
+
+
+def test_save_pretrained_and_from_pretrained_reproduce_the_images(tmp_path):
+    unet = tiny_unet(diffusers)
+    pipe = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler(**SD_TABLE))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = DiffusersScheduler.from_config(
+        pipe.scheduler.config, solver="ddim", solver_options={"eta": 0.5}
+    )
+
+    def images():
+        generator = torch.Generator().manual_seed(4)
+        return pipe(batch_size=2, generator=generator, num_inference_steps=6, output_type="np")
+
+    before = images().images
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = DiffusersScheduler.from_pretrained(tmp_path / "pipe", subfolder="scheduler")
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+    assert public(loaded.config) == public(pipe.scheduler.config)
+    assert loaded.solver.options() == pipe.scheduler.solver.options()
+    pipe.scheduler = loaded
+    assert (images().images == before).all()
+
+
+def test_add_noise_is_ddpms():
+    theirs = diffusers.DDPMScheduler(**SD_TABLE)
+    ours = DiffusersScheduler.from_config(theirs.config)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 2, 8, 8, generator=g), torch.randn(3, 2, 8, 8, generator=g)
+    levels = torch.tensor([0, 421, 999])
+    torch.testing.assert_close(
+        ours.add_noise(x0, noise, levels), theirs.add_noise(x0, noise, levels), rtol=1e-5, atol=1e-6
+    )
+
+
+def _pipeline_loop(scheduler, unet, x, start=0, begin_index=True, generator=None):
+    """What an img2img pipeline does from step ``start``: ``set_begin_index``, then the loop."""
+    if begin_index:
+        scheduler.set_begin_index(start)
+    with torch.no_grad():
+        for t in scheduler.timesteps[start:]:
+            out = unet(scheduler.scale_model_input(x, t), t).sample
+            x = scheduler.step(out, t, x, generator=generator).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("begin_index", [True, False])
+def test_a_run_that_starts_mid_schedule_steps_from_the_right_time(begin_index):
+    """img2img at strength 0.6: noise the image to the schedule's step 4 of 10 and run
+    the rest; equal to sd.solve on the rest of the grid (with or without set_begin_index:
+    step locates its timestep)."""
+    unet = tiny_unet(diffusers)
+    training = diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2")
+    scheduler = DiffusersScheduler.from_config(training.config, solver="dpmpp_2m")
+    scheduler.set_timesteps(10)
+    g = torch.Generator().manual_seed(2)
+    image, noise = torch.randn(2, 2, 8, 8, generator=g), torch.randn(2, 2, 8, 8, generator=g)
+    start = 4
+    x_start = scheduler.add_noise(image, noise, scheduler.timesteps[start : start + 1])
+    out = _pipeline_loop(scheduler, unet, x_start, start, begin_index)
+    model, sde = from_diffusers(unet, training)
+    with torch.no_grad():
+        expected = sd.solve(model, sde, x_start, torch.tensor(scheduler.grid[start:]), "dpmpp_2m")
+    assert relative(out, expected.x) < 1e-4  # float32, as the pipeline equality tests
+    whole = torch.tensor(scheduler.grid)
+    with torch.no_grad():
+        from_the_top = sd.solve(model, sde, x_start, whole, "dpmpp_2m").x
+    assert relative(out, from_the_top) > 1e-3  # starting elsewhere would show
+
+
+def test_the_timesteps_and_sigmas_a_pipeline_passes_are_the_grid():
+    config = diffusers.DDPMScheduler(**SD_TABLE).config
+    scheduler = DiffusersScheduler.from_config(config, solver="euler")
+    scheduler.set_timesteps(timesteps=[999, 749, 499, 249])
+    assert scheduler.grid == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+    assert scheduler.timesteps.tolist() == [999.0, 749.0, 499.0, 249.0]
+    abar = scheduler.sde.alphas_cumprod
+    levels = [999, 500, 10]
+    sigmas = [float(((1 - abar[k]) / abar[k]).sqrt()) for k in levels] + [0.0]
+    scheduler.set_timesteps(sigmas=sigmas)
+    assert scheduler.timesteps.tolist() == pytest.approx([999.0, 500.0, 10.0], abs=1e-3)
+    assert scheduler.grid[-1] == 0.0
+    # what diffusers' retrieve_timesteps checks before it passes them
+    accepted = inspect.signature(scheduler.set_timesteps).parameters
+    assert {"timesteps", "sigmas", "device"} <= set(accepted)
+
+
+def test_per_sample_generators_give_each_image_its_own_seed():
+    """Pipelines pass one generator per image: an image does not depend on its batch."""
+    unet = tiny_unet(diffusers)
+    config = diffusers.DDPMScheduler().config
+    scheduler = DiffusersScheduler.from_config(config, solver="euler_ancestral")
+    x = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(5))
+    scheduler.set_timesteps(5)
+    seeds = [11, 12, 13]
+    batch = _pipeline_loop(
+        scheduler, unet, x, generator=[torch.Generator().manual_seed(s) for s in seeds]
+    )
+    for i, seed in enumerate(seeds):
+        scheduler.set_timesteps(5)
+        alone = _pipeline_loop(
+            scheduler, unet, x[i : i + 1], generator=[torch.Generator().manual_seed(seed)]
+        )
+        torch.testing.assert_close(batch[i : i + 1], alone, rtol=1e-5, atol=1e-5)
+    scheduler.set_timesteps(5)
+    with pytest.raises(sd.ArgumentError, match="got 2 generators for a batch of 3"):
+        _pipeline_loop(scheduler, unet, x, generator=[torch.Generator()] * 2)
+
+
+def test_multistep_solvers_with_the_analytical_first_step_fit_a_pipeline():
+    config = diffusers.DDPMScheduler().config
+    for name in ("ipndm", "deis"):
+        scheduler = DiffusersScheduler.from_config(
+            config, solver=name, solver_options={"afs": True}
+        )
+        assert scheduler.solver.afs
