@@ -224,6 +224,8 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
             positive = sigma[sigma > 0]
             times = self.sde.t_from_log_snr(-positive.log()).tolist()
             times += [0.0] * int((sigma == 0).sum())
+        elif num_inference_steps == 1 and self.config.to_zero:
+            times = [self.sde.T, 0.0]  # one step: the Tweedie step from the prior
         else:
             times = time_grid(
                 self.sde,

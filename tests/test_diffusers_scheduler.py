@@ -166,3 +166,43 @@ def test_multistep_solvers_with_the_analytical_first_step_fit_a_pipeline():
             config, solver=name, solver_options={"afs": True}
         )
         assert scheduler.solver.afs
+
+
+def test_one_inference_step_is_the_tweedie_step_from_the_prior():
+    unet = tiny_unet(diffusers)
+    training = diffusers.DDPMScheduler(prediction_type="sample")
+    scheduler = DiffusersScheduler.from_config(training.config, solver="dpmpp_2m")
+    scheduler.set_timesteps(1)
+    assert scheduler.grid == [1.0, 0.0]
+    x = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = _pipeline_loop(scheduler, unet, x)
+    with torch.no_grad():
+        expected = unet(x, scheduler.timesteps[0]).sample  # an x0 model's own prediction
+    torch.testing.assert_close(out, expected)
+
+
+def test_a_zero_terminal_snr_v_model_runs_as_diffusers_ddim_does():
+    """SD 2.x-style: rescaled zero-terminal-SNR table, v prediction, trailing timesteps."""
+    unet = tiny_unet(diffusers)
+    theirs = diffusers.DDIMScheduler(
+        **SD_TABLE,
+        rescale_betas_zero_snr=True,
+        prediction_type="v_prediction",
+        timestep_spacing="trailing",
+        clip_sample=False,
+        set_alpha_to_one=True,
+    )
+    assert theirs.alphas_cumprod[-1] == 0
+    x = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(3))
+    theirs.set_timesteps(8)
+    expected = _pipeline_loop(theirs, unet, x, begin_index=False)
+    ours = DiffusersScheduler.from_config(theirs.config, solver="ddim")
+    ours.set_timesteps(timesteps=theirs.timesteps.tolist())
+    assert ours.grid[0] == 1.0 and ours.timesteps[0] == 999
+    out = _pipeline_loop(ours, unet, x)
+    assert relative(out, expected) < 1e-4
+    model, sde = from_diffusers(unet, theirs)  # from_diffusers takes the table too
+    assert float(sde.alpha(1.0)) < 1e-3
+    with torch.no_grad():
+        again = sd.solve(model, sde, x, torch.tensor(ours.grid), "ddim").x
+    assert relative(again, expected) < 1e-4

@@ -214,6 +214,26 @@ def test_discrete_vp_rejects_bad_tables(table, message):
         sd.DiscreteVPSDE(table)
 
 
+def test_a_zero_terminal_snr_table_ends_at_the_vp_limit():
+    """diffusers' rescale_betas_zero_snr tables end at ᾱ = 0: the last level continues the
+    two before it geometrically, so α(T) is tiny but positive and σ(T) is 1 to rounding."""
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    abar = torch.cumprod(1 - betas, 0)
+    root = abar.sqrt()
+    root = (root - root[-1]) * root[0] / (root[0] - root[-1])  # Lin et al. 2024, alg. 1
+    table = root**2
+    assert table[-1] == 0
+    sde = sd.DiscreteVPSDE(table)
+    expected = table[-2] ** 2 / table[-3]
+    torch.testing.assert_close(sde.alpha(1.0) ** 2, expected, rtol=1e-9, atol=0)
+    assert 0 < float(sde.alpha(1.0)) < 1e-3 and float(sde.sigma(1.0)) == pytest.approx(1.0)
+    torch.testing.assert_close(sde.alpha(0.5) ** 2, table[499], rtol=1e-9, atol=0)
+    assert torch.equal(sd.sdes.sde_from_config(sd.sdes.sde_config(sde)).alphas_cumprod, table)
+    for bad in ([0.9, 0.0], [0.9, 0.0, 0.0]):
+        with pytest.raises(ValueError, match=r"\(0, 1\]"):
+            sd.DiscreteVPSDE(bad)
+
+
 @pytest.mark.parametrize("name", sde_names())
 def test_every_registered_sde_saves_and_loads(name):
     """The registry reads each SDE's parameters from its __init__: a config round trip

@@ -20,17 +20,29 @@ class DiscreteVPSDE(SDE):
     are exact at every level, ``f = (1/2) d log ᾱ / dt`` and ``g^2 = -2 f``.
     ``t_min = 1/N`` (level 0), ``T = 1`` (level N - 1).  Without a table it is DDPM's
     (linear β from 1e-4 to 0.02, 1000 levels).
+
+    A zero-terminal-SNR table (ᾱ_{N-1} = 0: Lin et al. 2024, diffusers'
+    ``rescale_betas_zero_snr``) ends at the VP limit: its last level takes the geometric
+    continuation ``ᾱ_{N-2}² / ᾱ_{N-3}`` of the two before it (α(T) between 3e-5 and 3e-4
+    for SD 2.x's table, by the precision it was computed in), so every solver can divide by
+    α at T and the prior is N(0, I) to that precision.
     """
 
     def __init__(self, alphas_cumprod: Tensor | list[float] | None = None):
         if alphas_cumprod is None:  # DDPM's linear β table (Ho et al. 2020), diffusers' default
             alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000), 0)
-        abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
+        table = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
+        abar = table.clone()
+        if abar.numel() >= 3 and abar[-1] == 0 and bool((abar[:-1] > 0).all()):
+            abar[-1] = abar[-2] ** 2 / abar[-3]  # zero terminal SNR: the VP limit
         if abar.numel() < 2 or not bool(((abar > 0) & (abar <= 1)).all()):
-            raise ArgumentError("alphas_cumprod must hold at least 2 values in (0, 1]")
+            raise ArgumentError(
+                "alphas_cumprod must hold at least 2 values in (0, 1] (a last value of 0, zero "
+                "terminal SNR, needs 3)"
+            )
         if not bool((abar.diff() < 0).all()):
             raise ArgumentError("alphas_cumprod must decrease strictly")
-        self.alphas_cumprod, self.num_levels = abar, abar.numel()
+        self.alphas_cumprod, self.num_levels = table, abar.numel()
         self.t_min = 1.0 / self.num_levels
         self._times = torch.arange(self.num_levels + 1, dtype=torch.float64) / self.num_levels
         self._log_abar = torch.cat([torch.zeros(1, dtype=torch.float64), abar.log()])
