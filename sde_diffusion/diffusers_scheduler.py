@@ -36,10 +36,15 @@ from .reverse import ReverseProcess
 from .sdes import DiscreteVPSDE
 from .solvers.base import Solver
 from .solvers.registry import get_solver, solver_names
+from .timesteps import SCHEDULES, validate_grid
 from .timesteps import timesteps as time_grid
-from .timesteps import validate_grid
+from .tuning import load_grid
 
 __all__ = ["DiffusersScheduler", "GeneratorListNoise", "SchedulerOutput", "pipeline_solvers"]
+
+
+LEVEL_SPACINGS = ("linspace", "leading", "trailing")  # diffusers' timestep_spacing
+SPACING_ALIASES = {"exponential": "logsnr"}  # use_exponential_sigmas: uniform in log σ
 
 
 @dataclass
@@ -113,9 +118,15 @@ class _GivenOutput:
 class DiffusersScheduler(SchedulerMixin, ConfigMixin):
     """A registered solver as a diffusers scheduler on the training table of its config.
 
-    ``solver`` and ``solver_options`` pick the method; ``spacing`` (any of our schedules),
-    ``rho`` and ``to_zero`` the grid ``set_timesteps(n)`` builds.  The table entries
-    (``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule``,
+    ``solver`` and ``solver_options`` pick the method; ``spacing``, ``rho`` and ``to_zero``
+    the grid ``set_timesteps(n)`` builds: any of our schedules (``karras``, ``logsnr``,
+    ``uniform``, ``quadratic``; ``exponential`` is ``logsnr``, diffusers'
+    ``use_exponential_sigmas``), or diffusers' ``timestep_spacing`` of the training levels
+    (``linspace``, ``leading``, ``trailing``, as ``DDPMScheduler`` spaces them, its
+    ``steps_offset`` included); ``to_zero=False`` ends at the first level, as
+    ``final_sigmas_type="sigma_min"`` does.  ``grid`` names a tuned grid file
+    (``sdediff tune`` on a diffusers model): ``set_timesteps()`` then runs its times.
+    The table entries (``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule``,
     ``trained_betas``, ``rescale_betas_zero_snr``) and ``prediction_type`` come from the
     config it is built from (``from_config``): a scheduler with no table is an error.  The
     solver state is float32 for half-precision pipelines.
@@ -132,6 +143,7 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
         spacing: str = "karras",
         rho: float = 7.0,
         to_zero: bool = True,
+        grid: str | None = None,
         num_train_timesteps: int = 1000,
         beta_start: float = 0.0001,
         beta_end: float = 0.02,
@@ -167,6 +179,15 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
             rescale_betas_zero_snr=rescale_betas_zero_snr,
         ).alphas_cumprod
         self.sde, self.prediction = DiscreteVPSDE(table), PREDICTION_TYPES[prediction_type]
+        if SPACING_ALIASES.get(spacing, spacing) not in (*SCHEDULES, *LEVEL_SPACINGS):
+            valid = ", ".join([*SCHEDULES, *SPACING_ALIASES, *LEVEL_SPACINGS])
+            raise ArgumentError(f"unknown spacing {spacing!r}; choose one of {valid}")
+        self.tuned = None if grid is None else load_grid(grid)
+        if self.tuned is not None and self.tuned.sde != repr(self.sde):
+            raise ArgumentError(
+                f"{grid} was tuned for {self.tuned.sde}, not for this scheduler's "
+                f"{self.sde!r}; tune it on this model"
+            )
         self.init_noise_sigma = 1.0
         self.timesteps: Tensor | None = None
         self.num_inference_steps: int | None = None
@@ -211,9 +232,15 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
     ) -> None:
         """The grid: ``num_inference_steps`` steps of our spacing, or the training
         ``timesteps`` or VE ``sigmas`` (σ/α, decreasing) a pipeline passes."""
-        if sum(v is not None for v in (num_inference_steps, timesteps, sigmas)) != 1:
+        given = sum(v is not None for v in (num_inference_steps, timesteps, sigmas))
+        if given != 1 and not (given == 0 and self.tuned is not None):
             raise ArgumentError(
                 "pass exactly one of num_inference_steps, timesteps and sigmas to set_timesteps"
+            )
+        if self.tuned is not None and num_inference_steps not in (None, len(self.tuned.times) - 1):
+            raise ArgumentError(
+                f"this scheduler runs its tuned grid of {len(self.tuned.times) - 1} steps; call "
+                "set_timesteps() without num_inference_steps"
             )
         end = [0.0] if self.config.to_zero else []
         if timesteps is not None:
@@ -224,13 +251,22 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
             positive = sigma[sigma > 0]
             times = self.sde.t_from_log_snr(-positive.log()).tolist()
             times += [0.0] * int((sigma == 0).sum())
+        elif self.tuned is not None:
+            times = list(self.tuned.times)
         elif num_inference_steps == 1 and self.config.to_zero:
             times = [self.sde.T, 0.0]  # one step: the Tweedie step from the prior
+        elif self.config.spacing in LEVEL_SPACINGS:
+            levels = self._levels(num_inference_steps)
+            times = ((levels + 1) / self.sde.num_levels).tolist()
+            if self.config.to_zero:
+                times.append(0.0)
+            elif times[-1] > self.sde.t_min:  # final_sigmas_type="sigma_min"
+                times.append(self.sde.t_min)
         else:
             times = time_grid(
                 self.sde,
                 num_inference_steps,
-                self.config.spacing,
+                SPACING_ALIASES.get(self.config.spacing, self.config.spacing),
                 rho=self.config.rho,
                 to_zero=self.config.to_zero,
             ).tolist()
@@ -239,6 +275,12 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = model_timestep(times, self.sde).to(device)  # as solve feeds the model
         self.num_inference_steps = len(self.grid) - 1
         self._step_index = self._begin_index = self._run = None
+
+    def _levels(self, steps: int) -> Tensor:
+        """The training levels diffusers' ``timestep_spacing`` picks (``DDPMScheduler``'s)."""
+        spaced = DDPMScheduler.from_config(self.config, timestep_spacing=self.config.spacing)
+        spaced.set_timesteps(steps)
+        return spaced.timesteps.to(torch.float64).cpu()
 
     def index_for_timestep(self, timestep: float | Tensor) -> int:
         """The schedule index of ``timestep`` (the closest of ``self.timesteps``)."""

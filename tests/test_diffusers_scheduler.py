@@ -206,3 +206,38 @@ def test_a_zero_terminal_snr_v_model_runs_as_diffusers_ddim_does():
     with torch.no_grad():
         again = sd.solve(model, sde, x, torch.tensor(ours.grid), "ddim").x
     assert relative(again, expected) < 1e-4
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+def test_diffusers_timestep_spacings_visit_ddpms_levels(spacing):
+    theirs = diffusers.DDPMScheduler(**SD_TABLE, timestep_spacing=spacing, steps_offset=1)
+    theirs.set_timesteps(10)
+    ours = DiffusersScheduler.from_config(theirs.config, solver="euler", spacing=spacing)
+    ours.set_timesteps(10)
+    assert ours.timesteps.tolist() == theirs.timesteps.float().tolist()
+    assert ours.grid[-1] == 0.0
+
+
+def test_exponential_spacing_is_uniform_in_log_snr_and_bad_spacings_are_named():
+    config = diffusers.DDPMScheduler().config
+    ours = DiffusersScheduler.from_config(config, spacing="exponential")
+    ours.set_timesteps(6)
+    lam = ours.sde.log_snr(torch.tensor(ours.grid[:-1], dtype=torch.float64))
+    torch.testing.assert_close(lam.diff(), lam.diff()[:1].expand(5), rtol=1e-6, atol=1e-9)
+    with pytest.raises(sd.ArgumentError, match=r"spacing 'karas'; choose one of .*trailing"):
+        DiffusersScheduler.from_config(config, spacing="karas")
+
+
+def test_a_tuned_grid_file_runs_in_the_pipeline(tmp_path):
+    config = diffusers.DDPMScheduler(**SD_TABLE).config
+    probe = DiffusersScheduler.from_config(config)
+    times = [1.0, 0.6, 0.3, 0.1, 0.0]
+    sd.TunedGrid(times, "deis", {"order": 2}, 4, repr(probe.sde)).save(tmp_path / "g.json")
+    ours = DiffusersScheduler.from_config(config, solver="deis", grid=str(tmp_path / "g.json"))
+    ours.set_timesteps()
+    assert ours.grid == times and len(ours.timesteps) == 4
+    with pytest.raises(sd.ArgumentError, match="runs its tuned grid of 4 steps"):
+        ours.set_timesteps(10)
+    sd.TunedGrid(times, "deis", {}, 4, "EDMSDE()").save(tmp_path / "edm.json")
+    with pytest.raises(sd.ArgumentError, match="was tuned for EDMSDE"):
+        DiffusersScheduler.from_config(config, grid=str(tmp_path / "edm.json"))
