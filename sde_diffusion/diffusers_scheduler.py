@@ -308,9 +308,16 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
         sample: Tensor,
         generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
+        eta: float | None = None,
+        use_clipped_model_output: bool | None = None,
     ) -> SchedulerOutput | tuple[Tensor]:
         """Advance ``sample`` from ``timestep`` one grid step with the pipeline's
-        ``model_output``."""
+        ``model_output``.  ``eta`` (what ``DDIMPipeline`` passes) sets the solver's own
+        ``eta`` for the run; a solver without one takes only ``eta=0``, which it is."""
+        if use_clipped_model_output:
+            raise ArgumentError(
+                "use_clipped_model_output is DDIMScheduler's; our solvers do not clip"
+            )
         if self.timesteps is None:
             raise RuntimeError("call set_timesteps(num_inference_steps) before step")
         if self._step_index is None:
@@ -322,19 +329,31 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
         wide = torch.float32 if sample.dtype in (torch.float16, torch.bfloat16) else sample.dtype
         x, noise = sample.to(wide), noise_source(generator)
         if self._run is None:  # the solver's run starts where the pipeline starts
-            given = _GivenOutput(self.prediction)
+            given, solver = _GivenOutput(self.prediction), self._solver_with(eta)
             legs = self.grid[i:]
             process = ReverseProcess(given, self.sde, x, grid=legs)
-            self._run = (given, process, self.solver.init(process, legs, x, noise))
-        given, process, state = self._run
+            self._run = (given, process, solver, solver.init(process, legs, x, noise))
+        given, process, solver, state = self._run
         if model_output.shape[1] == 2 * sample.shape[1]:  # learned variance
             model_output = model_output[:, : sample.shape[1]]
         given.output = model_output
-        x, state = self.solver.step(process, self.grid[i], self.grid[i + 1], x, state, noise)
-        self._run = (given, process, state)
+        x, state = solver.step(process, self.grid[i], self.grid[i + 1], x, state, noise)
+        self._run = (given, process, solver, state)
         self._step_index += 1
         prev = x.to(sample.dtype)
         return SchedulerOutput(prev) if return_dict else (prev,)
+
+    def _solver_with(self, eta: float | None) -> Solver:
+        """The solver of a run whose pipeline passes ``eta``."""
+        options = self.solver.options()
+        if eta is None or ("eta" not in options and eta == 0):
+            return self.solver
+        if "eta" not in options:
+            raise ArgumentError(
+                f"the pipeline asks for eta={eta}, but solver {self.solver.name!r} has no eta; "
+                "use ddim, euler_ancestral or another solver with an eta option"
+            )
+        return get_solver(self.solver.name, **{**options, "eta": eta})
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps

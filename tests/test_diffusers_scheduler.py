@@ -241,3 +241,71 @@ def test_a_tuned_grid_file_runs_in_the_pipeline(tmp_path):
     sd.TunedGrid(times, "deis", {}, 4, "EDMSDE()").save(tmp_path / "edm.json")
     with pytest.raises(sd.ArgumentError, match="was tuned for EDMSDE"):
         DiffusersScheduler.from_config(config, grid=str(tmp_path / "edm.json"))
+
+
+def test_the_ddim_pipeline_passes_its_eta_to_our_ddim():
+    """DDIMPipeline calls step(..., eta=eta): our ddim runs with that eta; equal to
+    sd.solve with ddim(eta) on the same grid and noise (generator per image)."""
+    unet = tiny_unet(diffusers)
+    pipe = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = DiffusersScheduler.from_config(pipe.scheduler.config, solver="ddim")
+
+    def images(eta):
+        generator = torch.Generator().manual_seed(7)
+        return pipe(batch_size=2, generator=generator, num_inference_steps=6, eta=eta,
+                    output_type="np").images  # fmt: skip
+
+    deterministic, stochastic = images(0.0), images(1.0)
+    assert abs(stochastic - deterministic).max() > 1e-3  # eta reached the solver
+    model, sde = from_diffusers(unet, diffusers.DDIMScheduler())
+    g = torch.Generator().manual_seed(7)
+    x_T = torch.randn(2, 2, 8, 8, generator=g)  # what the pipeline draws first
+    grid = torch.tensor(pipe.scheduler.grid)
+    with torch.no_grad():
+        ours = sd.solve(model, sde, x_T, grid, "ddim", eta=1.0, generator=g).x
+    ours_images = (ours / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    assert abs(stochastic - ours_images).max() < 1e-5
+    pipe.scheduler = DiffusersScheduler.from_config(pipe.scheduler.config, solver="dpmpp_2m")
+    images(0.0)  # a solver without eta is eta = 0
+    with pytest.raises(sd.ArgumentError, match=r"eta=0\.5, but solver 'dpmpp_2m' has no eta"):
+        images(0.5)
+
+
+def _dummy_loop(scheduler, steps=6, seed=0, **step_kwargs):
+    """diffusers' common scheduler checks use a dummy model; a full loop with it."""
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(seed))
+    scheduler.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(seed + 1)
+    for t in scheduler.timesteps:
+        out = 0.1 * x * (t / 1000)  # the dummy model: depends on the input and the time
+        step = scheduler.step(out, t, x, generator=generator, **step_kwargs)
+        x = step.prev_sample if step_kwargs.get("return_dict", True) else step[0]
+    return x
+
+
+@pytest.mark.parametrize("name", sd.adapters.pipeline_solvers())
+def test_diffusers_common_scheduler_checks_for_every_pipeline_solver(name, tmp_path):
+    """After diffusers' SchedulerCommonTest: the config round trip, step shapes and tuple
+    output, a finite and reproducible full loop, and the class attributes pipelines read."""
+    scheduler = DiffusersScheduler.from_config(
+        diffusers.DDPMScheduler(**SD_TABLE).config, solver=name
+    )
+    scheduler.set_timesteps(6)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    first = scheduler.step(0.1 * x, scheduler.timesteps[0], x, generator=torch.Generator())
+    assert first.prev_sample.shape == x.shape and first.prev_sample.dtype == x.dtype
+    assert scheduler.step_index == 1
+    whole = _dummy_loop(scheduler)
+    assert torch.isfinite(whole).all()
+    assert torch.equal(_dummy_loop(scheduler), whole)  # reproducible from its generator
+    assert torch.equal(_dummy_loop(scheduler, return_dict=False), whole)
+    scheduler.save_config(tmp_path)
+    loaded = DiffusersScheduler.from_pretrained(tmp_path)
+    assert torch.equal(_dummy_loop(loaded), whole)
+    assert scheduler.order == 1 and scheduler.init_noise_sigma == 1.0
+    assert len(scheduler) == 1000 and scheduler.scale_model_input(x, 5) is x
+    half = _dummy_loop(scheduler).half()  # a half-precision sample keeps its dtype
+    scheduler.set_timesteps(6)
+    out = scheduler.step(half, scheduler.timesteps[0], half, generator=torch.Generator())
+    assert out.prev_sample.dtype == torch.float16
