@@ -115,43 +115,13 @@ class _GivenOutput:
         return out
 
 
-class DiffusersScheduler(SchedulerMixin, ConfigMixin):
-    """A registered solver as a diffusers scheduler on the training table of its config.
+class _SolverScheduler(SchedulerMixin, ConfigMixin):
+    """What both schedulers share: the solver, the schedule's index, ``step``."""
 
-    ``solver`` and ``solver_options`` pick the method; ``spacing``, ``rho`` and ``to_zero``
-    the grid ``set_timesteps(n)`` builds: any of our schedules (``karras``, ``logsnr``,
-    ``uniform``, ``quadratic``; ``exponential`` is ``logsnr``, diffusers'
-    ``use_exponential_sigmas``), or diffusers' ``timestep_spacing`` of the training levels
-    (``linspace``, ``leading``, ``trailing``, as ``DDPMScheduler`` spaces them, its
-    ``steps_offset`` included); ``to_zero=False`` ends at the first level, as
-    ``final_sigmas_type="sigma_min"`` does.  ``grid`` names a tuned grid file
-    (``sdediff tune`` on a diffusers model): ``set_timesteps()`` then runs its times.
-    The table entries (``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule``,
-    ``trained_betas``, ``rescale_betas_zero_snr``) and ``prediction_type`` come from the
-    config it is built from (``from_config``): a scheduler with no table is an error.  The
-    solver state is float32 for half-precision pipelines.
-    """
-
-    _compatibles: ClassVar[list[str]] = [e.name for e in KarrasDiffusionSchedulers]
     order = 1
+    init_noise_sigma = 1.0
 
-    @register_to_config
-    def __init__(
-        self,
-        solver: str = "dpmpp_2m",
-        solver_options: dict[str, Any] | None = None,
-        spacing: str = "karras",
-        rho: float = 7.0,
-        to_zero: bool = True,
-        grid: str | None = None,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: str | None = None,
-        trained_betas: list[float] | None = None,
-        prediction_type: str = "epsilon",
-        rescale_betas_zero_snr: bool = False,
-    ):
+    def _take_solver(self, solver: str, solver_options: dict[str, Any] | None) -> None:
         self.solver = get_solver(solver, **(solver_options or {}))
         if not fits_a_pipeline(self.solver):
             raise ArgumentError(
@@ -159,41 +129,18 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
                 "chooses its own steps); a diffusers pipeline evaluates once a step: use one "
                 f"of {', '.join(pipeline_solvers())}"
             )
-        if beta_schedule is None and trained_betas is None:
-            raise ArgumentError(
-                "a DiffusersScheduler needs the model's training table: build it from the "
-                "scheduler it replaces, DiffusersScheduler.from_config(pipe.scheduler.config, "
-                f"solver={solver!r})"
-            )
-        if prediction_type not in PREDICTION_TYPES:
-            raise ArgumentError(
-                f"prediction_type {prediction_type!r} is not supported; use one of "
-                f"{', '.join(PREDICTION_TYPES)}"
-            )
-        table = DDPMScheduler(
-            num_train_timesteps=num_train_timesteps,
-            beta_start=beta_start,
-            beta_end=beta_end,
-            beta_schedule=beta_schedule or "linear",
-            trained_betas=trained_betas,
-            rescale_betas_zero_snr=rescale_betas_zero_snr,
-        ).alphas_cumprod
-        self.sde, self.prediction = DiscreteVPSDE(table), PREDICTION_TYPES[prediction_type]
-        if SPACING_ALIASES.get(spacing, spacing) not in (*SCHEDULES, *LEVEL_SPACINGS):
-            valid = ", ".join([*SCHEDULES, *SPACING_ALIASES, *LEVEL_SPACINGS])
-            raise ArgumentError(f"unknown spacing {spacing!r}; choose one of {valid}")
-        self.tuned = None if grid is None else load_grid(grid)
-        if self.tuned is not None and self.tuned.sde != repr(self.sde):
-            raise ArgumentError(
-                f"{grid} was tuned for {self.tuned.sde}, not for this scheduler's "
-                f"{self.sde!r}; tune it on this model"
-            )
-        self.init_noise_sigma = 1.0
         self.timesteps: Tensor | None = None
         self.num_inference_steps: int | None = None
         self._begin_index: int | None = None
         self._step_index: int | None = None
         self._run = None
+
+    def _use_grid(self, times: list[float], model_timesteps: Tensor, device: Any) -> None:
+        """Run on ``times`` (validated), feeding the model ``model_timesteps``."""
+        self.grid = validate_grid(self.sde, torch.tensor(times, dtype=torch.float64))
+        self.timesteps = model_timesteps.to(torch.float32).to(device)
+        self.num_inference_steps = len(self.grid) - 1
+        self._step_index = self._begin_index = self._run = None
 
     @classmethod
     def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any):
@@ -206,8 +153,6 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
         if isinstance(config, Mapping):
             config = {k: v for k, v in config.items() if k != "_use_default_values"}
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
-
-    # -- the schedule --------------------------------------------------------------------
 
     @property
     def step_index(self) -> int | None:
@@ -223,65 +168,6 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
         """Start at step ``begin_index`` of the schedule (img2img pipelines call this)."""
         self._begin_index = int(begin_index)
 
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: str | torch.device | None = None,
-        timesteps: list[int] | None = None,
-        sigmas: list[float] | None = None,
-    ) -> None:
-        """The grid: ``num_inference_steps`` steps of our spacing, or the training
-        ``timesteps`` or VE ``sigmas`` (σ/α, decreasing) a pipeline passes."""
-        given = sum(v is not None for v in (num_inference_steps, timesteps, sigmas))
-        if given != 1 and not (given == 0 and self.tuned is not None):
-            raise ArgumentError(
-                "pass exactly one of num_inference_steps, timesteps and sigmas to set_timesteps"
-            )
-        if self.tuned is not None and num_inference_steps not in (None, len(self.tuned.times) - 1):
-            raise ArgumentError(
-                f"this scheduler runs its tuned grid of {len(self.tuned.times) - 1} steps; call "
-                "set_timesteps() without num_inference_steps"
-            )
-        end = [0.0] if self.config.to_zero else []
-        if timesteps is not None:
-            levels = torch.as_tensor(timesteps, dtype=torch.float64).cpu()
-            times = ((levels + 1) / self.sde.num_levels).tolist() + end
-        elif sigmas is not None:
-            sigma = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
-            positive = sigma[sigma > 0]
-            times = self.sde.t_from_log_snr(-positive.log()).tolist()
-            times += [0.0] * int((sigma == 0).sum())
-        elif self.tuned is not None:
-            times = list(self.tuned.times)
-        elif num_inference_steps == 1 and self.config.to_zero:
-            times = [self.sde.T, 0.0]  # one step: the Tweedie step from the prior
-        elif self.config.spacing in LEVEL_SPACINGS:
-            levels = self._levels(num_inference_steps)
-            times = ((levels + 1) / self.sde.num_levels).tolist()
-            if self.config.to_zero:
-                times.append(0.0)
-            elif times[-1] > self.sde.t_min:  # final_sigmas_type="sigma_min"
-                times.append(self.sde.t_min)
-        else:
-            times = time_grid(
-                self.sde,
-                num_inference_steps,
-                SPACING_ALIASES.get(self.config.spacing, self.config.spacing),
-                rho=self.config.rho,
-                to_zero=self.config.to_zero,
-            ).tolist()
-        self.grid = validate_grid(self.sde, torch.tensor(times, dtype=torch.float64))
-        times = torch.tensor(self.grid[:-1], dtype=torch.float64)
-        self.timesteps = model_timestep(times, self.sde).to(device)  # as solve feeds the model
-        self.num_inference_steps = len(self.grid) - 1
-        self._step_index = self._begin_index = self._run = None
-
-    def _levels(self, steps: int) -> Tensor:
-        """The training levels diffusers' ``timestep_spacing`` picks (``DDPMScheduler``'s)."""
-        spaced = DDPMScheduler.from_config(self.config, timestep_spacing=self.config.spacing)
-        spaced.set_timesteps(steps)
-        return spaced.timesteps.to(torch.float64).cpu()
-
     def index_for_timestep(self, timestep: float | Tensor) -> int:
         """The schedule index of ``timestep`` (the closest of ``self.timesteps``)."""
         value = torch.as_tensor(timestep, dtype=torch.float32).flatten()[0].cpu()
@@ -289,15 +175,6 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
 
     def scale_model_input(self, sample: Tensor, timestep: Any = None) -> Tensor:
         return sample
-
-    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        """``x_t = α x_0 + σ ε`` at the training timesteps ``timesteps`` (img2img, SDEdit)."""
-        levels = torch.as_tensor(timesteps, device=original_samples.device).to(torch.float64)
-        t = (levels.flatten() + 1) / self.sde.num_levels
-        alpha = self.sde.alpha(t).to(original_samples.dtype)
-        sigma = self.sde.sigma(t).to(original_samples.dtype)
-        shape = (-1,) + (1,) * (original_samples.ndim - 1)
-        return alpha.view(shape) * original_samples + sigma.view(shape) * noise
 
     # -- one step ------------------------------------------------------------------------
 
@@ -357,3 +234,136 @@ class DiffusersScheduler(SchedulerMixin, ConfigMixin):
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
+
+
+class DiffusersScheduler(_SolverScheduler):
+    """A registered solver as a diffusers scheduler on the training table of its config.
+
+    ``solver`` and ``solver_options`` pick the method; ``spacing``, ``rho`` and ``to_zero``
+    the grid ``set_timesteps(n)`` builds: any of our schedules (``karras``, ``logsnr``,
+    ``uniform``, ``quadratic``; ``exponential`` is ``logsnr``, diffusers'
+    ``use_exponential_sigmas``), or diffusers' ``timestep_spacing`` of the training levels
+    (``linspace``, ``leading``, ``trailing``, as ``DDPMScheduler`` spaces them, its
+    ``steps_offset`` included); ``to_zero=False`` ends at the first level, as
+    ``final_sigmas_type="sigma_min"`` does.  ``grid`` names a tuned grid file
+    (``sdediff tune`` on a diffusers model): ``set_timesteps()`` then runs its times.
+    The table entries (``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule``,
+    ``trained_betas``, ``rescale_betas_zero_snr``) and ``prediction_type`` come from the
+    config it is built from (``from_config``): a scheduler with no table is an error.  The
+    solver state is float32 for half-precision pipelines.
+    """
+
+    _compatibles: ClassVar[list[str]] = [e.name for e in KarrasDiffusionSchedulers]
+
+    @register_to_config
+    def __init__(
+        self,
+        solver: str = "dpmpp_2m",
+        solver_options: dict[str, Any] | None = None,
+        spacing: str = "karras",
+        rho: float = 7.0,
+        to_zero: bool = True,
+        grid: str | None = None,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str | None = None,
+        trained_betas: list[float] | None = None,
+        prediction_type: str = "epsilon",
+        rescale_betas_zero_snr: bool = False,
+    ):
+        self._take_solver(solver, solver_options)
+        if beta_schedule is None and trained_betas is None:
+            raise ArgumentError(
+                "a DiffusersScheduler needs the model's training table: build it from the "
+                "scheduler it replaces, DiffusersScheduler.from_config(pipe.scheduler.config, "
+                f"solver={solver!r})"
+            )
+        if prediction_type not in PREDICTION_TYPES:
+            raise ArgumentError(
+                f"prediction_type {prediction_type!r} is not supported; use one of "
+                f"{', '.join(PREDICTION_TYPES)}"
+            )
+        table = DDPMScheduler(
+            num_train_timesteps=num_train_timesteps,
+            beta_start=beta_start,
+            beta_end=beta_end,
+            beta_schedule=beta_schedule or "linear",
+            trained_betas=trained_betas,
+            rescale_betas_zero_snr=rescale_betas_zero_snr,
+        ).alphas_cumprod
+        self.sde, self.prediction = DiscreteVPSDE(table), PREDICTION_TYPES[prediction_type]
+        if SPACING_ALIASES.get(spacing, spacing) not in (*SCHEDULES, *LEVEL_SPACINGS):
+            valid = ", ".join([*SCHEDULES, *SPACING_ALIASES, *LEVEL_SPACINGS])
+            raise ArgumentError(f"unknown spacing {spacing!r}; choose one of {valid}")
+        self.tuned = None if grid is None else load_grid(grid)
+        if self.tuned is not None and self.tuned.sde != repr(self.sde):
+            raise ArgumentError(
+                f"{grid} was tuned for {self.tuned.sde}, not for this scheduler's "
+                f"{self.sde!r}; tune it on this model"
+            )
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: list[int] | None = None,
+        sigmas: list[float] | None = None,
+    ) -> None:
+        """The grid: ``num_inference_steps`` steps of our spacing, or the training
+        ``timesteps`` or VE ``sigmas`` (σ/α, decreasing) a pipeline passes."""
+        given = sum(v is not None for v in (num_inference_steps, timesteps, sigmas))
+        if given != 1 and not (given == 0 and self.tuned is not None):
+            raise ArgumentError(
+                "pass exactly one of num_inference_steps, timesteps and sigmas to set_timesteps"
+            )
+        if self.tuned is not None and num_inference_steps not in (None, len(self.tuned.times) - 1):
+            raise ArgumentError(
+                f"this scheduler runs its tuned grid of {len(self.tuned.times) - 1} steps; call "
+                "set_timesteps() without num_inference_steps"
+            )
+        end = [0.0] if self.config.to_zero else []
+        if timesteps is not None:
+            levels = torch.as_tensor(timesteps, dtype=torch.float64).cpu()
+            times = ((levels + 1) / self.sde.num_levels).tolist() + end
+        elif sigmas is not None:
+            sigma = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
+            positive = sigma[sigma > 0]
+            times = self.sde.t_from_log_snr(-positive.log()).tolist()
+            times += [0.0] * int((sigma == 0).sum())
+        elif self.tuned is not None:
+            times = list(self.tuned.times)
+        elif num_inference_steps == 1 and self.config.to_zero:
+            times = [self.sde.T, 0.0]  # one step: the Tweedie step from the prior
+        elif self.config.spacing in LEVEL_SPACINGS:
+            levels = self._levels(num_inference_steps)
+            times = ((levels + 1) / self.sde.num_levels).tolist()
+            if self.config.to_zero:
+                times.append(0.0)
+            elif times[-1] > self.sde.t_min:  # final_sigmas_type="sigma_min"
+                times.append(self.sde.t_min)
+        else:
+            times = time_grid(
+                self.sde,
+                num_inference_steps,
+                SPACING_ALIASES.get(self.config.spacing, self.config.spacing),
+                rho=self.config.rho,
+                to_zero=self.config.to_zero,
+            ).tolist()
+        grid = torch.tensor(times[:-1], dtype=torch.float64)
+        self._use_grid(times, model_timestep(grid, self.sde), device)  # as solve feeds it
+
+    def _levels(self, steps: int) -> Tensor:
+        """The training levels diffusers' ``timestep_spacing`` picks (``DDPMScheduler``'s)."""
+        spaced = DDPMScheduler.from_config(self.config, timestep_spacing=self.config.spacing)
+        spaced.set_timesteps(steps)
+        return spaced.timesteps.to(torch.float64).cpu()
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """``x_t = α x_0 + σ ε`` at the training timesteps ``timesteps`` (img2img, SDEdit)."""
+        levels = torch.as_tensor(timesteps, device=original_samples.device).to(torch.float64)
+        t = (levels.flatten() + 1) / self.sde.num_levels
+        alpha = self.sde.alpha(t).to(original_samples.dtype)
+        sigma = self.sde.sigma(t).to(original_samples.dtype)
+        shape = (-1,) + (1,) * (original_samples.ndim - 1)
+        return alpha.view(shape) * original_samples + sigma.view(shape) * noise
