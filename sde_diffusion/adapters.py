@@ -193,7 +193,7 @@ def kdiffusion_sampling() -> types.ModuleType | None:
 
 def __getattr__(name: str) -> Any:
     """``DiffusersScheduler`` and its helpers load with diffusers, on first use."""
-    if name in ("DiffusersScheduler", "pipeline_solvers"):
+    if name in ("DiffusersScheduler", "FlowMatchingScheduler", "pipeline_solvers"):
         _diffusers()  # a clear sentence when diffusers is missing
         module = importlib.import_module(f"{__package__}.diffusers_scheduler")
         return getattr(module, name)

@@ -18,12 +18,13 @@ locates its ``timestep`` in the schedule, so a pipeline that starts mid-schedule
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 from torch import Tensor
@@ -33,16 +34,36 @@ from .errors import ArgumentError
 from .models import Cond
 from .noise import GeneratorNoise, NoiseSource
 from .reverse import ReverseProcess
-from .sdes import DiscreteVPSDE
+from .sdes import DiscreteVPSDE, RectifiedFlow
 from .solvers.base import Solver
 from .solvers.registry import get_solver, solver_names
 from .timesteps import SCHEDULES, validate_grid
 from .timesteps import timesteps as time_grid
 from .tuning import load_grid
 
-__all__ = ["DiffusersScheduler", "GeneratorListNoise", "SchedulerOutput", "pipeline_solvers"]
+__all__ = [
+    "DiffusersScheduler",
+    "FlowMatchingScheduler",
+    "GeneratorListNoise",
+    "SchedulerOutput",
+    "pipeline_solvers",
+]
 
 
+TABLE_KEYS = (  # the entries that are the model's, not ours: every diffusers scheduler takes them
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "trained_betas",
+    "prediction_type",
+    "rescale_betas_zero_snr",
+    "shift",
+    "use_dynamic_shifting",
+    "base_shift",
+    "max_shift",
+    "base_image_seq_len",
+    "max_image_seq_len",
+)
 LEVEL_SPACINGS = ("linspace", "leading", "trailing")  # diffusers' timestep_spacing
 SPACING_ALIASES = {"exponential": "logsnr"}  # use_exponential_sigmas: uniform in log σ
 
@@ -134,6 +155,12 @@ class _SolverScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index: int | None = None
         self._step_index: int | None = None
         self._run = None
+
+    def _their_config(self) -> dict[str, Any]:
+        """This config without our own entries: what a diffusers scheduler is built from."""
+        ours = set(inspect.signature(type(self).__init__).parameters) - {"self"}
+        theirs = {"num_train_timesteps", *TABLE_KEYS}
+        return {k: v for k, v in self.config.items() if k not in ours - theirs}
 
     def _use_grid(self, times: list[float], model_timesteps: Tensor, device: Any) -> None:
         """Run on ``times`` (validated), feeding the model ``model_timesteps``."""
@@ -355,7 +382,9 @@ class DiffusersScheduler(_SolverScheduler):
 
     def _levels(self, steps: int) -> Tensor:
         """The training levels diffusers' ``timestep_spacing`` picks (``DDPMScheduler``'s)."""
-        spaced = DDPMScheduler.from_config(self.config, timestep_spacing=self.config.spacing)
+        spaced = DDPMScheduler.from_config(
+            self._their_config(), timestep_spacing=self.config.spacing
+        )
         spaced.set_timesteps(steps)
         return spaced.timesteps.to(torch.float64).cpu()
 
@@ -367,3 +396,58 @@ class DiffusersScheduler(_SolverScheduler):
         sigma = self.sde.sigma(t).to(original_samples.dtype)
         shape = (-1,) + (1,) * (original_samples.ndim - 1)
         return alpha.view(shape) * original_samples + sigma.view(shape) * noise
+
+
+class FlowMatchingScheduler(_SolverScheduler):
+    """A registered solver as a flow-matching scheduler (SD3, Flux), for a velocity model.
+
+    Swapped in like ``FlowMatchEulerDiscreteScheduler``, from its config:
+    ``FlowMatchingScheduler.from_config(pipe.scheduler.config, solver="dpmpp_2m")``.  The SDE is
+    ``RectifiedFlow(T=1)`` (σ = t); ``set_timesteps(n, sigmas=, mu=, timesteps=)`` visits the
+    σ's that ``FlowMatchEulerDiscreteScheduler`` computes for the same config (its ``shift``,
+    dynamic shifting by ``mu``, ...) and ends at σ = 0, feeding the model ``σ N`` as it does;
+    ``scale_noise`` is its forward noising for image-to-image.
+    """
+
+    _compatibles: ClassVar[list[str]] = [
+        "FlowMatchEulerDiscreteScheduler",
+        "FlowMatchHeunDiscreteScheduler",
+    ]
+
+    @register_to_config
+    def __init__(
+        self,
+        solver: str = "euler",
+        solver_options: dict[str, Any] | None = None,
+        num_train_timesteps: int = 1000,
+        shift: float = 1.0,
+        use_dynamic_shifting: bool = False,
+        base_shift: float | None = 0.5,
+        max_shift: float | None = 1.15,
+        base_image_seq_len: int = 256,
+        max_image_seq_len: int = 4096,
+    ):
+        self._take_solver(solver, solver_options)
+        self.sde, self.prediction = RectifiedFlow(t_min=1 / num_train_timesteps, T=1.0), "velocity"
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        sigmas: list[float] | None = None,
+        mu: float | None = None,
+        timesteps: list[float] | None = None,
+    ) -> None:
+        """The σ's of ``FlowMatchEulerDiscreteScheduler`` with this config, then σ = 0."""
+        theirs = FlowMatchEulerDiscreteScheduler.from_config(self._their_config())
+        theirs.set_timesteps(num_inference_steps, sigmas=sigmas, mu=mu, timesteps=timesteps)
+        self._use_grid(theirs.sigmas.double().tolist(), theirs.timesteps, device)
+
+    def scale_noise(self, sample: Tensor, timestep: Tensor, noise: Tensor) -> Tensor:
+        """``x_σ = σ ε + (1 − σ) x_0`` at the model timesteps ``timestep`` (σ = t / N)."""
+        sigma = torch.as_tensor(timestep, device=sample.device).to(sample.dtype).flatten()
+        sigma = (sigma / self.config.num_train_timesteps).view((-1,) + (1,) * (sample.ndim - 1))
+        return sigma * noise + (1 - sigma) * sample
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps

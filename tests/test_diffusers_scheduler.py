@@ -13,7 +13,11 @@ from test_adapters import tiny_unet
 import sde_diffusion as sd
 
 diffusers = pytest.importorskip("diffusers")
-from sde_diffusion.adapters import DiffusersScheduler, from_diffusers  # noqa: E402
+from sde_diffusion.adapters import (  # noqa: E402
+    DiffusersScheduler,
+    FlowMatchingScheduler,
+    from_diffusers,
+)
 
 SD_TABLE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 
@@ -309,3 +313,45 @@ def test_diffusers_common_scheduler_checks_for_every_pipeline_solver(name, tmp_p
     scheduler.set_timesteps(6)
     out = scheduler.step(half, scheduler.timesteps[0], half, generator=torch.Generator())
     assert out.prev_sample.dtype == torch.float16
+
+
+def _flow_loop(scheduler, steps=8, mu=None):
+    """A flow pipeline's loop with a dummy velocity model (σ N fed as the timestep)."""
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    scheduler.set_timesteps(steps, mu=mu)
+    for t in scheduler.timesteps:
+        x = scheduler.step(0.3 * x * (t / 1000) - 0.1, t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("config", [{"shift": 3.0}, {"use_dynamic_shifting": True}])
+def test_flow_matching_euler_is_flow_match_euler_discrete(config):
+    theirs = diffusers.FlowMatchEulerDiscreteScheduler(**config)
+    ours = FlowMatchingScheduler.from_config(theirs.config, solver="euler")
+    mu = 0.8 if config.get("use_dynamic_shifting") else None
+    expected, out = _flow_loop(theirs, mu=mu), _flow_loop(ours, mu=mu)
+    assert torch.equal(ours.timesteps, theirs.timesteps)
+    assert relative(out, expected) < 1e-6
+    back = diffusers.FlowMatchEulerDiscreteScheduler.from_config(ours.config)
+    keys = [k for k in theirs.config if not k.startswith("_")]
+    assert {k: back.config[k] for k in keys} == {k: theirs.config[k] for k in keys}
+    g = torch.Generator().manual_seed(1)
+    x0, noise = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
+    t = theirs.timesteps[2:3]
+    torch.testing.assert_close(ours.scale_noise(x0, t, noise), theirs.scale_noise(x0, t, noise))
+
+
+@pytest.mark.parametrize("name", ["dpmpp_2m", "unipc"])
+def test_flow_matching_runs_exponential_integrators_as_sd_solve_does(name):
+    """From σ = 1 (RectifiedFlow with T = 1): the scheduler's loop is sd.solve's run."""
+    ours = FlowMatchingScheduler.from_config(
+        diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0).config, solver=name
+    )
+    out = _flow_loop(ours)
+    model = sd.FunctionModel(
+        lambda x, t, cond: 0.3 * x * sd.append_dims(t, x.ndim) - 0.1, prediction="velocity"
+    )
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    expected = sd.solve(model, ours.sde, x, torch.tensor(ours.grid), name).x
+    assert ours.grid[0] == 1.0 and ours.grid[-1] == 0.0
+    assert torch.isfinite(out).all() and relative(out, expected) < 1e-5
