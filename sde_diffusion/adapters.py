@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import math
 import sys
 import types
@@ -32,13 +33,14 @@ from torch import Tensor
 
 from .errors import ArgumentError
 from .models import Cond, ConditionError
-from .sdes import EDMSDE, DiscreteVPSDE, append_dims
+from .sdes import EDMSDE, DiscreteVPSDE, RectifiedFlow, append_dims
 
 __all__ = [
     "DiffusersModel",
     "KDiffusionModel",
     "from_diffusers",
     "from_kdiffusion",
+    "is_flow_matching",
     "kdiffusion_sampling",
     "model_timestep",
     "scheduler_grid",
@@ -58,10 +60,13 @@ def _diffusers():
 def _schedule(scheduler: Any) -> tuple[DiscreteVPSDE, str]:
     """The discrete VP SDE and our prediction kind of a diffusers scheduler."""
     abar = getattr(scheduler, "alphas_cumprod", None)
+    if abar is None and is_flow_matching(scheduler):
+        return RectifiedFlow(t_min=1 / scheduler.config.num_train_timesteps, T=1.0), "velocity"
     if abar is None:
         raise TypeError(
             f"{type(scheduler).__name__} has no alphas_cumprod table; pass a DDPM-family "
-            "scheduler (DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, ...)"
+            "scheduler (DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, ...) or a "
+            "flow-matching one (FlowMatchEulerDiscreteScheduler)"
         )
     kind = scheduler.config.prediction_type
     if kind not in PREDICTION_TYPES:
@@ -71,8 +76,16 @@ def _schedule(scheduler: Any) -> tuple[DiscreteVPSDE, str]:
     return DiscreteVPSDE(abar), PREDICTION_TYPES[kind]
 
 
-def model_timestep(t: Tensor, sde: DiscreteVPSDE) -> Tensor:
-    """The network's timestep ``t N - 1``, snapped to the integer levels it was trained on."""
+def is_flow_matching(scheduler: Any) -> bool:
+    """Whether ``scheduler`` is of diffusers' flow-matching family (σ = t, no ᾱ table)."""
+    return type(scheduler).__name__.startswith("FlowMatch")
+
+
+def model_timestep(t: Tensor, sde: DiscreteVPSDE | RectifiedFlow) -> Tensor:
+    """The network's timestep: ``t N - 1`` snapped to the integer levels it was trained on
+    (a discrete table), or ``σ N`` with ``σ = t`` (flow matching, ``N = 1 / t_min``)."""
+    if isinstance(sde, RectifiedFlow):
+        return (t.to(torch.float64) * round(1 / sde.t_min)).to(torch.float32)
     k = t.to(torch.float64) * sde.num_levels - 1
     nearest = k.round()
     return torch.where((k - nearest).abs() < 1e-3, nearest, k).to(torch.float32)
@@ -81,10 +94,17 @@ def model_timestep(t: Tensor, sde: DiscreteVPSDE) -> Tensor:
 class DiffusersModel:
     """A diffusers UNet as a model on the scheduler's discrete VP SDE."""
 
-    def __init__(self, unet: torch.nn.Module, sde: DiscreteVPSDE, prediction: str):
+    def __init__(self, unet: torch.nn.Module, sde: DiscreteVPSDE | RectifiedFlow, prediction: str):
         self.unet, self.sde, self.prediction = unet, sde, prediction
-        self.cross_attention = getattr(unet.config, "cross_attention_dim", None) is not None
+        config = unet.config
+        self.cross_attention = any(
+            getattr(config, key, None) is not None
+            for key in ("cross_attention_dim", "joint_attention_dim")
+        )
         self.cond_name = "encoder_hidden_states" if self.cross_attention else "class_labels"
+        # UNets take (sample, timestep, ...); transformers (SD3, Flux) name hidden_states first
+        first = next(iter(inspect.signature(unet.forward).parameters))
+        self.input_name = "hidden_states" if first == "hidden_states" else "sample"
 
     def __call__(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
         if cond is None and self.cross_attention:
@@ -94,7 +114,8 @@ class DiffusersModel:
             )
         extra = cond if isinstance(cond, dict) else {} if cond is None else {self.cond_name: cond}
         dtype = self.unet.dtype
-        out = self.unet(x.to(dtype), model_timestep(t, self.sde), **extra, return_dict=False)[0]
+        inputs = {self.input_name: x.to(dtype), "timestep": model_timestep(t, self.sde)}
+        out = self.unet(**inputs, **extra, return_dict=False)[0]
         if out.shape[1] == 2 * x.shape[1]:  # learned variance: the mean part comes first
             out = out[:, : x.shape[1]]
         return out.to(x.dtype)
@@ -103,11 +124,16 @@ class DiffusersModel:
         return f"DiffusersModel({type(self.unet).__name__}, prediction={self.prediction!r})"
 
 
-def from_diffusers(unet: torch.nn.Module, scheduler: Any) -> tuple[DiffusersModel, DiscreteVPSDE]:
+def from_diffusers(
+    unet: torch.nn.Module, scheduler: Any
+) -> tuple[DiffusersModel, DiscreteVPSDE | RectifiedFlow]:
     """``(model, sde)`` of a diffusers UNet and the scheduler it was trained with.
 
     The SDE interpolates the scheduler's ``alphas_cumprod`` (linear, scaled-linear,
-    cosine or given betas alike); ``epsilon``, ``sample`` and ``v_prediction``
+    cosine or given betas alike, zero terminal SNR included), or, for a flow-matching
+    scheduler, is ``RectifiedFlow(T=1)`` with a velocity model (SD3's and Flux's
+    transformers take their ``cond`` as a dict: ``encoder_hidden_states``,
+    ``pooled_projections``); ``epsilon``, ``sample`` and ``v_prediction``
     models are supported.
     """
     if not isinstance(unet, torch.nn.Module):
@@ -134,6 +160,8 @@ def scheduler_grid(scheduler: Any, sde: DiscreteVPSDE | None = None) -> Tensor:
     Timestep ``k`` is time ``(k + 1) / N``; the grid ends where the scheduler's
     last step lands (``t = 0`` when it returns clean data).
     """
+    if is_flow_matching(scheduler):  # σ = t, ending at σ = 0
+        return scheduler.sigmas.to(torch.float64).cpu()
     sde = sde or _schedule(scheduler)[0]
     times = (scheduler.timesteps.to(torch.float64).cpu() + 1) / sde.num_levels
     return torch.cat([times, torch.tensor([_final_time(scheduler, sde)], dtype=torch.float64)])

@@ -178,6 +178,14 @@ class _SolverScheduler(SchedulerMixin, ConfigMixin):
         DDPM family shares its defaults), so it counts as given here.
         """
         if isinstance(config, Mapping):
+            table = "beta_schedule" in config or "trained_betas" in config
+            flow = "shift" in config and not table
+            if (flow or table) and flow != (cls is FlowMatchingScheduler):
+                right = "FlowMatchingScheduler" if flow else "DiffusersScheduler"
+                raise ArgumentError(
+                    f"this config is for {'a flow-matching' if flow else 'a DDPM-family'} "
+                    f"model: build {right}.from_config(...) from it"
+                )
             config = {k: v for k, v in config.items() if k != "_use_default_values"}
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 

@@ -8,6 +8,8 @@ arrive as embeddings). Needs diffusers and transformers (``pip install -e ".[pee
 import pytest
 import torch
 
+import sde_diffusion as sd
+
 pytest.importorskip("transformers", reason="the peers extra is not installed")
 diffusers = pytest.importorskip("diffusers")
 from sde_diffusion.adapters import DiffusersScheduler, FlowMatchingScheduler  # noqa: E402
@@ -188,3 +190,32 @@ def test_a_flow_matching_pipeline_runs_our_solvers():
         pipe.scheduler = FlowMatchingScheduler.from_config(pipe.scheduler.config, solver=name)
         out = latents()
         assert torch.isfinite(out).all() and 0 < relative(out, theirs) < 0.5
+
+
+def test_from_diffusers_takes_a_flow_transformer_and_its_scheduler():
+    """An SD3 transformer and FlowMatchEulerDiscreteScheduler: RectifiedFlow(T=1), a
+    velocity model; our euler on the scheduler's sigmas is its own loop."""
+    torch.manual_seed(0)
+    transformer = diffusers.SD3Transformer2DModel(
+        sample_size=8, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8,
+        num_attention_heads=2, caption_projection_dim=16, joint_attention_dim=16,
+        pooled_projection_dim=8, out_channels=4,
+    ).eval()  # fmt: skip
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    g = torch.Generator().manual_seed(0)
+    cond = {
+        "encoder_hidden_states": torch.randn(2, 5, 16, generator=g),
+        "pooled_projections": torch.randn(2, 8, generator=g),
+    }
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    scheduler.set_timesteps(6)
+    expected = x
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            v = transformer(hidden_states=expected, timestep=t.expand(2), **cond).sample
+            expected = scheduler.step(v, t, expected).prev_sample
+    model, sde = sd.adapters.from_diffusers(transformer, scheduler)
+    assert isinstance(sde, sd.RectifiedFlow) and sde.T == 1.0 and model.prediction == "velocity"
+    with torch.no_grad():
+        ours = sd.solve(model, sde, x, sd.adapters.scheduler_grid(scheduler), "euler", cond=cond)
+    assert relative(ours.x, expected) < 1e-5

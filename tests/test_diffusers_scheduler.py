@@ -355,3 +355,12 @@ def test_flow_matching_runs_exponential_integrators_as_sd_solve_does(name):
     expected = sd.solve(model, ours.sde, x, torch.tensor(ours.grid), name).x
     assert ours.grid[0] == 1.0 and ours.grid[-1] == 0.0
     assert torch.isfinite(out).all() and relative(out, expected) < 1e-5
+
+
+def test_a_config_of_the_other_family_names_the_right_scheduler():
+    flow = diffusers.FlowMatchEulerDiscreteScheduler().config
+    with pytest.raises(sd.ArgumentError, match="flow-matching model: build FlowMatchingScheduler"):
+        DiffusersScheduler.from_config(flow)
+    ddpm = diffusers.DDPMScheduler().config
+    with pytest.raises(sd.ArgumentError, match="DDPM-family model: build DiffusersScheduler"):
+        FlowMatchingScheduler.from_config(ddpm)
