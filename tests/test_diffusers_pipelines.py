@@ -24,6 +24,38 @@ SAME_METHOD = [
 ]
 
 
+def tiny_vae():
+    """A seeded two-block KL autoencoder: 16x16 images, 8x8x4 latents."""
+    torch.manual_seed(0)
+    return diffusers.AutoencoderKL(
+        block_out_channels=[4, 8],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        norm_num_groups=2,
+        sample_size=16,
+    ).eval()
+
+
+def tiny_sd3_transformer():
+    """A seeded one-layer SD3 transformer on 8x8x4 latents."""
+    torch.manual_seed(0)
+    return diffusers.SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        caption_projection_dim=16,
+        joint_attention_dim=16,
+        pooled_projection_dim=8,
+        out_channels=4,
+    ).eval()
+
+
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
@@ -44,16 +76,7 @@ def parts():
         norm_num_groups=2,
         attention_head_dim=2,
     ).eval()
-    vae = diffusers.AutoencoderKL(
-        block_out_channels=[4, 8],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-        norm_num_groups=2,
-        sample_size=16,
-    ).eval()
+    vae = tiny_vae()
     g = torch.Generator().manual_seed(0)
     prompts = {
         "prompt_embeds": torch.randn(2, 5, 16, generator=g),
@@ -136,28 +159,8 @@ def test_a_flow_matching_pipeline_runs_our_solvers():
     """SD3 with a tiny transformer and guidance: our euler equals FlowMatchEulerDiscrete-
     Scheduler; dpmpp_2m and unipc run from σ = 1 to a finite result."""
     torch.manual_seed(0)
-    transformer = diffusers.SD3Transformer2DModel(
-        sample_size=8,
-        patch_size=1,
-        in_channels=4,
-        num_layers=1,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        caption_projection_dim=16,
-        joint_attention_dim=16,
-        pooled_projection_dim=8,
-        out_channels=4,
-    ).eval()
-    vae = diffusers.AutoencoderKL(
-        block_out_channels=[4, 8],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-        norm_num_groups=2,
-        sample_size=16,
-    ).eval()
+    transformer = tiny_sd3_transformer()
+    vae = tiny_vae()
     encoders = {
         f"{kind}{n}": None for kind in ("text_encoder", "tokenizer") for n in ("", "_2", "_3")
     }
@@ -196,11 +199,7 @@ def test_from_diffusers_takes_a_flow_transformer_and_its_scheduler():
     """An SD3 transformer and FlowMatchEulerDiscreteScheduler: RectifiedFlow(T=1), a
     velocity model; our euler on the scheduler's sigmas is its own loop."""
     torch.manual_seed(0)
-    transformer = diffusers.SD3Transformer2DModel(
-        sample_size=8, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8,
-        num_attention_heads=2, caption_projection_dim=16, joint_attention_dim=16,
-        pooled_projection_dim=8, out_channels=4,
-    ).eval()  # fmt: skip
+    transformer = tiny_sd3_transformer()
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
     g = torch.Generator().manual_seed(0)
     cond = {
