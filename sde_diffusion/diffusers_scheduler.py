@@ -19,6 +19,8 @@ locates its ``timestep`` in the schedule, so a pipeline that starts mid-schedule
 from __future__ import annotations
 
 import inspect
+import queue
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -31,7 +33,8 @@ from torch import Tensor
 
 from .adapters import PREDICTION_TYPES, model_timestep
 from .errors import ArgumentError
-from .models import Cond
+from .loop import integrate
+from .models import Cond, FunctionModel
 from .noise import GeneratorNoise, NoiseSource
 from .reverse import ReverseProcess
 from .sdes import DiscreteVPSDE, RectifiedFlow
@@ -83,9 +86,10 @@ def evaluations_a_step(solver: Solver) -> int | None:
 
 
 def fits_a_pipeline(solver: Solver) -> bool:
-    """Whether ``solver`` evaluates the model at most once a step (a pipeline's loop);
-    ``afs`` multistep solvers skip one evaluation and fit too."""
-    return evaluations_a_step(solver) == 1
+    """Whether a pipeline's loop can run ``solver``: a fixed grid, one leg (``restart``
+    re-noises between legs), any number of evaluations a step (a solver of several is
+    asked for them one at a time, as diffusers' Heun schedulers are)."""
+    return evaluations_a_step(solver) is not None and type(solver).legs is Solver.legs
 
 
 def pipeline_solvers() -> list[str]:
@@ -136,6 +140,78 @@ class _GivenOutput:
         return out
 
 
+class _Stop(Exception):
+    """Ends a staged run whose pipeline went away (a new ``set_timesteps``)."""
+
+
+class _StagedRun:
+    """A solver of several evaluations a step, run in a worker thread that asks the pipeline
+    for one model evaluation at a time (as diffusers' Heun schedulers do with ``order = 2``).
+
+    Before each step the thread takes the pipeline's sample and its model output there (the
+    step's first evaluation is at its start); each further evaluation the step asks for goes
+    out as a state for the pipeline to evaluate next.  ``answer`` gives the pipeline's
+    output and returns the next state it should evaluate at (a stage, or the next step's
+    start) and whether a step ended there.
+    """
+
+    def __init__(self, solver: Solver, sde, prediction: str, grid: list[float], noise):
+        self.answers: queue.Queue = queue.Queue()
+        self.requests: queue.Queue = queue.Queue()
+        self.at_step_start = True
+        self.pending: Tensor | None = None
+        model = FunctionModel(self._evaluate, prediction=prediction)
+        args = (solver, sde, model, grid, noise)
+        self.thread = threading.Thread(target=self._work, args=args, daemon=True)
+        self.thread.start()
+
+    def _work(self, solver, sde, model, grid, noise) -> None:
+        try:
+            with torch.no_grad():
+                x, self.pending = self._next("start")
+                process = ReverseProcess(model, sde, x, grid=grid)
+                state = solver.init(process, grid, x, noise)
+                for i in range(len(grid) - 1):
+                    if i:
+                        x, self.pending = self._next("start")
+                    x, state = solver.step(process, grid[i], grid[i + 1], x, state, noise)
+                    self.requests.put(("step", x))
+        except _Stop:
+            return
+        except BaseException as error:  # handed to the pipeline's thread, raised there
+            self.requests.put(("error", error))
+
+    def _next(self, expected: str):
+        kind, value = self.answers.get()
+        if kind == "stop":
+            raise _Stop
+        assert kind == expected, (kind, expected)
+        return value
+
+    def _evaluate(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
+        if self.pending is not None:  # the step's first evaluation: the pipeline made it
+            out, self.pending = self.pending, None
+            return out
+        self.requests.put(("eval", x))
+        return self._next("output")
+
+    def answer(self, sample: Tensor, model_output: Tensor) -> tuple[Tensor, bool]:
+        """Hand over the pipeline's evaluation; the next state to evaluate at, and whether
+        it ends a step."""
+        if self.at_step_start:
+            self.answers.put(("start", (sample, model_output)))
+        else:
+            self.answers.put(("output", model_output))
+        kind, value = self.requests.get()
+        if kind == "error":
+            raise value
+        self.at_step_start = kind == "step"
+        return value, self.at_step_start
+
+    def stop(self) -> None:
+        self.answers.put(("stop", None))
+
+
 class _SolverScheduler(SchedulerMixin, ConfigMixin):
     """What both schedulers share: the solver, the schedule's index, ``step``."""
 
@@ -146,10 +222,11 @@ class _SolverScheduler(SchedulerMixin, ConfigMixin):
         self.solver = get_solver(solver, **(solver_options or {}))
         if not fits_a_pipeline(self.solver):
             raise ArgumentError(
-                f"solver {self.solver.name!r} evaluates the model more than once a step (or "
-                "chooses its own steps); a diffusers pipeline evaluates once a step: use one "
-                f"of {', '.join(pipeline_solvers())}"
+                f"solver {self.solver.name!r} chooses its own steps or re-noises between "
+                "legs, which a diffusers pipeline's loop cannot follow: use one of "
+                f"{', '.join(pipeline_solvers())}"
             )
+        self.order = evaluations_a_step(self.solver)  # what pipelines read for progress bars
         self.timesteps: Tensor | None = None
         self.num_inference_steps: int | None = None
         self._begin_index: int | None = None
@@ -163,11 +240,32 @@ class _SolverScheduler(SchedulerMixin, ConfigMixin):
         return {k: v for k, v in self.config.items() if k not in ours - theirs}
 
     def _use_grid(self, times: list[float], model_timesteps: Tensor, device: Any) -> None:
-        """Run on ``times`` (validated), feeding the model ``model_timesteps``."""
+        """Run on ``times`` (validated), feeding the model ``model_timesteps`` (one a step),
+        or, for a solver of several evaluations a step, the times of all of them."""
         self.grid = validate_grid(self.sde, torch.tensor(times, dtype=torch.float64))
+        if self.order > 1:
+            model_timesteps = model_timestep(self._evaluation_times(), self.sde)
         self.timesteps = model_timesteps.to(torch.float32).to(device)
         self.num_inference_steps = len(self.grid) - 1
+        if isinstance(self._run, _StagedRun):
+            self._run.stop()
         self._step_index = self._begin_index = self._run = None
+
+    def _evaluation_times(self) -> Tensor:
+        """Where the solver evaluates the model on the grid, in order (they do not depend on
+        the state for a fixed-grid solver: read off a run of a recording model)."""
+        times: list[Tensor] = []
+
+        def record(x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
+            times.append(t[:1])
+            return torch.zeros_like(x)
+
+        model = FunctionModel(record, prediction=self.prediction)
+        start = torch.zeros(1, 1, dtype=torch.float64)
+        process = ReverseProcess(model, self.sde, start, grid=self.grid)
+        with torch.no_grad():  # the states may be anything; only the times count
+            integrate(self.solver, process, self.grid, start, GeneratorNoise(), lambda *a: None)
+        return torch.cat(times).to(torch.float64)
 
     @classmethod
     def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any):
@@ -236,21 +334,29 @@ class _SolverScheduler(SchedulerMixin, ConfigMixin):
             start = self._begin_index
             self._step_index = self.index_for_timestep(timestep) if start is None else start
         i = self._step_index
-        if i >= len(self.grid) - 1:
-            raise RuntimeError(f"all {len(self.grid) - 1} steps are done; call set_timesteps again")
+        if i >= len(self.timesteps):
+            raise RuntimeError(
+                f"all {len(self.timesteps)} evaluations are done; call set_timesteps again"
+            )
         wide = torch.float32 if sample.dtype in (torch.float16, torch.bfloat16) else sample.dtype
         x, noise = sample.to(wide), noise_source(generator)
-        if self._run is None:  # the solver's run starts where the pipeline starts
-            given, solver = _GivenOutput(self.prediction), self._solver_with(eta)
-            legs = self.grid[i:]
-            process = ReverseProcess(given, self.sde, x, grid=legs)
-            self._run = (given, process, solver, solver.init(process, legs, x, noise))
-        given, process, solver, state = self._run
         if model_output.shape[1] == 2 * sample.shape[1]:  # learned variance
             model_output = model_output[:, : sample.shape[1]]
-        given.output = model_output
-        x, state = solver.step(process, self.grid[i], self.grid[i + 1], x, state, noise)
-        self._run = (given, process, solver, state)
+        if self.order > 1:  # evaluation i of a solver that asks for `order` a step
+            if self._run is None:
+                legs, solver = self.grid[i // self.order :], self._solver_with(eta)
+                self._run = _StagedRun(solver, self.sde, self.prediction, legs, noise)
+            x, _ = self._run.answer(x, model_output.to(wide))
+        else:
+            if self._run is None:  # the solver's run starts where the pipeline starts
+                given, solver = _GivenOutput(self.prediction), self._solver_with(eta)
+                legs = self.grid[i:]
+                process = ReverseProcess(given, self.sde, x, grid=legs)
+                self._run = (given, process, solver, solver.init(process, legs, x, noise))
+            given, process, solver, state = self._run
+            given.output = model_output
+            x, state = solver.step(process, self.grid[i], self.grid[i + 1], x, state, noise)
+            self._run = (given, process, solver, state)
         self._step_index += 1
         prev = x.to(sample.dtype)
         return SchedulerOutput(prev) if return_dict else (prev,)

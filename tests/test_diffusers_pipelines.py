@@ -156,8 +156,9 @@ def test_inpainting_equals_diffusers_own_scheduler(parts, theirs_name, ours_name
 
 
 def test_a_flow_matching_pipeline_runs_our_solvers():
-    """SD3 with a tiny transformer and guidance: our euler equals FlowMatchEulerDiscrete-
-    Scheduler; dpmpp_2m and unipc run from σ = 1 to a finite result."""
+    """SD3 with a tiny transformer and guidance: our euler and heun equal FlowMatchEuler-
+    and FlowMatchHeunDiscreteScheduler; dpmpp_2m and unipc run from σ = 1 to a finite
+    result."""
     torch.manual_seed(0)
     transformer = tiny_sd3_transformer()
     vae = tiny_vae()
@@ -187,8 +188,13 @@ def test_a_flow_matching_pipeline_runs_our_solvers():
         ).images  # fmt: skip
 
     theirs = latents()
-    pipe.scheduler = FlowMatchingScheduler.from_config(pipe.scheduler.config, solver="euler")
+    config = pipe.scheduler.config
+    pipe.scheduler = FlowMatchingScheduler.from_config(config, solver="euler")
     assert relative(latents(), theirs) < 1e-4
+    pipe.scheduler = diffusers.FlowMatchHeunDiscreteScheduler.from_config(config)
+    theirs_heun = latents()
+    pipe.scheduler = FlowMatchingScheduler.from_config(config, solver="heun")
+    assert relative(latents(), theirs_heun) < 1e-4  # two evaluations a step, one at a time
     for name in ("dpmpp_2m", "unipc"):
         pipe.scheduler = FlowMatchingScheduler.from_config(pipe.scheduler.config, solver=name)
         out = latents()

@@ -18,6 +18,7 @@ from sde_diffusion.adapters import (  # noqa: E402
     FlowMatchingScheduler,
     from_diffusers,
 )
+from sde_diffusion.diffusers_scheduler import evaluations_a_step  # noqa: E402
 
 SD_TABLE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 
@@ -282,7 +283,7 @@ def _dummy_loop(scheduler, steps=6, seed=0, **step_kwargs):
     scheduler.set_timesteps(steps)
     generator = torch.Generator().manual_seed(seed + 1)
     for t in scheduler.timesteps:
-        out = 0.1 * x * (t / 1000)  # the dummy model: depends on the input and the time
+        out = scheduler.sde.sigma((t + 1) / 1000).float() * x  # the exact ε of N(0, I) data
         step = scheduler.step(out, t, x, generator=generator, **step_kwargs)
         x = step.prev_sample if step_kwargs.get("return_dict", True) else step[0]
     return x
@@ -297,7 +298,7 @@ def test_diffusers_common_scheduler_checks_for_every_pipeline_solver(name, tmp_p
     )
     scheduler.set_timesteps(6)
     x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
-    first = scheduler.step(0.1 * x, scheduler.timesteps[0], x, generator=torch.Generator())
+    first = scheduler.step(x, scheduler.timesteps[0], x, generator=torch.Generator())
     assert first.prev_sample.shape == x.shape and first.prev_sample.dtype == x.dtype
     assert scheduler.step_index == 1
     whole = _dummy_loop(scheduler)
@@ -307,7 +308,9 @@ def test_diffusers_common_scheduler_checks_for_every_pipeline_solver(name, tmp_p
     scheduler.save_config(tmp_path)
     loaded = DiffusersScheduler.from_pretrained(tmp_path)
     assert torch.equal(_dummy_loop(loaded), whole)
-    assert scheduler.order == 1 and scheduler.init_noise_sigma == 1.0
+    assert scheduler.init_noise_sigma == 1.0
+    assert scheduler.order == evaluations_a_step(scheduler.solver)  # evaluations a step
+    assert len(scheduler.timesteps) == sd.get_solver(name).expected_nfe(scheduler.grid)
     assert len(scheduler) == 1000 and scheduler.scale_model_input(x, 5) is x
     half = _dummy_loop(scheduler).half()  # a half-precision sample keeps its dtype
     scheduler.set_timesteps(6)
@@ -318,7 +321,7 @@ def test_diffusers_common_scheduler_checks_for_every_pipeline_solver(name, tmp_p
 def _flow_loop(scheduler, steps=8, mu=None):
     """A flow pipeline's loop with a dummy velocity model (σ N fed as the timestep)."""
     x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
-    scheduler.set_timesteps(steps, mu=mu)
+    scheduler.set_timesteps(steps, **({} if mu is None else {"mu": mu}))
     for t in scheduler.timesteps:
         x = scheduler.step(0.3 * x * (t / 1000) - 0.1, t, x).prev_sample
     return x
@@ -364,3 +367,42 @@ def test_a_config_of_the_other_family_names_the_right_scheduler():
     ddpm = diffusers.DDPMScheduler().config
     with pytest.raises(sd.ArgumentError, match="DDPM-family model: build DiffusersScheduler"):
         FlowMatchingScheduler.from_config(ddpm)
+
+
+@pytest.mark.parametrize("name", ["heun", "dpm_2", "dpmpp_2s"])
+def test_solvers_of_two_evaluations_a_step_run_as_sd_solve_does(name):
+    """The scheduler asks the pipeline for each evaluation in turn (order 2, the stage
+    times in its timesteps); the result is sd.solve's on the same grid."""
+    config = diffusers.DDPMScheduler(**SD_TABLE, prediction_type="sample").config
+    scheduler = DiffusersScheduler.from_config(config, solver=name)
+    assert scheduler.order == 2
+
+    def denoiser(x, t):  # an x0 model: the exact denoiser of N(0, I) data, as seen by level
+        alpha = scheduler.sde.alpha((t + 1) / 1000).float()
+        return x * (sd.append_dims(alpha, x.ndim) if alpha.ndim else alpha)
+
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    scheduler.set_timesteps(6)
+    out = x
+    for t in scheduler.timesteps:
+        out = scheduler.step(denoiser(out, t), t, out).prev_sample
+    model = sd.FunctionModel(
+        lambda x, t, cond: denoiser(x, sd.adapters.model_timestep(t, scheduler.sde)),
+        prediction="x0",
+    )
+    expected = sd.solve(model, scheduler.sde, x, torch.tensor(scheduler.grid), name).x
+    assert relative(out, expected) < 1e-6
+    scheduler.set_timesteps(6)  # a new run: the old one's thread is let go
+    scheduler.step(denoiser(x, scheduler.timesteps[0]), scheduler.timesteps[0], x)
+    scheduler.set_timesteps(4)
+    assert len(scheduler.timesteps) == 7  # 3 steps of 2 evaluations and the final one
+
+
+def test_heun_in_flow_matching_is_flow_match_heun_discrete():
+    theirs = diffusers.FlowMatchHeunDiscreteScheduler(shift=3.0)
+    ours = FlowMatchingScheduler.from_config(
+        diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0).config, solver="heun"
+    )
+    expected, out = _flow_loop(theirs, steps=6), _flow_loop(ours, steps=6)
+    assert torch.equal(ours.timesteps, theirs.timesteps)
+    assert relative(out, expected) < 1e-5
