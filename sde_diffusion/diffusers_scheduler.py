@@ -273,7 +273,9 @@ class _SolverScheduler(SchedulerMixin, ConfigMixin):
         ``kwargs`` set our entries (``solver``, ``solver_options``, ``spacing``, ...).
 
         A table entry the source scheduler took by default is its table all the same (the
-        DDPM family shares its defaults), so it counts as given here.
+        DDPM family shares its defaults), so it counts as given here.  Without ``spacing``,
+        a source that asks for Karras or exponential sigmas (``use_karras_sigmas``,
+        ``use_exponential_sigmas``) gets ours of that name; ``use_beta_sigmas`` has none yet.
         """
         if isinstance(config, Mapping):
             table = "beta_schedule" in config or "trained_betas" in config
@@ -285,6 +287,17 @@ class _SolverScheduler(SchedulerMixin, ConfigMixin):
                     f"model: build {right}.from_config(...) from it"
                 )
             config = {k: v for k, v in config.items() if k != "_use_default_values"}
+            if table and "spacing" not in kwargs:
+                if config.get("use_beta_sigmas"):
+                    raise ArgumentError(
+                        "the config asks for beta sigmas (use_beta_sigmas), which have no "
+                        "counterpart here yet: pass spacing= (karras, logsnr, uniform, "
+                        "quadratic, exponential, linspace, leading or trailing)"
+                    )
+                if config.get("use_exponential_sigmas"):
+                    kwargs["spacing"] = "exponential"
+                elif config.get("use_karras_sigmas"):
+                    kwargs["spacing"] = "karras"
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     @property

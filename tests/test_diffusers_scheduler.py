@@ -406,3 +406,15 @@ def test_heun_in_flow_matching_is_flow_match_heun_discrete():
     expected, out = _flow_loop(theirs, steps=6), _flow_loop(ours, steps=6)
     assert torch.equal(ours.timesteps, theirs.timesteps)
     assert relative(out, expected) < 1e-5
+
+
+def test_the_sigma_options_of_the_replaced_scheduler_map_onto_our_spacings():
+    exponential = diffusers.DPMSolverMultistepScheduler(use_exponential_sigmas=True).config
+    assert DiffusersScheduler.from_config(exponential).config.spacing == "exponential"
+    karras = diffusers.DPMSolverMultistepScheduler(use_karras_sigmas=True).config
+    assert DiffusersScheduler.from_config(karras, spacing="trailing").config.spacing == "trailing"
+    assert DiffusersScheduler.from_config(karras).config.spacing == "karras"
+    beta = diffusers.DPMSolverMultistepScheduler(use_beta_sigmas=True).config
+    with pytest.raises(sd.ArgumentError, match=r"use_beta_sigmas.*pass spacing="):
+        DiffusersScheduler.from_config(beta)
+    assert DiffusersScheduler.from_config(beta, spacing="karras").config.spacing == "karras"
