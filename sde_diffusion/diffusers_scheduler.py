@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers import DDPMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 from torch import Tensor
@@ -68,6 +68,7 @@ TABLE_KEYS = (  # the entries that are the model's, not ours: every diffusers sc
     "max_image_seq_len",
 )
 LEVEL_SPACINGS = ("linspace", "leading", "trailing")  # diffusers' timestep_spacing
+SIGMA_SPACINGS = ("beta",)  # diffusers' use_beta_sigmas (Lee et al. 2024)
 SPACING_ALIASES = {"exponential": "logsnr"}  # use_exponential_sigmas: uniform in log σ
 
 
@@ -275,7 +276,7 @@ class _SolverScheduler(SchedulerMixin, ConfigMixin):
         A table entry the source scheduler took by default is its table all the same (the
         DDPM family shares its defaults), so it counts as given here.  Without ``spacing``,
         a source that asks for Karras or exponential sigmas (``use_karras_sigmas``,
-        ``use_exponential_sigmas``) gets ours of that name; ``use_beta_sigmas`` has none yet.
+        ``use_exponential_sigmas``, ``use_beta_sigmas``) gets the spacing of that name.
         """
         if isinstance(config, Mapping):
             table = "beta_schedule" in config or "trained_betas" in config
@@ -289,12 +290,8 @@ class _SolverScheduler(SchedulerMixin, ConfigMixin):
             config = {k: v for k, v in config.items() if k != "_use_default_values"}
             if table and "spacing" not in kwargs:
                 if config.get("use_beta_sigmas"):
-                    raise ArgumentError(
-                        "the config asks for beta sigmas (use_beta_sigmas), which have no "
-                        "counterpart here yet: pass spacing= (karras, logsnr, uniform, "
-                        "quadratic, exponential, linspace, leading or trailing)"
-                    )
-                if config.get("use_exponential_sigmas"):
+                    kwargs["spacing"] = "beta"
+                elif config.get("use_exponential_sigmas"):
                     kwargs["spacing"] = "exponential"
                 elif config.get("use_karras_sigmas"):
                     kwargs["spacing"] = "karras"
@@ -398,7 +395,8 @@ class DiffusersScheduler(_SolverScheduler):
     ``uniform``, ``quadratic``; ``exponential`` is ``logsnr``, diffusers'
     ``use_exponential_sigmas``), or diffusers' ``timestep_spacing`` of the training levels
     (``linspace``, ``leading``, ``trailing``, as ``DDPMScheduler`` spaces them, its
-    ``steps_offset`` included); ``to_zero=False`` ends at the first level, as
+    ``steps_offset`` included), or ``beta`` (diffusers' ``use_beta_sigmas``: Beta(0.6, 0.6)
+    quantiles in σ, Lee et al. 2024); ``to_zero=False`` ends at the first level, as
     ``final_sigmas_type="sigma_min"`` does.  ``grid`` names a tuned grid file
     (``sdediff tune`` on a diffusers model): ``set_timesteps()`` then runs its times.
     The table entries (``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule``,
@@ -447,8 +445,9 @@ class DiffusersScheduler(_SolverScheduler):
             rescale_betas_zero_snr=rescale_betas_zero_snr,
         ).alphas_cumprod
         self.sde, self.prediction = DiscreteVPSDE(table), PREDICTION_TYPES[prediction_type]
-        if SPACING_ALIASES.get(spacing, spacing) not in (*SCHEDULES, *LEVEL_SPACINGS):
-            valid = ", ".join([*SCHEDULES, *SPACING_ALIASES, *LEVEL_SPACINGS])
+        spacings = (*SCHEDULES, *LEVEL_SPACINGS, *SIGMA_SPACINGS)
+        if SPACING_ALIASES.get(spacing, spacing) not in spacings:
+            valid = ", ".join([*SCHEDULES, *SPACING_ALIASES, *LEVEL_SPACINGS, *SIGMA_SPACINGS])
             raise ArgumentError(f"unknown spacing {spacing!r}; choose one of {valid}")
         self.tuned = None if grid is None else load_grid(grid)
         if self.tuned is not None and self.tuned.sde != repr(self.sde):
@@ -463,9 +462,16 @@ class DiffusersScheduler(_SolverScheduler):
         device: str | torch.device | None = None,
         timesteps: list[int] | None = None,
         sigmas: list[float] | None = None,
+        mu: float | None = None,
     ) -> None:
         """The grid: ``num_inference_steps`` steps of our spacing, or the training
-        ``timesteps`` or VE ``sigmas`` (σ/α, decreasing) a pipeline passes."""
+        ``timesteps`` or VE ``sigmas`` (σ/α, decreasing) a pipeline passes.  ``mu`` is flow
+        matching's dynamic shift (``FlowMatchingScheduler``); a DDPM-family model has none."""
+        if mu is not None:
+            raise ArgumentError(
+                "mu is the dynamic shift of flow matching; this DDPM-family scheduler takes "
+                "num_inference_steps, timesteps or sigmas"
+            )
         given = sum(v is not None for v in (num_inference_steps, timesteps, sigmas))
         if given != 1 and not (given == 0 and self.tuned is not None):
             raise ArgumentError(
@@ -489,6 +495,8 @@ class DiffusersScheduler(_SolverScheduler):
             times = list(self.tuned.times)
         elif num_inference_steps == 1 and self.config.to_zero:
             times = [self.sde.T, 0.0]  # one step: the Tweedie step from the prior
+        elif self.config.spacing in SIGMA_SPACINGS:
+            times = self._beta_times(num_inference_steps)
         elif self.config.spacing in LEVEL_SPACINGS:
             levels = self._levels(num_inference_steps)
             times = ((levels + 1) / self.sde.num_levels).tolist()
@@ -506,6 +514,15 @@ class DiffusersScheduler(_SolverScheduler):
             ).tolist()
         grid = torch.tensor(times[:-1], dtype=torch.float64)
         self._use_grid(times, model_timestep(grid, self.sde), device)  # as solve feeds it
+
+    def _beta_times(self, steps: int) -> list[float]:
+        """The times of diffusers' beta sigmas (Beta(0.6, 0.6) quantiles between the
+        table's σ_min and σ_max, as ``EulerDiscreteScheduler`` spaces them), then 0."""
+        spaced = EulerDiscreteScheduler.from_config(self._their_config(), use_beta_sigmas=True)
+        spaced.set_timesteps(steps)
+        sigma = spaced.sigmas.to(torch.float64)
+        times = self.sde.t_from_log_snr(-sigma[sigma > 0].log()).tolist()
+        return times + ([0.0] if self.config.to_zero else [])
 
     def _levels(self, steps: int) -> Tensor:
         """The training levels diffusers' ``timestep_spacing`` picks (``DDPMScheduler``'s)."""

@@ -414,7 +414,12 @@ def test_the_sigma_options_of_the_replaced_scheduler_map_onto_our_spacings():
     karras = diffusers.DPMSolverMultistepScheduler(use_karras_sigmas=True).config
     assert DiffusersScheduler.from_config(karras, spacing="trailing").config.spacing == "trailing"
     assert DiffusersScheduler.from_config(karras).config.spacing == "karras"
-    beta = diffusers.DPMSolverMultistepScheduler(use_beta_sigmas=True).config
-    with pytest.raises(sd.ArgumentError, match=r"use_beta_sigmas.*pass spacing="):
-        DiffusersScheduler.from_config(beta)
-    assert DiffusersScheduler.from_config(beta, spacing="karras").config.spacing == "karras"
+    beta = diffusers.EulerDiscreteScheduler(use_beta_sigmas=True)
+    ours = DiffusersScheduler.from_config(beta.config, solver="ddim")
+    assert ours.config.spacing == "beta"
+    ours.set_timesteps(6)
+    beta.set_timesteps(6)
+    sigmas = (1 / ours.sde.alpha(torch.tensor(ours.grid)) ** 2 - 1).sqrt()
+    torch.testing.assert_close(sigmas.float(), beta.sigmas, rtol=1e-4, atol=1e-6)
+    with pytest.raises(sd.ArgumentError, match="mu is the dynamic shift of flow matching"):
+        ours.set_timesteps(6, mu=0.5)
