@@ -108,3 +108,12 @@ def test_adaptive_solver_must_give_an_error_estimate():
             adaptive=True,
         )(ExplicitMidpoint)
     assert "adaptive_without_loop" not in sd.solver_names()
+
+
+@pytest.mark.parametrize(
+    ("name", "option"), [("heun_sde", "s_noise"), ("heun_sde", "churn"), ("ddim", "eta")]
+)
+def test_a_nan_option_is_refused_by_every_solver(name, option):
+    """NaN passes range checks written as comparisons (`heun_sde --s-noise nan` ran)."""
+    with pytest.raises(sd.SolverOptionError, match=f"option\\(s\\) {option} must be numbers"):
+        sd.get_solver(name, **{option: float("nan")})

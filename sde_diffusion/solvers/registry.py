@@ -130,6 +130,11 @@ def get_solver(name: str, **options: Any) -> Solver:
             f"solver {cls.info.name!r} does not take option(s) "
             f"{', '.join(unknown)}; it takes: {takes}"
         )
+    not_numbers = sorted(k for k, v in options.items() if isinstance(v, float) and v != v)
+    if not_numbers:  # NaN passes every range check written as a comparison
+        raise SolverOptionError(
+            f"solver {cls.info.name!r}: option(s) {', '.join(not_numbers)} must be numbers, got NaN"
+        )
     return cls(**options)
 
 
