@@ -16,6 +16,7 @@ from sde_diffusion.atomic import atomic_path
 from sde_diffusion.evaluation.benchmark import (
     compare_solvers,
     convergence_slope,
+    ends_at_zero,
     fixed_grid_solvers,
 )
 from sde_diffusion.plotting import save_error_plot
@@ -102,6 +103,14 @@ def bench(model, sde, solvers, nfe, num_samples, schedule, seed, device, dtype, 
     """
     writable_output(out, suffixes=(".json",))
     problem, device = open_problem(model, sde, device, dtype)
+    to_zero = ends_at_zero(problem)
+    idle = [s for s in solvers if all(sd.get_solver(s).steps_for(n, to_zero) is None for n in nfe)]
+    if idle:  # nothing to compare for them: a row-less table and an empty plot otherwise
+        raise click.UsageError(
+            f"{', '.join(idle)} cannot run at NFE {', '.join(map(str, nfe))}: bench compares "
+            "solvers at a fixed NFE, which adaptive solvers choose for themselves and others "
+            "exceed on their shortest grid; pick fixed-grid solvers or a larger --nfe"
+        )
     table = Table(title=f"{model} under {problem.sde!r}: {num_samples} samples, {schedule} grid")
     for column in ("solver", "NFE", "steps", "endpoint error", problem.metric_name, "samples/s"):
         table.add_column(column, justify="left" if column == "solver" else "right")

@@ -332,6 +332,11 @@ def test_bench_rejects_unknown_solvers_and_bad_budgets(tmp_path):
     assert result.exit_code == 2 and "unknown solver 'warp'" in result.output
     result = run("bench", "--nfe", "10,x", "--out", str(tmp_path / "b.json"))
     assert result.exit_code == 2 and "comma-separated list of integers" in result.output
+    out = tmp_path / "adaptive.json"  # nothing to compare: no empty table, no empty plot
+    args = ["--model", "gmm8", "--solvers", "euler,rk45", "--nfe", "10", "-n", "64"]
+    result = run("bench", *args, "--out", str(out))
+    assert result.exit_code == 2 and "rk45 cannot run at NFE 10" in result.output
+    assert not out.exists() and not out.with_suffix(".png").exists()
 
 
 def test_likelihood_matches_the_exact_value_on_an_analytic_problem():
