@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import ClassVar
 
@@ -86,15 +87,22 @@ class EmbeddedRungeKutta(AdaptiveSolver):
         hy = _col(h, y)
         k = y.new_empty((n + 1, *y.shape))
         k[0] = state["f"]
-        a, b = (torch.as_tensor(v, dtype=y.dtype, device=y.device) for v in (tab.A, tab.B))
+        a, b, e = _weights(type(self), y.dtype, y.device)
         for i in range(1, n):
             stage = y + hy * torch.tensordot(a[i, :i], k[:i], dims=1)
             k[i] = self._velocity(process, s + float(tab.C[i]) * h, stage, rows)
         y_new = y + hy * torch.tensordot(b[:n], k[:n], dims=1)
         k[n] = self._velocity(process, s_next, y_new, rows)
-        e = torch.as_tensor(self.error_weights, dtype=y.dtype, device=y.device)
         error = self.controller.error(hy * torch.tensordot(e, k, dims=1), y, y_new)
         return y_new, error, {"f": k[n]}
+
+
+@functools.lru_cache(maxsize=32)
+def _weights(cls: type[EmbeddedRungeKutta], dtype: torch.dtype, device: torch.device):
+    """The tableau's ``A``, ``B`` and error weights as tensors, made once per dtype and device
+    (not copied to the device at every attempt)."""
+    values = (cls.tableau.A, cls.tableau.B, cls.error_weights)
+    return tuple(torch.as_tensor(v, dtype=dtype, device=device) for v in values)
 
 
 def _rms(v: Tensor) -> Tensor:
