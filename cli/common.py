@@ -23,6 +23,7 @@ import torch.distributed as dist
 from rich.console import Console
 
 import sde_diffusion as sd
+from sde_diffusion.devices import checked_device
 from sde_diffusion.distributed import (
     init_distributed,
     rank_and_world,
@@ -157,29 +158,11 @@ def start_ranks(device: torch.device) -> torch.device:
 def parse_device(value: str) -> torch.device:
     """A device that exists here, or a usage error naming what does."""
     try:
-        device = torch.device(value)
-    except RuntimeError:
+        return checked_device(value)
+    except sd.ArgumentError as err:
         raise click.BadParameter(
-            f"{value!r} is not a device; use cpu, cuda or cuda:N", param_hint="--device"
+            str(err).replace("the cpu device", "--device cpu"), param_hint="--device"
         ) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise click.BadParameter(
-                "CUDA is not available on this machine; use --device cpu", param_hint="--device"
-            )
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise click.BadParameter(
-                f"{value} does not exist: this machine has {count} CUDA device(s)",
-                param_hint="--device",
-            )
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise click.BadParameter("MPS is not available on this machine", param_hint="--device")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise click.BadParameter(
-            f"unsupported device {value!r}; use cpu, cuda or cuda:N", param_hint="--device"
-        )
-    return device
 
 
 class SafePath(click.Path):

@@ -224,10 +224,12 @@ def sample(
     if grid is not None and click.get_current_context().get_parameter_source("solver").name == (
         "DEFAULT"
     ):
-        solver, options = grid.solver, {**grid.solver_options, **options}
+        given = {k: v for k, v in options.items() if v is not None}  # flags typed by the user
+        solver, options = grid.solver, {**grid.solver_options, **given}
     solver = build_solver(solver, options)
     if grid is not None:
         steps, schedule = len(grid.times) - 1, "tuned"
+        check_grid_solver(grid_file, solver, steps)
     if steps is None:
         steps = default_steps(solver)
     interval = parse_interval(guidance_interval)
@@ -236,6 +238,11 @@ def sample(
         raise click.UsageError(
             f"{grid_file} was tuned for {grid.sde}; {model} runs {problem.sde!r}"
         )
+    if grid is not None:
+        try:
+            sd.sampling.check_sampling_grid(problem.sde, grid.tensor())
+        except sd.ArgumentError as err:
+            raise click.BadParameter(f"{grid_file}: {err}", param_hint="--grid") from None
     check_output_size(problem, out, num_samples)
     labels, columns = class_labels(problem, model, class_, num_samples)
     if labels is None and (guidance != 1.0 or interval is not None):
@@ -316,6 +323,20 @@ def read_grid(path: Path, steps: int | None, schedule: str) -> sd.TunedGrid:
         return sd.load_grid(path)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--grid") from None
+
+
+def check_grid_solver(path: Path, solver: sd.Solver, steps: int) -> None:
+    """A grid runs a fixed-grid solver within the --steps cap, or it is a usage error."""
+    if solver.adaptive:
+        raise click.BadParameter(
+            f"{path} names {solver.name}, which chooses its own steps; a grid needs a "
+            "fixed-grid solver",
+            param_hint="--grid",
+        )
+    if steps > MAX_STEPS:
+        raise click.BadParameter(
+            f"{path} has {steps:,} steps; at most {MAX_STEPS:,}", param_hint="--grid"
+        )
 
 
 def parse_interval(value: str | None) -> tuple[float, float] | None:

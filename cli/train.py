@@ -10,6 +10,7 @@ from typing import NoReturn
 import click
 import torch
 
+from sde_diffusion.atomic import read_small_text
 from sde_diffusion.distributed import rank_and_world
 from sde_diffusion.parametrization import PARAMETRIZATIONS
 from sde_diffusion.plotting import save_samples
@@ -61,7 +62,9 @@ def read_config(ctx: click.Context, param: click.Parameter, path: Path | None) -
     if path is None:
         return None
     try:
-        values = tomllib.loads(path.read_text())
+        values = tomllib.loads(read_small_text(path, "a config"))
+    except RecursionError:
+        raise click.BadParameter(f"cannot read {path}: it nests too deeply", ctx, param) from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise click.BadParameter(f"cannot read {path}: {err}", ctx, param) from None
     values = values.get("train", values)  # a [train] table or top-level keys

@@ -125,13 +125,13 @@ def tune(
         grid.record["model"] = model
         tuned_solver = sd.get_solver(grid.solver, **grid.solver_options)
         if check:
-            start = grid.record["start"]
             fresh = torch.Generator(device=device).manual_seed(seed + 1)
             x_T = problem.sde.prior_sample(
                 (samples, *shape), generator=fresh, device=device, dtype=state
             )
-            reference, _ = fine_solve(problem.model, problem.sde, x_T)
-            standard = sd.timesteps(problem.sde, len(grid.times) - 1, start, to_zero=True)
+            start, to_zero = grid.record["standard"], grid.record["to_zero"]
+            reference, _ = fine_solve(problem.model, problem.sde, x_T, to_zero=to_zero)
+            standard = sd.timesteps(problem.sde, len(grid.times) - 1, start, to_zero=to_zero)
             grid.record["check"] = {
                 "seed": seed + 1,
                 "tuned": endpoint_error(
@@ -160,7 +160,7 @@ def tune(
     if check:
         console.print(
             f"on {samples} fresh draws: tuned {record['check']['tuned']:.4g}, "
-            f"{record['start']} {record['check'][record['start']]:.4g}",
+            f"{record['standard']} {record['check'][record['standard']]:.4g}",
             highlight=False,
         )
     console.print(f"wrote {out}; use it with: sdediff sample --model {model} --grid {out}")

@@ -1,4 +1,6 @@
-"""Atomic file writes: a temporary file in the target folder, renamed into place.
+"""Files on disk: written atomically, small text files read safely.
+
+Writes go to a temporary file in the target folder, renamed into place.
 
 A crash, Ctrl-C or a full disk mid-write leaves the old file (or no file), never
 a half-written one.  The temporary file is named after the writing process
@@ -10,12 +12,13 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-__all__ = ["atomic_path", "stale_temporaries"]
+__all__ = ["atomic_path", "read_small_text", "stale_temporaries"]
 
 
 def _alive(pid: int) -> bool:
@@ -61,3 +64,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def read_small_text(path: str | Path, what: str, limit: int = 16 * 2**20) -> str:
+    """The text of a regular file of at most ``limit`` bytes; anything else (a folder, a
+    FIFO, a device such as /dev/zero, a huge or undecodable file) is an ``OSError``
+    or ``UnicodeDecodeError`` naming ``what`` was expected, never a hang."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(f"{path} is not a regular file ({what} is read from one)")
+    if info.st_size > limit:
+        raise OSError(f"{path} holds {info.st_size:,} bytes; {what} is at most {limit:,}")
+    with open(path, "rb") as file:
+        return file.read(limit + 1)[:limit].decode()

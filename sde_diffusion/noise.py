@@ -20,7 +20,14 @@ from torch import Tensor
 
 from .errors import ArgumentError
 
-__all__ = ["BrownianNoise", "GeneratorNoise", "NoiseSource", "PerSampleNoise"]
+__all__ = [
+    "BrownianNoise",
+    "GeneratorNoise",
+    "NoiseSource",
+    "PerSampleNoise",
+    "seed32",
+    "seeded_generator",
+]
 
 
 class NoiseSource:
@@ -91,6 +98,23 @@ class BrownianNoise(NoiseSource):
 _MASK32 = 0xFFFFFFFF
 
 
+def seed32(seed: int) -> int:
+    """``seed`` as the 32-bit seed that torch's generators and ``PerSampleNoise`` use:
+    itself below 2^32, else a hash of all its bits (torch's CPU generator keeps only a
+    seed's low 32 bits, so 2^32 would otherwise replay seed 0)."""
+    if seed <= _MASK32:
+        return seed
+    word, seed = _pcg_hash(seed & _MASK32), seed >> 32
+    while seed:
+        word, seed = _pcg_hash(word ^ _pcg_hash(seed & _MASK32)), seed >> 32
+    return word
+
+
+def seeded_generator(seed: int, device: torch.device | str | None = None) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded with :func:`seed32` of ``seed``."""
+    return torch.Generator(device=device or "cpu").manual_seed(seed32(seed))
+
+
 def _pcg_hash(v):
     """The 32-bit PCG output hash of a Python int or, element-wise, an int64 tensor.
 
@@ -124,7 +148,7 @@ class PerSampleNoise(NoiseSource):
         dtype = dtype or torch.get_default_dtype()
         batch, size = shape[0], math.prod(shape[1:])
         index = torch.arange(self.first_index, self.first_index + batch, device=device)
-        stream = _pcg_hash(_pcg_hash(_pcg_hash(self.seed) ^ self.draws))  # a Python int
+        stream = _pcg_hash(_pcg_hash(_pcg_hash(seed32(self.seed)) ^ self.draws))  # a Python int
         key = _pcg_hash((index & _MASK32) ^ stream)[:, None]
         counter = 2 * torch.arange(size, device=device)
         work = torch.float64 if dtype == torch.float64 else torch.float32

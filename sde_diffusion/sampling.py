@@ -19,11 +19,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .devices import checked_device, checked_dtype
 from .distributed import map_batches, stream_batches, sum_over_ranks
 from .errors import ArgumentError, NonFiniteError
 from .loop import integrate
 from .models import Cond, slice_cond
-from .noise import GeneratorNoise, NoiseSource, PerSampleNoise
+from .noise import GeneratorNoise, NoiseSource, PerSampleNoise, seeded_generator
 from .reverse import ReverseProcess, ScoreFn
 from .sdes import SDE
 from .solvers.base import Solver
@@ -35,6 +36,7 @@ __all__ = [
     "NonFiniteError",
     "SampleResult",
     "StepInfo",
+    "check_sampling_grid",
     "default_steps",
     "sample",
     "sample_batched",
@@ -246,7 +248,7 @@ def sample(
     rows)`` in global order as it arrives and keeps nothing (``x = None``): memory holds a
     batch per rank, whatever ``shape[0]``.
     """
-    device = torch.device(device)
+    device, dtype = checked_device(device), checked_dtype(dtype)
     shape = _sample_shape(shape)
     if seed is not None and (
         isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63
@@ -268,11 +270,11 @@ def sample(
     )
     if batch_size is None and sink is None and on_batch is None:
         if noise is None and generator is None:
-            generator = torch.Generator(device=device)
             if seed is None:
+                generator = torch.Generator(device=device)
                 generator.seed()
             else:
-                generator.manual_seed(seed)
+                generator = seeded_generator(seed, device)
         return run(shape, cond, noise, generator, return_trajectory)
     if noise is not None or generator is not None or return_trajectory or seed is None:
         raise ArgumentError(
@@ -359,14 +361,26 @@ def _sample_shape(shape) -> tuple[int, ...]:
 
 
 def _grid(sde: SDE, steps: int, schedule: str, rho: float, to_zero: bool, grid) -> Tensor:
-    """The standard grid, or ``grid`` checked to start at the prior."""
+    """The standard grid, or ``grid`` checked by :func:`check_sampling_grid`."""
     if grid is None:
         return timesteps(sde, steps, schedule, rho=rho, to_zero=to_zero)
+    return check_sampling_grid(sde, grid)
+
+
+def check_sampling_grid(sde: SDE, grid: Tensor) -> Tensor:
+    """``grid`` as float64 if it runs from the prior (``t = T``) to the data (``t_min`` or
+    0) as a valid time grid, else an ``ArgumentError`` that says which end is wrong."""
     grid = torch.as_tensor(grid, dtype=torch.float64)
     if grid.ndim != 1 or len(grid) < 2 or not math.isclose(float(grid[0]), sde.T, rel_tol=1e-9):
         raise ArgumentError(
             f"a sampling grid must start at the prior, t = T = {sde.T:g}; got "
             f"{grid.tolist()[:3]}... (a grid tuned for another SDE?)"
+        )
+    end = validate_grid(sde, grid)[-1]
+    if not (end == 0.0 or math.isclose(end, sde.t_min, rel_tol=1e-9)):
+        raise ArgumentError(
+            f"a sampling grid must end at the data, t = {sde.t_min:g} or 0; it ends at {end:g}, "
+            "which would return noisy samples (sd.solve integrates part of the way)"
         )
     return grid
 

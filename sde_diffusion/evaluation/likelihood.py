@@ -27,7 +27,7 @@ from torch import Tensor
 from ..distributed import map_batches, sum_over_ranks
 from ..errors import ArgumentError, raise_if_not_finite
 from ..loop import integrate
-from ..noise import GeneratorNoise
+from ..noise import GeneratorNoise, seeded_generator
 from ..reverse import ReverseProcess, ScoreFn
 from ..sdes import SDE
 from ..solvers.base import Solver
@@ -304,7 +304,7 @@ def nll_batched(
     dim, calls = x[0].numel(), [0, 0]
 
     def run(start: int, stop: int) -> Tensor:
-        generator = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + start)
+        generator = seeded_generator(seed * 1_000_003 + start, x.device)
         batch = x[start:stop]
         if levels is not None:
             bits, result = _bits_and_terms(

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..analytic import GaussianMixture, eight_gaussians, high_dim_mixture
 from ..errors import ArgumentError
+from ..noise import seeded_generator
 from ..pretrained import available, load_pretrained
 from ..reverse import ScoreFn
 from ..sdes import SDE, build_sde, sde_names
@@ -84,7 +85,7 @@ class Problem:
         x = x.detach().float().cpu()
         if self.is_digits:
             return digits_fid(x.clamp(-1, 1), real)
-        generator = torch.Generator().manual_seed(seed)
+        generator = seeded_generator(seed)
         return sliced_wasserstein(x.flatten(1), real.flatten(1).float(), generator=generator)
 
 
@@ -93,7 +94,7 @@ def _analytic(name: str, sde_name: str) -> Problem:
     sde = build_sde(sde_name)
 
     def reference(n: int, seed: int) -> Tensor:
-        return mixture.sample(n, generator=torch.Generator().manual_seed(seed))
+        return mixture.sample(n, generator=seeded_generator(seed))
 
     return Problem(
         name,

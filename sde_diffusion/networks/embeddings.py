@@ -86,6 +86,13 @@ class ConditionEmbedding(nn.Module):
             labels = parts.pop("labels", None)
             if labels is None:
                 labels = torch.full((emb.shape[0],), self.num_classes, device=emb.device)
+            elif labels.device.type == "cpu" and bool(
+                ((labels < 0) | (labels > self.num_classes)).any()
+            ):  # on CPU a free check; an accelerator's lookup reports it itself
+                raise ArgumentError(
+                    f"class labels must lie in 0..{self.num_classes - 1} (or {self.num_classes}, "
+                    f"the null label), got {labels.min().item()}..{labels.max().item()}"
+                )
             emb = emb + self.label(labels.long())
         if self.vector is not None and "vector" in parts:
             emb = emb + self.vector(parts.pop("vector").to(emb.dtype))

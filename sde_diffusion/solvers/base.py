@@ -138,12 +138,16 @@ class Solver:
                 grid[-1] = 0.0
             return self.expected_nfe(grid)
 
-        steps = 2 if to_zero else 1
-        if cost(steps) > nfe:
+        low = 2 if to_zero else 1  # cost grows with the steps: bisect (a cost is O(steps))
+        if cost(low) > nfe:
             return None
-        while cost(steps + 1) <= nfe:
-            steps += 1
-        return steps
+        high = low + 1
+        while cost(high) <= nfe:
+            low, high = high, 2 * high
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if cost(middle) <= nfe else (low, middle)
+        return low
 
     def init(
         self, process: ReverseProcess, grid: list[float], x: Tensor, noise: NoiseSource

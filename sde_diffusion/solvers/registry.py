@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import numbers
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
@@ -109,6 +110,8 @@ def list_solvers() -> list[SolverInfo]:
 
 def solver_class(name: str) -> type[Solver]:
     """The class registered under ``name`` or one of its aliases."""
+    if not isinstance(name, str):
+        raise TypeError(f"a solver is named by a string, got {type(name).__name__} {name!r:.40}")
     key = _normalise(name)
     if key not in _LOOKUP:
         close = difflib.get_close_matches(key, list(_LOOKUP), n=1)
@@ -130,12 +133,33 @@ def get_solver(name: str, **options: Any) -> Solver:
             f"solver {cls.info.name!r} does not take option(s) "
             f"{', '.join(unknown)}; it takes: {takes}"
         )
+    wrong = [
+        f"{k} must be {kind}, got {v!r:.40}"
+        for k, v in options.items()
+        if (kind := _misfit(cls, k, v))
+    ]
+    if wrong:
+        raise SolverOptionError(f"solver {cls.info.name!r}: {'; '.join(wrong)}")
     not_numbers = sorted(k for k, v in options.items() if isinstance(v, float) and v != v)
     if not_numbers:  # NaN passes every range check written as a comparison
         raise SolverOptionError(
             f"solver {cls.info.name!r}: option(s) {', '.join(not_numbers)} must be numbers, got NaN"
         )
     return cls(**options)
+
+
+def _misfit(cls: type[Solver], name: str, value: Any) -> str | None:
+    """What kind of value option ``name`` takes, when ``value`` is not one (read off its
+    default: a flag, an integer or a number; other options check themselves)."""
+    default = inspect.signature(cls.__init__).parameters[name].default
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, int):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if isinstance(default, float):
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        return None if ok else "a number"
+    return None
 
 
 def solver_options(cls: type[Solver]) -> list[str]:

@@ -32,6 +32,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..distributed import barrier, init_distributed, rank_and_world, sum_over_ranks
 from ..errors import ArgumentError
+from ..noise import seeded_generator
 from ..parametrization import ScoreModel
 from ..sampling import sample
 from .data import Dataset
@@ -114,7 +115,7 @@ class Trainer:
         self.step = 0
         self.stop_requested = False  # set from a signal handler: save and stop after this step
         # one stream, the same on every rank: the global batch is drawn alike everywhere
-        self.generator = torch.Generator(device=self.device).manual_seed(config.seed * 1000)
+        self.generator = seeded_generator(config.seed * 1000, self.device)
         self.history: list[dict[str, float]] = []
         # the data sets here are small: keep them on the device, index there (no host sync)
         self._x = data.x.to(self.device)

@@ -45,6 +45,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..devices import checked_device, checked_dtype
 from ..errors import ArgumentError
 from ..models import Cond
 from ..reverse import ReverseProcess, ScoreFn
@@ -78,14 +79,17 @@ __all__ = [
 ]
 
 METHODS = ("dp", "search", "dp+search", "gradient")
+MAX_NFE = 10_000  # a tuned grid beyond this is a mistake: the fine reference has fewer steps
 
 
 def check_request(
     solver: str | Solver, nfe: int, method: str, fit_weights: bool, to_zero: bool = True
-) -> Solver:
+) -> Solver:  # to_zero: whether the grid ends at t = 0
     """The solver of a tuning request, or an ``ArgumentError`` saying why it cannot be
     tuned so (what ``tune_timesteps`` checks before it starts; callers may check early)."""
-    solver = get_solver(solver) if isinstance(solver, str) else solver
+    solver = solver if isinstance(solver, Solver) else get_solver(solver)
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or not 1 <= nfe <= MAX_NFE:
+        raise ArgumentError(f"nfe must be an integer from 1 to {MAX_NFE}, got {nfe!r}")
     if method not in METHODS:
         raise ArgumentError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if method == "gradient" and not isinstance(solver, ScaledMultistep):
@@ -113,7 +117,7 @@ def tune_timesteps(
     seed: int = 0,
     cond: Cond = None,
     method: str = "search",
-    to_zero: bool = True,
+    to_zero: bool | None = None,
     candidates: int = 80,
     max_evaluations: int = 300,
     freedom: int | None = None,
@@ -132,8 +136,11 @@ def tune_timesteps(
     each stage, a solve and its gradient each); ``candidates`` is the size of the ``dp``
     candidate grid.  ``fit_weights`` (``"gradient"`` only) fits the solver's step weights
     with the grid: the result's ``solver_options`` then carry its ``corrections``.
+    ``to_zero`` (``None``: wherever ``sigma(0) = 0``, so VE grids end at ``t_min``).
     ``on_evaluation(n)`` follows the n-th solve of a candidate grid (a progress bar).
     """
+    device, dtype = checked_device(device), checked_dtype(dtype)
+    to_zero = float(sde.sigma(0.0)) == 0.0 if to_zero is None else to_zero
     solver = start_solver = check_request(solver, nfe, method, fit_weights, to_zero)
     steps = solver.steps_for(nfe, to_zero=to_zero)
     if not 2 <= candidates <= FINE_STEPS + 1 or not 1 <= max_evaluations <= 100_000:
@@ -211,6 +218,8 @@ def tune_timesteps(
             "samples": samples,
             "seed": seed,
             "start": best,
+            "standard": min(SCHEDULES, key=scored.get),  # the best grid without a fit
+            "to_zero": to_zero,
             "start_errors": scored,
             "error": final,
             "validation": validation,

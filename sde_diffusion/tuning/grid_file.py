@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, read_small_text
 from ..errors import ArgumentError
 
 __all__ = ["FORMAT", "VERSION", "TunedGrid", "load_grid"]
@@ -49,7 +49,9 @@ class TunedGrid:
 def load_grid(path: str | Path) -> TunedGrid:
     """A grid written by :meth:`TunedGrid.save`; anything else is a clear ``ValueError``."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(read_small_text(path, "a tuned grid"))
+    except RecursionError:
+        raise ArgumentError(f"{path} is not a tuned grid: its JSON nests too deeply") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ArgumentError(f"cannot read a tuned grid from {path}: {err}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
