@@ -36,6 +36,8 @@ from sde_diffusion.solvers.registry import solver_class, solver_options
 from sde_diffusion.training.checkpoint import CheckpointError
 from sde_diffusion.training.data import DataError
 
+from .entry import INTERRUPTED, TERMINATED, Terminated
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -45,8 +47,6 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
-INTERRUPTED = 130
-TERMINATED = 143  # 128 + SIGTERM, the shells' convention
 
 
 @contextmanager
@@ -83,12 +83,12 @@ def friendly_errors(what: str) -> Iterator[None]:
         yield
     except click.ClickException:
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as entry.Terminated
+        how = "terminated" if isinstance(stop, Terminated) else "interrupted"
         err_console.print(
-            f"[yellow]interrupted[/]: {what} stopped; nothing half-written is left.",
-            soft_wrap=True,
+            f"[yellow]{how}[/]: {what} stopped; nothing half-written is left.", soft_wrap=True
         )
-        raise SystemExit(INTERRUPTED) from None
+        raise SystemExit(TERMINATED if isinstance(stop, Terminated) else INTERRUPTED) from None
     except USAGE_ERRORS as err:
         if debug_enabled():
             raise

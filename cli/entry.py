@@ -1,19 +1,32 @@
-"""The ``sdediff`` executable: Ctrl-C at any moment, start-up included, exits 130 in one line.
+"""The ``sdediff`` executable: Ctrl-C exits 130 and SIGTERM 143, each in one line.
 
-Importing torch takes a second or two.  An interrupt raised in the middle of an
-import can leave half-initialised modules behind that fail in odd ways later (a
+The promise holds from the moment the executable loads this module (its first
+statement), start-up included; before that Python itself is starting and reports an
+interrupt its own way.  Importing torch takes a second or two.  An interrupt raised
+in the middle of an import can leave half-initialised modules behind that fail in odd ways later (a
 RecursionError instead of a clean stop), so while the command line is imported
 Ctrl-C ends the process at once: nothing has been written yet.  Afterwards it is
 a KeyboardInterrupt again, which the commands turn into a clean stop (``train``
 saves first); one that escapes them, or click's "Aborted!" (exit 1), ends here.
+Once the command line is imported, SIGTERM raises :class:`Terminated`, a
+KeyboardInterrupt, so the same clean-up runs (temporary files removed) and the exit
+status is 143; ``train`` handles it itself (it saves a checkpoint first).
 """
 
 import _signal  # built in: the handler goes in before any import that takes time
 import os
 import sys
 
-INTERRUPTED = 130
+INTERRUPTED, TERMINATED = 130, 143  # 128 + the signal, the shells' convention
 MESSAGE = "interrupted: sdediff stopped; nothing half-written is left.\n"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that its clean-up runs as for Ctrl-C."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
 
 
 def _leave_at_once(signum, frame) -> None:
@@ -32,6 +45,7 @@ def run() -> None:
     from .main import main
 
     _signal.signal(_signal.SIGINT, _previous)
+    _signal.signal(_signal.SIGTERM, _terminate)
     try:
         try:
             code = main.main(standalone_mode=False)
@@ -41,6 +55,9 @@ def run() -> None:
             err.show()
             sys.exit(err.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
+    except Terminated:
+        sys.stderr.write(MESSAGE.replace("interrupted", "terminated"))
+        sys.exit(TERMINATED)
     except KeyboardInterrupt:
         sys.stderr.write(MESSAGE)
         sys.exit(INTERRUPTED)

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -400,8 +401,6 @@ def _interrupt_after(args, marker, cwd, delay=1.0):
     for line in proc.stdout:
         if marker in line:
             break
-    import time
-
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     try:
@@ -422,12 +421,20 @@ def test_ctrl_c_during_sample_exits_cleanly(tmp_path):
 
 
 def test_ctrl_c_during_train_saves_a_checkpoint(tmp_path):
-    code, err = _interrupt_after(
-        ["train", "--data", "moons", "--steps", "100000", "--out", "m.safetensors"],
-        "training a",
-        tmp_path,
-        delay=2.0,
-    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sde_diffusion", "train", "--data", "moons", "--steps",
+         "100000", "--checkpoint-every", "5", "--out", "m.safetensors"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        while not (tmp_path / "m.safetensors").exists():  # the state: 5 steps are done
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    code = proc.returncode
     assert code == 130 and "checkpoint saved" in err and "Traceback" not in err
     _, config = load_checkpoint(tmp_path / "m.safetensors")
     assert 0 < config["step"] < 100000

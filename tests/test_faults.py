@@ -87,18 +87,69 @@ def test_sigkill_at_random_moments_never_loses_a_checkpoint(tmp_path):
     print(f"12 kills, {mid_save} of them left a temporary file; reached step {step}")
 
 
+def started(*args, cwd) -> subprocess.Popen:
+    """``sdediff`` started and past its entry module's first statement, where the Ctrl-C
+    promise begins (before it Python itself is starting): the import-time report
+    (``PYTHONPROFILEIMPORTTIME``) names the module once its import has run."""
+    proc = subprocess.Popen(
+        [SDEDIFF, *args],
+        cwd=cwd,
+        env={**ENV, "PYTHONPROFILEIMPORTTIME": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stderr:
+        if line.rstrip().endswith("sdediff_cli.entry"):
+            return proc
+    raise AssertionError(f"sdediff never loaded its entry module: {proc.communicate()}")
+
+
+def own_lines(err: str) -> list[str]:
+    """stderr without the import-time report."""
+    return [line for line in err.strip().splitlines() if not line.startswith("import time:")]
+
+
 @pytest.mark.slow
 def test_ctrl_c_at_any_moment_of_start_up_exits_130_in_one_line(tmp_path):
-    """SIGINT while Python imports torch, while click parses, while the data loads."""
-    for delay in [0.05 + 0.1 * k for k in range(15)] + [2.5]:  # every tenth of the import
-        proc = start(*TRAIN, "--out", "m.safetensors", cwd=tmp_path)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-        # before the interpreter installs its handler, SIGINT ends it as a shell's Ctrl-C would
-        assert proc.returncode in (130, -signal.SIGINT), (delay, proc.returncode, err)
-        assert "Traceback" not in err and len(err.strip().splitlines()) <= 1, (delay, err)
+    """SIGINT while Python imports torch, while click parses, while the data loads: at
+    delays counted from the moment the promise begins, not from the launch."""
+    for delay in [0.0, 0.01] + [0.1 * k for k in range(1, 15)] + [2.5]:
+        proc = started(*TRAIN, "--out", "m.safetensors", cwd=tmp_path)
+        try:
+            time.sleep(delay)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+        assert proc.returncode == 130, (delay, proc.returncode, err[-2000:])
+        lines = own_lines(err)
+        assert "Traceback" not in err and len(lines) == 1 and "interrupted" in lines[0], (
+            delay,
+            lines,
+        )
         assert leftovers(tmp_path) == []
+
+
+def test_sigterm_while_streaming_samples_leaves_nothing_behind(tmp_path):
+    """SIGTERM once the streamed .npz holds some samples: exit 143 in one line, and
+    neither the output nor its temporary file is left."""
+    proc = start(
+        "sample", "--model", "gmm64", "-n", "2000000", "--batch-size", "2000", "--steps",
+        "50", "--out", "s.npz", cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        wait_for(proc, "sampling")
+        while not any(p.stat().st_size > 1_000_000 for p in tmp_path.glob(".s.npz.*.tmp")):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.02)  # waiting for a state: the temporary file has grown
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert own_lines(err) == ["terminated: sampling stopped; nothing half-written is left."]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):

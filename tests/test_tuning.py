@@ -192,11 +192,14 @@ def test_fitted_weights_beat_the_fitted_grid_and_the_start_on_fresh_draws():
 
 def test_fitted_weights_are_kept_only_where_fresh_draws_prefer_them():
     """With weights the tuner judges three candidates on its check draws (the fit, its
-    grid alone, the start) and returns the best there, with its own fitting error."""
+    grid alone, the start) and returns the best there, with its own fitting error.
+
+    Which one wins depends on the fit, whose path differs between torch builds at
+    round-off level; so each run is checked against the rule, whichever way it went:
+    the returned grid and weights score the least check error among the candidates."""
     sde = sd.EDMSDE()
     score = RING.score_fn(sde)
-    kept_in_all = set()
-    for nfe, samples in ((8, 4), (6, 128)):  # weights fitted on 4 draws lose on fresh ones
+    for nfe, samples in ((8, 4), (6, 128), (8, 2)):
         grid = sd.tune_timesteps(
             score, sde, nfe=nfe, solver="deis", shape=(2,), samples=samples, method="gradient",
             fit_weights=True, max_evaluations=60,
@@ -205,13 +208,15 @@ def test_fitted_weights_are_kept_only_where_fresh_draws_prefer_them():
         assert set(check) == {"tuned", "tuned grid", grid.record["start"]}
         assert check[kept] == min(check.values())
         assert ("corrections" in grid.solver_options) == (kept == "tuned")
+        solver = sd.get_solver("deis", **grid.solver_options)
+        x_check = prior_draws(sde, samples, (2,), 7919)  # the tuner's check draws
+        check_reference, _ = fine_solve(score, sde, x_check)
+        kept_error = endpoint_error(score, sde, x_check, grid.times, solver, check_reference)
+        assert kept_error == pytest.approx(min(check.values()), rel=1e-9)
         x_T = prior_draws(sde, samples, (2,), 0)
         reference, _ = fine_solve(score, sde, x_T)
-        solver = sd.get_solver("deis", **grid.solver_options)
         fit_error = endpoint_error(score, sde, x_T, grid.times, solver, reference)
         assert fit_error == pytest.approx(grid.record["error"])
-        kept_in_all.add(kept)
-    assert kept_in_all == {"tuned", "tuned grid"}  # both outcomes happen
 
 
 def test_corrections_are_checked_and_round_trip(tmp_path):
