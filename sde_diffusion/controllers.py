@@ -40,6 +40,10 @@ class FixedGrid:
 FIXED_GRID = FixedGrid()
 
 
+MAX_TOLERANCE = 1e6  # beyond it the error scale overflows and no error is ever seen
+MAX_GAIN = 10.0  # PID gains are of order one (k-diffusion's, Söderlind's); larger overflow
+
+
 @dataclass(frozen=True)
 class PIDController:
     """Per-sample PID step-size control with an optional NFE budget (``max_nfe``, 0: none).
@@ -73,12 +77,15 @@ class PIDController:
     def __post_init__(self):
         for name in ("rtol", "atol"):
             value = getattr(self, name)
-            if not 0 < value < math.inf:
-                raise ArgumentError(f"{name} must be a finite number > 0, got {value!r}")
+            if not 0 < value <= MAX_TOLERANCE:
+                raise ArgumentError(
+                    f"{name} must be a number in (0, {MAX_TOLERANCE:g}], got {value!r}"
+                )
         gains = (self.pcoeff, self.icoeff, self.dcoeff)
-        if not all(math.isfinite(k) for k in gains) or sum(gains) <= 0:
+        if not all(abs(k) <= MAX_GAIN for k in gains) or sum(gains) <= 0:
             raise ArgumentError(
-                f"pcoeff, icoeff and dcoeff must be finite with a positive sum, got {gains}"
+                f"pcoeff, icoeff and dcoeff must lie in [-{MAX_GAIN:g}, {MAX_GAIN:g}] with a "
+                f"positive sum, got {gains}"
             )
         if not 0 < self.accept_safety <= 1:
             raise ArgumentError(f"accept_safety must lie in (0, 1], got {self.accept_safety!r}")

@@ -494,7 +494,8 @@ def test_guided_sampling_writes_labels_and_counts_passes(tmp_path, conditional_c
     with np.load(out) as f:
         settings = json.loads(str(f["settings"]))
         assert f["samples"].shape == (24, 2)  # 3 per class, one row each
-    assert settings["labels"] == [k for k in range(8) for _ in range(3)]
+        assert f["labels"].tolist() == [k for k in range(8) for _ in range(3)]
+    assert settings["class"] == "all" and "labels" not in settings  # no per-sample JSON
     assert settings["guidance"] == 2.0
 
 

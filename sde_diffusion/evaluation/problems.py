@@ -26,6 +26,7 @@ from ..noise import seeded_generator
 from ..pretrained import available, load_pretrained
 from ..reverse import ScoreFn
 from ..sdes import SDE, build_sde, sde_names
+from ..training.checkpoint import CheckpointError
 from ..training.data import TOY_DATASETS, digits, toy_2d
 from ..training.state import load_score_model
 from .digits_eval import digits_fid
@@ -66,7 +67,13 @@ class Problem:
             return None
         data = self.config.get("data", {})
         count = self.config["network"]["num_classes"]
-        return list(data.get("class_names") or [str(k) for k in range(count)])
+        names = list(data.get("class_names") or [str(k) for k in range(count)])
+        if len(names) != count:  # a name past the last class would reach the null label
+            raise CheckpointError(
+                f"the checkpoint names {len(names)} classes but its network has {count}; "
+                "it is damaged or was edited"
+            )
+        return names
 
     @property
     def is_digits(self) -> bool:

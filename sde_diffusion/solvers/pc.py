@@ -47,7 +47,8 @@ class PredictorCorrector(Solver):
         norms: str = "batch",
     ):
         self.predictor = get_solver(predictor)
-        if self.predictor.kind != "sde" or self.predictor.info.adaptive:
+        restarts = type(self.predictor).legs is not Solver.legs  # runs legs, not one step
+        if self.predictor.kind != "sde" or self.predictor.info.adaptive or restarts:
             raise ArgumentError(
                 f"the predictor must be a fixed-step reverse-SDE solver, got {predictor!r}"
             )

@@ -104,7 +104,8 @@ class ScaledMultistep(Solver):
         y = x / c0.alpha
         if t1 == 0.0:
             return process.denoise(x, t0), (i + 1, weights, history)
-        eps = y * (c0.alpha / c0.sigma) if self.afs and i == 0 else process.eps(x, t0)
+        first = self.afs and i == 0 and len(weights) > 1  # one step alone asks the model
+        eps = y * (c0.alpha / c0.sigma) if first else process.eps(x, t0)
         y, history = self.advance(y, eps, history, weights[i])
         return y * process.at(t1).alpha, (i + 1, weights, history)
 
