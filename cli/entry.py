@@ -38,6 +38,16 @@ def _leave_at_once(signum, frame) -> None:
 _previous = _signal.signal(_signal.SIGINT, _leave_at_once)
 
 
+def _name_the_rank(err) -> None:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1) every error line names its rank, once."""
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    if not (world.isdigit() and int(world) > 1):
+        return
+    line, prefix = err.format_message(), f"rank {rank}: "
+    named = line if line.startswith(prefix) else prefix + line.replace(prefix, "", 1)
+    err.format_message = lambda: named  # what err.show() prints after "Error: "
+
+
 def run() -> None:
     """Import and run the command line, turning a stray KeyboardInterrupt into exit 130."""
     import click
@@ -52,6 +62,7 @@ def run() -> None:
         except click.Abort:  # click's form of KeyboardInterrupt / EOF on a prompt
             raise KeyboardInterrupt from None
         except click.ClickException as err:
+            _name_the_rank(err)
             err.show()
             sys.exit(err.exit_code)
         sys.exit(code if isinstance(code, int) else 0)

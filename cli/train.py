@@ -88,6 +88,22 @@ def read_config(ctx: click.Context, param: click.Parameter, path: Path | None) -
     return path
 
 
+def check_resumed_model(path: Path, given: dict[str, object]) -> None:
+    """``--resume`` continues a run with the model it was started with: a flag (or config
+    key) that would change the data, SDE, network or parametrisation is a usage error (the
+    weights would no longer fit them: an x0 loss on an EDM network, another data set)."""
+    settings = run_settings(path)
+    changed = [k for k, v in given.items() if v != settings[k]]
+    if changed:
+        name = changed[0]
+        raise click.BadParameter(
+            f"{path} was trained with {name} {settings[name]!r}, not {given[name]!r}; "
+            "--resume continues a run with its own model settings (start a new run to change "
+            "them)",
+            param_hint="--" + name.replace("_", "-"),
+        )
+
+
 def toml_kind(param: click.Parameter) -> tuple[str, Callable[[object], bool]]:
     """What a config file's value for ``param`` must be: a name and a check (no coercion:
     ``steps = 10.5`` or ``true`` is an error, not 10 or 1)."""
@@ -246,6 +262,12 @@ def train(
     if resume is not None and source == click.core.ParameterSource.DEFAULT:
         out = resume  # continue in place unless --out says otherwise
     writable_output(out, suffixes=(".safetensors",))
+    if resume is not None:
+        given = {
+            "data": data, "sde": sde, "network": network, "width": width,
+            "parametrization": parametrization, "conditional": conditional,
+        }  # fmt: skip
+        check_resumed_model(resume, given)
     device = start_ranks(parse_device(device))
     world = rank_and_world()[1]
     if batch_size % world:
@@ -281,6 +303,12 @@ def train(
         trainer = Trainer(model, dataset, config)
         if resume is not None:
             trainer.resume(resume)
+            if trainer.step >= steps:
+                raise click.BadParameter(
+                    f"{resume} is at step {trainer.step} already; ask for more steps to "
+                    "continue it",
+                    param_hint="--steps",
+                )
             console.print(f"resumed from {resume} at step {trainer.step}")
         params = sum(p.numel() for p in model.parameters())
         ranks = "" if trainer.world == 1 else f" on {trainer.world} processes"

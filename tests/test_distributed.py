@@ -289,3 +289,28 @@ def test_the_surviving_rank_names_the_rank_that_failed_and_why(tmp_path):
     text = " ".join(err.split())  # rich wraps long lines
     assert "rank 0: training failed:" in text
     assert re.search(r"rank 1: .*stopped .*rank 0 failed \(training failed:", text), text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sample", "--model", "gmm8", "--sde", "vp", "--grid", "mid.json", "--out", "s.npz"],
+        ["likelihood", "--model", "gmm8", "--data", "missing.npz"],
+        ["train", "--resume", "m.safetensors", "--steps", "2"],
+        ["tune", "--model", "gmm8", "--solver", "rk45", "--samples", "4"],
+    ],
+    ids=["sample", "likelihood", "train", "tune"],
+)
+def test_under_torchrun_a_usage_error_ends_every_rank_with_one_line_naming_it(tmp_path, args):
+    """Each rank prints its error once, prefixed with its rank, and every rank ends."""
+    grid = sd.timesteps(sd.VPSDE(), 4, to_zero=True).tolist()[:-2]  # stops short of the data
+    sd.TunedGrid(grid, "euler", {}, 3, repr(sd.VPSDE())).save(tmp_path / "mid.json")
+    assert sdediff(*TRAIN, "--steps", "2", "--out", "m.safetensors", cwd=tmp_path).returncode == 0
+    run = sdediff(*args, cwd=tmp_path, ranks=2, timeout=600)
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+    assert sorted(line[:15] for line in errors) == ["Error: rank 0: ", "Error: rank 1: "], (
+        run.stderr[-3000:]
+    )
+    assert not re.search(r'File ".*/(sde_diffusion|cli)/', run.stderr)  # the launcher's own only
