@@ -20,8 +20,6 @@ import re
 import shlex
 from pathlib import Path
 
-from mkdocs.structure.files import File, Files
-
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 COMMAND = re.compile(r"^<!-- sdediff (.+?) -->$", re.M)
@@ -29,7 +27,9 @@ MODULES = re.compile(r"^<!-- modules ([\w.]+) -->$", re.M)
 ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc):(?=<code>)")
 
 
-def on_files(files: Files, config) -> Files:
+def on_files(files, config):
+    from mkdocs.structure.files import File  # only mkdocs calls this hook
+
     for picture in sorted(RESULTS.glob("*.png")):
         files.append(File.generated(config, f"img/{picture.name}", abs_src_path=str(picture)))
     return files
