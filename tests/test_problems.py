@@ -67,7 +67,7 @@ def test_quality_is_near_the_noise_floor_for_exact_samples():
 @pytest.mark.parametrize("nfe", [10, 21])
 def test_steps_for_nfe_spend_at_most_the_budget(solver, nfe):
     steps = steps_for_nfe(solver, nfe, to_zero=True)
-    if steps is None:  # srk: 10 NFE per step, so a 2-step grid to zero costs 11
+    if steps is None:  # the shortest grid to zero (2 steps) costs more than the budget
         assert sd.get_solver(solver).info.nfe_per_step + 1 > nfe
         return
     grid = sd.timesteps(sd.EDMSDE(), steps, "karras", to_zero=True).tolist()
