@@ -138,6 +138,12 @@ def from_diffusers(
     """
     if not isinstance(unet, torch.nn.Module):
         raise TypeError(f"unet must be a diffusers model (a torch.nn.Module), got {unet!r:.80}")
+    takes = inspect.signature(unet.forward).parameters
+    if not hasattr(unet, "config") or "timestep" not in takes:
+        raise TypeError(
+            "unet must be a diffusers denoiser with a config, called as unet(sample, timestep, "
+            f"...) (a UNet or an SD3/Flux transformer), got {type(unet).__name__}"
+        )
     sde, prediction = _schedule(scheduler)
     return DiffusersModel(unet, sde, prediction), sde
 

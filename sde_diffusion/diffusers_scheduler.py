@@ -339,13 +339,13 @@ class _SolverScheduler(SchedulerMixin, ConfigMixin):
                 "use_clipped_model_output is DDIMScheduler's; our solvers do not clip"
             )
         if self.timesteps is None:
-            raise RuntimeError("call set_timesteps(num_inference_steps) before step")
+            raise ArgumentError("call set_timesteps(num_inference_steps) before step")
         if self._step_index is None:
             start = self._begin_index
             self._step_index = self.index_for_timestep(timestep) if start is None else start
         i = self._step_index
         if i >= len(self.timesteps):
-            raise RuntimeError(
+            raise ArgumentError(
                 f"all {len(self.timesteps)} evaluations are done; call set_timesteps again"
             )
         wide = torch.float32 if sample.dtype in (torch.float16, torch.bfloat16) else sample.dtype

@@ -26,7 +26,6 @@ differentiable classifier ``log_prob(x, t, c) -> (B,)``.  It predicts ``score``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -57,11 +56,17 @@ def null_condition(cond: Cond, null: Any) -> Cond:
     return torch.full_like(cond, null)
 
 
+MAX_SCALE = 1000.0  # published scales are 1-30; far beyond, float32 predictions overflow
+
+
 def _finite_scale(scale: float) -> float:
-    scale = float(scale)
-    if not math.isfinite(scale):
-        raise ArgumentError(f"the guidance scale must be a finite number, got {scale!r}")
-    return scale
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise ArgumentError(f"the guidance scale must be a number, got {scale!r}")
+    if not abs(scale) <= MAX_SCALE:
+        raise ArgumentError(
+            f"the guidance scale must be a number in [-{MAX_SCALE:g}, {MAX_SCALE:g}], got {scale!r}"
+        )
+    return float(scale)
 
 
 def _concat(a: Cond, b: Cond) -> Cond:

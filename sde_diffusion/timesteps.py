@@ -77,7 +77,7 @@ def timesteps(
         else:
             lam = lam_min + u * (lam_max - lam_min)
         t = sde.t_from_log_snr(lam)
-        t[0], t[-1] = t_max, t_min  # exact ends, free of bisection round-off
+    t[0], t[-1] = t_max, t_min  # exact ends, free of round-off (1 + (1e-5 - 1) != 1e-5)
     if to_zero:
         t = torch.cat([t, t.new_zeros(1)])
     return t.to(device=device, dtype=dtype)

@@ -6,7 +6,7 @@ the API raises ``ValueError``/``TypeError`` with a sentence.  The command line i
 through click's ``CliRunner`` (in process) and, for a sample of cases, through real
 ``sdediff`` subprocesses.
 
-The default profile runs over 500 cases; ``pytest --hypothesis-profile=full
+The default profile runs over 1000 cases; ``pytest --hypothesis-profile=full
 tests/test_fuzz.py`` runs about ten times as many.  ``-s`` prints the tally: cases,
 clean endings, and the slowest case.
 """
@@ -659,3 +659,265 @@ def test_kdiffusion_adapter_with_hostile_denoisers_and_ranges(kind, sigmas):
     res = api_case(f"from_kdiffusion({kind}, sigmas={sigmas})", run)
     if res is not None:
         assert torch.isfinite(res.x).all()
+
+
+# -- the surfaces added since: registries, controllers, guidance, grids, streaming ----------
+
+HOSTILE_VALUES = [
+    0, -1, 1, 3, 2.5, 0.5, 1e-300, 1e300, 10**9, 2**64, math.nan, math.inf, -math.inf,
+    True, False, None, "", "abc", "3", [1], (0.1, 1.0), {}, torch.tensor(1.0),
+]  # fmt: skip
+SOLVER_OPTIONS = sorted(
+    (name, option) for name in sd.solver_names() for option in solver_options(solver_class(name))
+)
+
+
+@examples(200)
+@given(which=st.sampled_from(SOLVER_OPTIONS), value=st.sampled_from(HOSTILE_VALUES))
+def test_every_solver_option_refuses_hostile_values_when_built(which, value):
+    """A bad option fails when the solver is built, never later inside a solve; a solver
+    that builds samples finitely."""
+    name, option = which
+    solver = api_case(
+        f"get_solver({name!r}, {option}={value!r})", lambda: sd.get_solver(name, **{option: value})
+    )
+    if solver is not None:
+        sde, gmm = sd.EDMSDE(), sd.eight_gaussians()
+        steps = 1 if solver.adaptive else 4
+        res = api_case(
+            f"sd.sample with {name} {option}={value!r}",
+            lambda: sd.sample(gmm.score_fn(sde), sde, (4, 2), solver, steps, seed=0),
+        )
+        assert res is None or torch.isfinite(res.x).all()
+
+
+@examples(60)
+@given(
+    name=st.sampled_from(sd.sdes.sde_names()) | st.sampled_from(["", "VP", "nope", 3, None]),
+    option=st.sampled_from(["beta_min", "beta_max", "sigma_min", "sigma_max", "t_min", "T", "x"]),
+    value=st.sampled_from(HOSTILE_VALUES),
+)
+def test_the_sde_registry_builds_or_refuses_cleanly(name, option, value):
+    sde = api_case(
+        f"build_sde({name!r}, {option}={value!r})",
+        lambda: sd.sdes.build_sde(name, **{option: value}),
+    )
+    if sde is not None:
+        t = torch.tensor([sde.T, 0.5 * sde.T, sde.t_min], dtype=torch.float64)
+        assert torch.isfinite(sde.alpha(t)).all() and torch.isfinite(sde.sigma(t)).all()
+        again = sd.sdes.sde_from_config(sd.sdes.sde_config(sde))
+        assert repr(again) == repr(sde)
+
+
+@examples(30)
+@given(
+    config=st.sampled_from(
+        [
+            {},
+            {"type": "vp", "beta_min": "x"},
+            {"type": 3},
+            {"type": "ve", "sigma_max": -1},
+            {"type": "discrete_vp", "alphas_cumprod": [0.5, 2.0]},
+            {"type": "discrete_vp", "alphas_cumprod": []},
+            {"type": "edm", "sigma_min": math.nan},
+            {"type": "rectified_flow", "T": 2.0},
+        ]
+    )
+)
+def test_saved_sde_configs_that_were_tampered_with_are_clean_errors(config):
+    sde = api_case(f"sde_from_config({config!r})", lambda: sd.sdes.sde_from_config(config))
+    if sde is not None:
+        assert torch.isfinite(sde.sigma(torch.tensor([sde.T], dtype=torch.float64))).all()
+
+
+CONTROLLER_FIELDS = ["rtol", "atol", "pcoeff", "icoeff", "dcoeff", "accept_safety", "max_nfe"]
+
+
+@examples(60)
+@given(field=st.sampled_from(CONTROLLER_FIELDS), value=st.sampled_from(HOSTILE_VALUES))
+def test_step_size_controllers_refuse_hostile_settings(field, value):
+    from sde_diffusion.controllers import PIDController
+
+    base = {"rtol": 1e-3, "atol": 1e-3}
+    controller = api_case(
+        f"PIDController({field}={value!r})", lambda: PIDController(**{**base, field: value})
+    )
+    if controller is not None:
+        assert controller.rtol > 0 and controller.atol > 0
+
+
+@examples(60)
+@given(
+    scale=st.sampled_from([1.0, 2.0, 0.0, -1.0, math.nan, math.inf, "2", None, 1e300]),
+    interval=st.sampled_from([None, (0.1, 5.0), (5.0, 0.1), (-1.0, 1.0), (math.nan, 1.0), (0.0,)]),
+    labels=st.sampled_from(["ok", "null", "negative", "too large", "float", "short"]),
+)
+def test_guidance_with_hostile_scales_intervals_and_labels(scale, interval, labels):
+    sde, gmm = sd.EDMSDE(), sd.eight_gaussians()
+    cond = {
+        "ok": torch.arange(4),
+        "null": torch.full((4,), 8),
+        "negative": torch.tensor([0, -1, 2, 3]),
+        "too large": torch.tensor([0, 1, 2, 57]),
+        "float": torch.rand(4),
+        "short": torch.arange(2),
+    }[labels]
+
+    def run():
+        guided = sd.ClassifierFreeGuidance(gmm.score_fn(sde), scale, 8, interval=interval, sde=sde)
+        return sd.sample(guided, sde, (4, 2), "heun", 3, cond=cond, seed=0)
+
+    res = api_case(f"CFG(scale={scale!r}, interval={interval!r}, labels {labels})", run)
+    assert res is None or torch.isfinite(res.x).all()
+
+
+GRID_FILES = {
+    "ends early": {"times": [80.0, 10.0, 1.0]},
+    "ends past zero": {"times": [80.0, 1.0, -1.0]},
+    "starts wrong": {"times": [20.0, 1.0, 0.0]},
+    "increasing": {"times": [0.0, 1.0, 80.0]},
+    "one time": {"times": [80.0]},
+    "strings": {"times": ["80", "0"]},
+    "nan": {"times": [80.0, math.nan, 0.0]},
+    "adaptive": {"solver": "rk45", "solver_options": {}},
+    "unknown solver": {"solver": "nope"},
+    "bad option": {"solver": "ddim", "solver_options": {"eta": "x"}},
+    "unknown option": {"solver": "euler", "solver_options": {"order": 2}},
+    "option nan": {"solver": "ddim", "solver_options": {"eta": math.nan}},
+    "other sde": {"sde": "VPSDE(beta_min=0.1, beta_max=20.0, t_min=0.001)"},
+    "version": {"version": 99},
+    "not a grid": {"format": "something else"},
+    "huge": {"times": [80.0, *np.linspace(79.9, 0.01, 200_001).tolist(), 0.0]},
+    "eta kept": {"solver": "ddim", "solver_options": {"eta": 0.5}},
+}
+
+
+@examples(60)
+@given(kind=st.sampled_from(sorted(GRID_FILES)), solver_flag=st.booleans())
+def test_hostile_tuned_grid_files_are_usage_errors_or_honoured(folder, kind, solver_flag):
+    sde = sd.EDMSDE()
+    good = sd.TunedGrid(sd.timesteps(sde, 4, to_zero=True).tolist(), "heun", {}, 7, repr(sde))
+    data = {"format": "sde-diffusion tuned grid", "version": 1, **good.__dict__}
+    data.update(GRID_FILES[kind])
+    here = fresh(folder)
+    (here / "in").mkdir()  # the input is not an output to check
+    (here / "in" / "g.json").write_text(json.dumps(data))
+    args = ["sample", "--model", "gmm8", "-n", "4", "--grid", "in/g.json", "--out", "s.npz"]
+    args += ["--solver", "euler"] if solver_flag else []
+    with case(" ".join(args) + f" ({kind})"):
+        result = run_in(here, args)
+        assert_clean(result, args, here)
+        if result.exit_code == 0:
+            settings_ = json.loads(str(np.load(here / "s.npz")["settings"]))
+            if kind == "eta kept" and not solver_flag:
+                assert settings_["solver_options"] == {"eta": 0.5}  # the file's, not a default
+        elif kind in ("ends early", "ends past zero", "starts wrong", "adaptive", "huge"):
+            assert result.exit_code == 2, result.output
+
+
+@examples(50)
+@given(
+    batch_size=st.sampled_from([None, 1, 3, 4, 0, -1, 2.5, math.nan, "2", 10**12]),
+    n=st.sampled_from([1, 5, 0, -2]),
+    sink=st.sampled_from([None, "list", "raises", "not callable"]),
+)
+def test_streamed_and_batched_sampling_with_hostile_arguments(batch_size, n, sink):
+    sde, gmm = sd.EDMSDE(), sd.eight_gaussians()
+    got = []
+
+    def raising(start, stop, rows):
+        raise ValueError("the sink refused this batch on purpose")
+
+    sinks = {None: None, "list": lambda a, b, rows: got.append(rows), "raises": raising}
+    sinks["not callable"] = 3
+
+    def run():
+        return sd.sample(
+            gmm.score_fn(sde), sde, (n, 2), "euler", 3, batch_size=batch_size, sink=sinks[sink]
+        )
+
+    res = api_case(f"sd.sample(n={n}, batch_size={batch_size!r}, sink={sink})", run)
+    if res is not None and sink == "list":
+        assert sum(len(r) for r in got) == n and all(torch.isfinite(r).all() for r in got)
+
+
+@examples(40)
+@given(
+    device=st.sampled_from(["cpu", "cuda", "cuda:7", "mps", "tpu", "", 3, None, "cpu:0"]),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.int64, torch.bool, "float32", None]),
+)
+def test_devices_and_dtypes_are_checked_where_they_enter(device, dtype):
+    sde, gmm = sd.EDMSDE(), sd.eight_gaussians()
+    res = api_case(
+        f"sd.sample(device={device!r}, dtype={dtype!r})",
+        lambda: sd.sample(gmm.score_fn(sde), sde, (4, 2), "euler", 3, device=device, dtype=dtype),
+    )
+    assert res is None or torch.isfinite(res.x).all()
+
+
+@examples(40)
+@given(
+    nfe=st.sampled_from([2, 3, 0, -1, 2.5, 10**7, math.nan, "5", True]),
+    method=st.sampled_from(["search", "dp", "dp+search", "gradient", "nope"]),
+    solver=st.sampled_from(["euler", "deis", "rk45", "heun", 3]),
+)
+def test_tune_timesteps_with_hostile_requests(nfe, method, solver):
+    sde, gmm = sd.VESDE(), sd.eight_gaussians()
+    grid = api_case(
+        f"tune_timesteps(nfe={nfe!r}, method={method!r}, solver={solver!r}) on VE",
+        lambda: sd.tune_timesteps(
+            gmm.score_fn(sde), sde, nfe=nfe, solver=solver, shape=(2,), samples=4,
+            method=method, max_evaluations=3,
+        ),
+    )  # fmt: skip
+    if grid is not None:
+        assert grid.times[0] == sde.T and grid.times[-1] == sde.t_min and grid.nfe <= nfe
+
+
+@examples(40)
+@given(
+    call=st.sampled_from(
+        ["step first", "steps 0", "steps -1", "steps nan", "steps str", "timesteps up",
+         "sigmas nan", "mu", "step after the end", "generator list short"]
+    )
+)  # fmt: skip
+def test_the_diffusers_scheduler_refuses_hostile_calls(call):
+    diffusers = pytest.importorskip("diffusers", reason="the peers extra is not installed")
+    from sde_diffusion.diffusers_scheduler import DiffusersScheduler
+
+    def run():
+        ours = DiffusersScheduler.from_config(diffusers.DDPMScheduler().config)
+        x = torch.randn(2, 3)
+        if call != "step first":
+            steps = {"steps 0": 0, "steps -1": -1, "steps nan": math.nan, "steps str": "5"}
+            if call == "timesteps up":
+                ours.set_timesteps(timesteps=[1, 500, 999])
+            elif call == "sigmas nan":
+                ours.set_timesteps(sigmas=[10.0, math.nan, 0.1])
+            elif call == "mu":
+                ours.set_timesteps(5, mu=0.5)
+            else:
+                ours.set_timesteps(steps.get(call, 2))
+        generator = [torch.Generator()] if call == "generator list short" else None
+        for t in [*ours.timesteps, 0] if call == "step after the end" else [999]:
+            x = ours.step(torch.zeros_like(x), t, x, generator=generator).prev_sample
+        return x
+
+    x = api_case(f"DiffusersScheduler: {call}", run)
+    assert x is None or torch.isfinite(x).all()
+
+
+@examples(20)
+@given(
+    module=st.sampled_from(["linear", "none", "string", "function"]),
+    scheduler=st.sampled_from(["ddpm", "none", "dict"]),
+)
+def test_from_diffusers_refuses_what_is_not_a_diffusers_denoiser(module, scheduler):
+    diffusers = pytest.importorskip("diffusers", reason="the peers extra is not installed")
+    unet = {"linear": torch.nn.Linear(2, 2), "none": None, "string": "unet", "function": abs}
+    schedulers = {"ddpm": diffusers.DDPMScheduler(), "none": None, "dict": {"a": 1}}
+    out = api_case(
+        f"from_diffusers({module}, {scheduler})",
+        lambda: sd.adapters.from_diffusers(unet[module], schedulers[scheduler]),
+    )
+    assert out is None, "a module that is not a diffusers denoiser was accepted"

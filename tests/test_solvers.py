@@ -229,3 +229,21 @@ def test_pc_with_marginal_norms_corrects_as_well_as_batch_norms_at_a_larger_snr(
         x = sd.sample(gmm.score_fn(sde), sde, (2048, 2), "pc", 25, seed=1, **options).x
         w2[name] = float(sliced_wasserstein(x, ref, generator=torch.Generator().manual_seed(0)))
     assert w2["marginal"] < 1.1 * w2["batch"] and w2["marginal"] < 0.9 * w2["none"], w2
+
+
+@pytest.mark.parametrize("name", [n for n in sd.solver_names() if not sd.get_solver(n).adaptive])
+@pytest.mark.parametrize("to_zero", [False, True])
+def test_steps_for_is_the_most_steps_within_the_budget(name, to_zero):
+    """``steps_for(nfe)`` steps cost at most ``nfe`` on a grid of that kind (ending at
+    ``t_min`` or at 0), and one step more costs more: checked against ``expected_nfe``."""
+    solver, sde = sd.get_solver(name), sd.VESDE() if not to_zero else sd.EDMSDE()
+    for nfe in (1, 2, 3, 5, 8, 13, 40):
+        steps = solver.steps_for(nfe, to_zero=to_zero)
+        shortest = 2 if to_zero else 1
+        if steps is None:
+            grid = sd.timesteps(sde, shortest, to_zero=to_zero).tolist()
+            assert solver.expected_nfe(grid) > nfe
+            continue
+        cost = solver.expected_nfe(sd.timesteps(sde, steps, to_zero=to_zero).tolist())
+        more = solver.expected_nfe(sd.timesteps(sde, steps + 1, to_zero=to_zero).tolist())
+        assert cost <= nfe < more, (nfe, steps, cost, more)

@@ -133,7 +133,7 @@ class Solver:
             return None
 
         def cost(steps: int) -> int:  # only the length and a final zero matter
-            grid = [float(steps - i) for i in range(steps + 1)]
+            grid = [float(steps + 1 - i) for i in range(steps + 1)]  # ends at 1, not 0
             if to_zero:
                 grid[-1] = 0.0
             return self.expected_nfe(grid)

@@ -148,6 +148,9 @@ def get_solver(name: str, **options: Any) -> Solver:
     return cls(**options)
 
 
+MAX_OPTION = 1e6  # no solver's number means anything beyond this; float32 overflows near it
+
+
 def _misfit(cls: type[Solver], name: str, value: Any) -> str | None:
     """What kind of value option ``name`` takes, when ``value`` is not one (read off its
     default: a flag, an integer or a number; other options check themselves)."""
@@ -158,7 +161,8 @@ def _misfit(cls: type[Solver], name: str, value: Any) -> str | None:
         return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
     if isinstance(default, float):
         ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        return None if ok else "a number"
+        ok = ok and (abs(value) <= MAX_OPTION or value == default)  # EDM's s_tmax: inf
+        return None if ok else f"a number of size at most {MAX_OPTION:g}"
     return None
 
 
