@@ -422,10 +422,25 @@ def test_ctrl_c_during_sample_exits_cleanly(tmp_path):
 
 def test_ctrl_c_during_train_saves_a_checkpoint(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sde_diffusion", "train", "--data", "moons", "--steps",
-         "100000", "--checkpoint-every", "5", "--out", "m.safetensors"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "sde_diffusion",
+            "train",
+            "--data",
+            "moons",
+            "--steps",
+            "100000",
+            "--checkpoint-every",
+            "5",
+            "--out",
+            "m.safetensors",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         while not (tmp_path / "m.safetensors").exists():  # the state: 5 steps are done
             assert proc.poll() is None, proc.communicate()
@@ -553,3 +568,148 @@ def test_conditional_training_needs_labels(tmp_path):
     out = tmp_path / "m.safetensors"
     result = run("train", "--data", "moons", "--conditional", "--out", str(out))
     assert result.exit_code == 2 and "needs labelled data" in result.output
+
+
+# -- hostile input: one regression test per kind of bad ending -------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--method", "dp", "--solver", "euler"], ["--method", "dp+search"], ["--sde", "ve"]],
+)
+def test_tune_with_dp_or_on_ve_writes_a_grid_to_the_data(tmp_path, args):
+    """The check after the fit compares with the best standard grid (never 'dp'), and a VE
+    grid ends at t_min (sigma(0) > 0 there)."""
+    out = tmp_path / "g.json"
+    res = run("tune", "--model", "gmm8", "--nfe", "5", "--samples", "16", *args, "--out", str(out))
+    assert res.exit_code == 0, res.output
+    grid = sd.load_grid(out)
+    sde = sd.VESDE() if "ve" in args else sd.EDMSDE()
+    assert grid.times[-1] in (0.0, sde.t_min) and grid.record["standard"] in sd.SCHEDULES
+    assert grid.record["standard"] in grid.record["check"]
+    again = run(
+        "sample",
+        "--model",
+        "gmm8",
+        *args[-2:] * ("ve" in args),
+        "--grid",
+        str(out),
+        "-n",
+        "8",
+        "--out",
+        str(tmp_path / "s.npz"),
+    )
+    assert again.exit_code == 0, again.output
+
+
+def test_seeds_use_all_their_bits(tmp_path):
+    """2**32 is not seed 0 (torch's generators keep 32 bits; seeds are hashed down whole)."""
+    model, sde = sd.eight_gaussians().score_fn(sd.EDMSDE()), sd.EDMSDE()
+    samples = {
+        seed: sd.sample(model, sde, (4, 2), "euler_maruyama", 3, seed=seed).x
+        for seed in (0, 2**32, 2**62 + 7)
+    }
+    assert not torch.equal(samples[0], samples[2**32])
+    assert not torch.equal(samples[2**32], samples[2**62 + 7])
+    batched = {
+        seed: sd.sample(model, sde, (4, 2), "euler_maruyama", 3, seed=seed, batch_size=2).x
+        for seed in (0, 2**32)
+    }
+    assert not torch.equal(batched[0], batched[2**32])
+    outs = []
+    for seed in ("0", str(2**32)):
+        out = tmp_path / f"s{seed}.npz"
+        assert (
+            run("sample", "--model", "gmm8", "-n", "4", "--seed", seed, "--out", str(out)).exit_code
+            == 0
+        )
+        outs.append(np.load(out)["samples"])
+    assert not np.array_equal(*outs)
+
+
+def test_a_tuned_grid_file_is_read_safely_and_checked_before_sampling(tmp_path):
+    """FIFOs, devices and deep JSON are usage errors at once; a file's solver options are
+    kept unless a flag is given."""
+    os.mkfifo(tmp_path / "fifo")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    for path, says in [
+        (tmp_path / "fifo", "not a regular file"),
+        ("/dev/zero", "not a regular file"),
+        (deep, "nests too deeply"),
+    ]:
+        res = run(
+            "sample", "--model", "gmm8", "--grid", str(path), "--out", str(tmp_path / "s.png")
+        )
+        assert res.exit_code == 2 and says in res.output, res.output
+    sde = sd.EDMSDE()
+    grid = sd.TunedGrid(
+        sd.timesteps(sde, 4, to_zero=True).tolist(), "ddim", {"eta": 0.5}, 4, repr(sde)
+    )
+    grid.save(tmp_path / "g.json")
+    for flags, eta in [([], 0.5), (["--eta", "0.25"], 0.25)]:
+        out = tmp_path / "s.npz"
+        res = run(
+            "sample",
+            "--model",
+            "gmm8",
+            "--grid",
+            str(tmp_path / "g.json"),
+            "-n",
+            "4",
+            *flags,
+            "--out",
+            str(out),
+        )
+        assert res.exit_code == 0, res.output
+        assert json.loads(str(np.load(out)["settings"]))["solver_options"] == {"eta": eta}
+
+
+def test_one_class_takes_no_memory_per_sample():
+    from sdediff_cli.sample import class_labels
+
+    from sde_diffusion.evaluation.problems import load_problem
+
+    labels, _ = class_labels(load_problem("gmm8"), "gmm8", "3", 10**8)
+    assert labels.shape == (10**8,) and labels.untyped_storage().nbytes() <= 8
+    every, per = class_labels(load_problem("gmm8"), "gmm8", "all", 10**6)
+    assert every.dtype == torch.uint8 and per == 125_000
+
+
+def test_class_names_that_do_not_match_the_network_are_a_damaged_checkpoint(
+    tmp_path, conditional_checkpoint
+):
+    from sde_diffusion.training.checkpoint import save_checkpoint
+
+    tensors, config = load_checkpoint(conditional_checkpoint)
+    config["data"]["class_names"] = [str(k) for k in range(9)]  # the network has 8 classes
+    save_checkpoint(tmp_path / "c.safetensors", tensors, config)
+    res = run(
+        "sample",
+        "--model",
+        str(tmp_path / "c.safetensors"),
+        "--class",
+        "8",
+        "--out",
+        str(tmp_path / "s.png"),
+    )
+    assert res.exit_code == 1 and "names 9 classes but its network has 8" in res.output
+
+
+def test_resume_refuses_flags_that_change_the_model_and_runs_with_no_steps_left(tmp_path):
+    out = tmp_path / "m.safetensors"
+    assert (
+        run("train", "--data", "moons", "--steps", "3", "--width", "8", "--out", str(out)).exit_code
+        == 0
+    )
+    for flag, value in [
+        ("--parametrization", "x0"),
+        ("--width", "16"),
+        ("--data", "8gaussians"),
+        ("--network", "unet"),
+    ]:
+        res = run("train", "--resume", str(out), "--steps", "5", flag, value)
+        assert res.exit_code == 2 and f"Invalid value for {flag}" in res.output, res.output
+    res = run("train", "--resume", str(out), "--steps", "3")
+    assert res.exit_code == 2 and "at step 3 already" in res.output
+    assert run("train", "--resume", str(out), "--steps", "4", "--lr", "1e-4").exit_code == 0

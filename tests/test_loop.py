@@ -80,10 +80,14 @@ def test_pid_controller_accepts_below_one_and_clips_its_factor():
 
 
 def test_pid_controller_refuses_bad_settings():
-    with pytest.raises(sd.ArgumentError, match="rtol must be a finite number > 0"):
+    with pytest.raises(sd.ArgumentError, match=r"rtol must be a number in \(0, 1e\+06\]"):
         PIDController(rtol=-1.0, atol=1e-3)
+    with pytest.raises(sd.ArgumentError, match=r"atol must be a number in \(0, 1e\+06\]"):
+        PIDController(rtol=1e-3, atol=1e300)  # its error scale would overflow
     with pytest.raises(sd.ArgumentError, match="positive sum"):
         PIDController(rtol=1e-3, atol=1e-3, icoeff=0.0)
+    with pytest.raises(sd.ArgumentError, match=r"lie in \[-10, 10\]"):
+        PIDController(rtol=1e-3, atol=1e-3, pcoeff=1e300)
     with pytest.raises(sd.ArgumentError, match=r"rtol and atol must be >= 1\.2e-06"):
         PIDController(rtol=1e-8, atol=1e-8).check_dtype(torch.float32)
 

@@ -247,3 +247,25 @@ def test_steps_for_is_the_most_steps_within_the_budget(name, to_zero):
         cost = solver.expected_nfe(sd.timesteps(sde, steps, to_zero=to_zero).tolist())
         more = solver.expected_nfe(sd.timesteps(sde, steps + 1, to_zero=to_zero).tolist())
         assert cost <= nfe < more, (nfe, steps, cost, more)
+
+
+def test_pc_refuses_a_predictor_that_runs_legs_of_its_own():
+    with pytest.raises(sd.ArgumentError, match="fixed-step reverse-SDE solver, got 'restart'"):
+        sd.get_solver("pc", predictor="restart")
+
+
+@pytest.mark.parametrize("name", ["deis", "ipndm"])
+def test_afs_on_a_one_step_grid_still_asks_the_model(name):
+    """The analytical first step replaces the first evaluation only when more follow; one
+    step alone would return scaled prior noise."""
+    sde = sd.EDMSDE()
+    calls = []
+
+    def score(x, t):
+        calls.append(1)
+        return sd.eight_gaussians().score(sde, x, t)
+
+    res = sd.sample(score, sde, (4, 2), name, 1, afs=True, seed=0)
+    assert len(calls) == res.nfe == 1
+    plain = sd.sample(score, sde, (4, 2), name, 1, seed=0)
+    assert torch.equal(res.x, plain.x)

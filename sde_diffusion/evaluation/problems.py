@@ -132,7 +132,7 @@ def _trained(name: str, path: Path | None, device, dtype) -> Problem:
     model = model.to(dtype)
     data = config.get("data", {})
     scale, shift = float(data.get("scale", 1.0)), float(data.get("shift", 0.0))
-    return Problem(
+    problem = Problem(
         name,
         model,
         model.sde,
@@ -141,6 +141,8 @@ def _trained(name: str, path: Path | None, device, dtype) -> Problem:
         to_data_units=lambda x: x * scale + shift,
         config=config,
     )
+    _ = problem.class_names  # checked as it loads: names that do not match are a damaged file
+    return problem
 
 
 def load_problem(
