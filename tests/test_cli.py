@@ -390,7 +390,8 @@ def test_python_dash_m_runs():
     assert sd.__version__ in out.stdout
 
 
-def _interrupt_after(args, marker, cwd, delay=1.0):
+def _interrupt_after(args, marker, cwd):
+    """SIGINT as soon as ``marker`` is printed: the state the test needs, not a delay."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "sde_diffusion", *args],
         cwd=cwd,
@@ -401,7 +402,6 @@ def _interrupt_after(args, marker, cwd, delay=1.0):
     for line in proc.stdout:
         if marker in line:
             break
-    time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     try:
         _, err = proc.communicate(timeout=120)

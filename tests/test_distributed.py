@@ -108,12 +108,11 @@ def test_batched_sampling_keys_noise_and_condition_by_global_index():
 def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
     """What SLURM and torchrun send: stop after the step in hand, save, exit 143."""
     args = ["train", "--data", "moons", "--steps", "100000", "--batch-size", "32"]
-    proc = start(*args, "--out", "m.safetensors", cwd=tmp_path)
+    proc = start(*args, "--checkpoint-every", "5", "--out", "m.safetensors", cwd=tmp_path)
     try:
-        for line in proc.stdout:
-            if "training a" in line:
-                break
-        time.sleep(1.5)
+        while not (tmp_path / "m.safetensors").exists():  # the state: 5 steps are done
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
