@@ -1,6 +1,9 @@
 """Shared problems for the solver tests: exact scores, reference solutions, slopes."""
 
 import math
+import subprocess
+import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -62,3 +65,11 @@ def moment_bounds(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, k: flo
     z_mean = ((m - mean).abs() / se_mean).max()
     z_cov = ((products.mean(0) - cov).abs() / se_cov).max()
     return float(z_mean), float(z_cov)
+
+
+def wait_until(proc: subprocess.Popen, ready: Callable[[], bool]) -> None:
+    """Poll until ``ready()`` (a file exists, has grown): a test waits for the state it
+    needs, never for a fixed delay.  Fails if ``proc`` ends first."""
+    while not ready():
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)

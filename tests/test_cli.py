@@ -7,12 +7,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import wait_until
 from sdediff_cli.main import main
 
 import sde_diffusion as sd
@@ -442,9 +442,7 @@ def test_ctrl_c_during_train_saves_a_checkpoint(tmp_path):
         text=True,
     )
     try:
-        while not (tmp_path / "m.safetensors").exists():  # the state: 5 steps are done
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.02)
+        wait_until(proc, (tmp_path / "m.safetensors").exists)  # the state: 5 steps are done
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:

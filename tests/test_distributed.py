@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import wait_until
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -110,9 +111,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
     args = ["train", "--data", "moons", "--steps", "100000", "--batch-size", "32"]
     proc = start(*args, "--checkpoint-every", "5", "--out", "m.safetensors", cwd=tmp_path)
     try:
-        while not (tmp_path / "m.safetensors").exists():  # the state: 5 steps are done
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.02)
+        wait_until(proc, (tmp_path / "m.safetensors").exists)  # the state: 5 steps are done
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:

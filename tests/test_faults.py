@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import wait_until
 
 from sde_diffusion.atomic import atomic_path, stale_temporaries
 from sde_diffusion.training.checkpoint import load_checkpoint, save_checkpoint
@@ -140,9 +141,9 @@ def test_sigterm_while_streaming_samples_leaves_nothing_behind(tmp_path):
     )  # fmt: skip
     try:
         wait_for(proc, "sampling")
-        while not any(p.stat().st_size > 1_000_000 for p in tmp_path.glob(".s.npz.*.tmp")):
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.02)  # waiting for a state: the temporary file has grown
+        wait_until(  # the state: the temporary file has grown
+            proc, lambda: any(p.stat().st_size > 1_000_000 for p in tmp_path.glob(".s.npz.*.tmp"))
+        )
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
