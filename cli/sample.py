@@ -18,6 +18,7 @@ import sde_diffusion as sd
 from sde_diffusion.atomic import atomic_path
 from sde_diffusion.distributed import local_batches, rank_and_world
 from sde_diffusion.evaluation.problems import load_problem
+from sde_diffusion.guidance import MAX_SCALE
 from sde_diffusion.npz import NpzWriter
 from sde_diffusion.plotting import save_samples
 from sde_diffusion.sampling import DEFAULT_STEPS, default_steps
@@ -171,11 +172,11 @@ def sample_with_progress(
     "class_",
     default=None,
     help="Class to draw (a name or number of a class-conditional model), or 'all' for a "
-    "grid with one row per class.",
+    "grid with one row per class; an .npz then holds each sample's class as 'labels'.",
 )
 @click.option(
     "--guidance",
-    type=click.FloatRange(min=0, max=1e6),
+    type=click.FloatRange(min=0, max=MAX_SCALE),
     callback=not_nan,
     default=1.0,
     show_default=True,
