@@ -11,6 +11,10 @@ law ``p_t(x | S)`` is exact too (``cond`` = component indices or a mask).
 With ``S_k = U_k diag(l_k) U_k^T`` (eigendecomposition, once),
 ``C_k(t) = U_k diag(alpha^2 l_k + sigma^2) U_k^T``: a different time per sample
 costs ``O(B K d^2)``, no per-time factorisation.  Responsibilities use log-sum-exp.
+
+Observed through a linear measurement ``y = A x + σ_y n``, a mixture's posterior is a
+mixture again, one per measurement (:func:`posterior`, ``GaussianMixture.posterior``):
+its score is exact under every linear SDE, the ground truth of posterior samplers.
 """
 
 from __future__ import annotations
@@ -22,10 +26,20 @@ import torch
 from torch import Tensor
 
 from .errors import ArgumentError
+from .measurements import Matrix, Measurement, check_sigma_y
 from .parametrization import convert
 from .sdes import SDE, Time, as_time
 
-__all__ = ["GaussianMixture", "MixtureScore", "eight_gaussians", "high_dim_mixture"]
+__all__ = [
+    "GaussianMixture",
+    "MixtureScore",
+    "PosteriorMixture",
+    "PosteriorScore",
+    "eight_gaussians",
+    "high_dim_mixture",
+    "mixture_log_prob_and_score",
+    "posterior",
+]
 
 
 class GaussianMixture:
@@ -165,6 +179,13 @@ class GaussianMixture:
         """``E[x_0 | x_t = x]`` (Tweedie), exact."""
         return convert(self.score(sde, x, t, cond), x, t, sde, "score", "x0")
 
+    def posterior(
+        self, a: Measurement | Tensor, y: Tensor, sigma_y: float = 0.0
+    ) -> PosteriorMixture:
+        """The exact posterior given measurements ``y = A x + σ_y n``, one per row (see
+        :func:`posterior`)."""
+        return posterior(self, a, y, sigma_y)
+
     def score_fn(self, sde: SDE) -> MixtureScore:
         """The exact score of ``p_t`` under ``sde`` as a model, usable by every solver.
 
@@ -209,28 +230,50 @@ class GaussianMixture:
     ) -> tuple[Tensor, Tensor | None]:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ArgumentError(f"expected x of shape (B, {self.dim}), got {tuple(x.shape)}")
-        alpha, sigma = self._per_sample(alpha, x), self._per_sample(sigma, x)
-        means = self.means.to(x)
-        eigvals, eigvecs = self.eigvals.to(x), self.eigvecs.to(x)
-        # variances of each component along its eigenbasis: (B, K, d)
-        var = alpha[:, None, None] ** 2 * eigvals + sigma[:, None, None] ** 2
-        diff = x[:, None, :] - alpha[:, None, None] * means  # (B, K, d)
-        # U_k^T (x - alpha mu_k), as K matrix products of (B, d) by (d, d), not B*K vector ones
-        proj = torch.einsum("bkd,kde->bke", diff, eigvecs)
-        log_comp = -0.5 * (
-            (proj**2 / var).sum(-1) + torch.log(var).sum(-1) + self.dim * math.log(2 * math.pi)
-        )
         log_weights = self._log_weights(x, cond)
-        log_joint = log_comp + log_weights
-        log_prob = torch.logsumexp(log_joint, dim=-1)
+        log_prob, score = mixture_log_prob_and_score(
+            x, alpha, sigma, self.means, self.eigvals, self.eigvecs, log_weights, need_score
+        )
         if cond is not None:  # normalise: log p_t(x | cond)
             log_prob = log_prob - torch.logsumexp(log_weights, dim=-1)
-        if not need_score:
-            return log_prob, None
-        resp = torch.softmax(log_joint, dim=-1)  # (B, K)
-        per_component = torch.einsum("bke,kde->bkd", proj / var, eigvecs)  # C_k^-1 (x - a mu_k)
-        score = -(resp.unsqueeze(-1) * per_component).sum(1)
         return log_prob, score
+
+
+def mixture_log_prob_and_score(
+    x: Tensor,
+    alpha: Time,
+    sigma: Time,
+    means: Tensor,
+    eigvals: Tensor,
+    eigvecs: Tensor,
+    log_weights: Tensor,
+    need_score: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """``log p_t(x)`` and its score for ``p_t = Σ_k w_k N(α μ_k, α² C_k + σ² I)``.
+
+    ``C_k = V_k diag(λ_k) V_kᵀ`` (``eigvals`` ``(K, d)``, ``eigvecs`` ``(K, d, d)``);
+    ``means`` are ``(K, d)`` or, per sample, ``(B, K, d)``; ``log_weights`` ``(K,)`` or
+    ``(B, K)`` (unnormalised: the log-density is of the weights' total mass).
+    """
+    alpha = as_time(alpha).to(device=x.device, dtype=x.dtype).expand(x.shape[0])
+    sigma = as_time(sigma).to(device=x.device, dtype=x.dtype).expand(x.shape[0])
+    means, eigvals, eigvecs = means.to(x), eigvals.to(x), eigvecs.to(x)
+    # variances of each component along its eigenbasis: (B, K, d)
+    var = alpha[:, None, None] ** 2 * eigvals + sigma[:, None, None] ** 2
+    diff = x[:, None, :] - alpha[:, None, None] * means  # (B, K, d)
+    # V_k^T (x - alpha mu_k), as K matrix products of (B, d) by (d, d), not B*K vector ones
+    proj = torch.einsum("bkd,kde->bke", diff, eigvecs)
+    dim = x.shape[1]
+    log_comp = -0.5 * (
+        (proj**2 / var).sum(-1) + torch.log(var).sum(-1) + dim * math.log(2 * math.pi)
+    )
+    log_joint = log_comp + log_weights.to(x)
+    log_prob = torch.logsumexp(log_joint, dim=-1)
+    if not need_score:
+        return log_prob, None
+    resp = torch.softmax(log_joint, dim=-1)  # (B, K)
+    per_component = torch.einsum("bke,kde->bkd", proj / var, eigvecs)  # C_k^-1 (x - a mu_k)
+    return log_prob, -(resp.unsqueeze(-1) * per_component).sum(1)
 
 
 class MixtureScore:
@@ -267,3 +310,139 @@ def high_dim_mixture(dim: int = 64, num_components: int = 10, seed: int = 0) -> 
     covs = 0.5 * a @ a.mT / dim + 0.05 * torch.eye(dim, dtype=torch.float64)
     weights = torch.rand(num_components, generator=g, dtype=torch.float64) + 0.5
     return GaussianMixture(means, covs, weights)
+
+
+# -- the exact posterior under a linear measurement ------------------------------------
+
+
+class PosteriorMixture:
+    """Row ``b`` is the posterior given ``y[b]``: weights ``(B, K)``, means ``(B, K, d)``,
+    covariances ``(K, d, d)`` shared by all rows (float64)."""
+
+    def __init__(self, weights: Tensor, means: Tensor, covs: Tensor):
+        self.weights, self.means, self.covs = weights, means, covs
+        eigvals, self.eigvecs = torch.linalg.eigh(covs)
+        self.eigvals = eigvals.clamp_min(0.0)  # observed directions: 0 up to round-off
+
+    @property
+    def batch(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[2]
+
+    def __repr__(self) -> str:
+        return f"PosteriorMixture(B={self.batch}, K={self.covs.shape[0]}, d={self.dim})"
+
+    def mean(self) -> Tensor:
+        """``E[x | y_b]``, shape ``(B, d)``."""
+        return torch.einsum("bk,bkd->bd", self.weights, self.means)
+
+    def covariance(self) -> Tensor:
+        """``Cov[x | y_b]``, shape ``(B, d, d)`` (law of total covariance)."""
+        m = self.mean()
+        outer = self.means[..., :, None] * self.means[..., None, :]
+        second = torch.einsum("bk,bkij->bij", self.weights, self.covs + outer)
+        return second - m[:, :, None] * m[:, None, :]
+
+    def sample(
+        self,
+        per_row: int = 1,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
+        """``per_row`` exact draws for each row, shape ``(B, per_row, d)``."""
+        comp = torch.multinomial(self.weights, per_row, replacement=True, generator=generator)
+        z = torch.randn(self.batch, per_row, self.dim, generator=generator, dtype=torch.float64)
+        root = self.eigvecs * self.eigvals.sqrt()[:, None, :]  # P_k = root rootᵀ
+        every = torch.einsum("kij,bnj->bnki", root, z)  # (B, n, K, d): K is small
+        pick = comp[..., None, None].expand(-1, -1, 1, self.dim)
+        rows = torch.arange(self.batch)[:, None]
+        x = self.means[rows, comp] + every.gather(2, pick).squeeze(2)
+        return x.to(dtype)
+
+    def marginal_log_prob(self, sde: SDE, x: Tensor, t: Time) -> Tensor:
+        """``log p_t(x_b | y_b)`` for each row ``b``."""
+        return self._at(sde, x, t, need_score=False)[0]
+
+    def score(self, sde: SDE, x: Tensor, t: Time) -> Tensor:
+        """``∇ log p_t(x_b | y_b)`` for each row, exact."""
+        return self._at(sde, x, t, need_score=True)[1]
+
+    def score_fn(self, sde: SDE) -> PosteriorScore:
+        """The exact posterior score under ``sde`` as a model (row ``b`` given ``y_b``)."""
+        return PosteriorScore(self, sde)
+
+    def _at(self, sde: SDE, x: Tensor, t: Time, need_score: bool):
+        if x.ndim != 2 or tuple(x.shape) != (self.batch, self.dim):
+            raise ArgumentError(
+                f"the posterior of {self.batch} measurements scores x of shape "
+                f"({self.batch}, {self.dim}), one row per measurement; got {tuple(x.shape)}"
+            )
+        return mixture_log_prob_and_score(
+            x, sde.alpha(t), sde.sigma(t), self.means, self.eigvals, self.eigvecs,
+            torch.log(self.weights), need_score,
+        )  # fmt: skip
+
+
+class PosteriorScore:
+    """The exact score of a :class:`PosteriorMixture` under ``sde``: a ``score`` model."""
+
+    prediction = "score"
+
+    def __init__(self, posterior: PosteriorMixture, sde: SDE):
+        self.posterior, self.sde = posterior, sde
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        if cond is not None:
+            raise ArgumentError("the posterior score is already conditioned on y; pass no cond")
+        return self.posterior.score(self.sde, x, t)
+
+    def __repr__(self) -> str:
+        return f"PosteriorScore({self.posterior!r}, {self.sde!r})"
+
+
+def posterior(
+    prior: GaussianMixture, a: Measurement | Tensor, y: Tensor, sigma_y: float = 0.0
+) -> PosteriorMixture:
+    """The posterior of ``prior`` given the rows of ``y = A x + σ_y n``.
+
+    With the prior ``Σ_k w_k N(μ_k, C_k)``, Bayes' rule gives a mixture per ``y_b``:
+    ``S_k = A C_k Aᵀ + σ_y² I``, ``G_k = C_k Aᵀ S_k⁻¹``, ``m_bk = μ_k + G_k (y_b − A μ_k)``,
+    ``P_k = C_k − G_k A C_k``, ``w_bk ∝ w_k N(y_b; A μ_k, S_k)``; the covariances do not
+    depend on ``y``.
+    ``a`` is a :class:`~sde_diffusion.measurements.Measurement` or a dense ``(m, d)``
+    matrix.  With ``σ_y = 0`` the measurement must determine ``A x`` consistently with the
+    prior (``A C_k Aᵀ`` invertible)."""
+    op = a if isinstance(a, Measurement) else Matrix(a)
+    sigma_y = check_sigma_y(sigma_y)
+    if op.dim != prior.dim:
+        raise ArgumentError(
+            f"the operator acts on {op.dim} numbers but the mixture has {prior.dim} dimensions"
+        )
+    mat = op.matrix(torch.float64)  # (m, d)
+    y = torch.as_tensor(y, dtype=torch.float64).cpu()
+    if y.ndim != 2 or y.shape[1] != mat.shape[0] or not bool(torch.isfinite(y).all()):
+        raise ArgumentError(
+            f"y must be finite measurements of shape (B, {mat.shape[0]}), got {tuple(y.shape)}"
+        )
+    covs, mus = prior.covs, prior.means  # (K, d, d), (K, d)
+    s = mat @ covs @ mat.T + sigma_y**2 * torch.eye(mat.shape[0], dtype=torch.float64)
+    chol, info = torch.linalg.cholesky_ex(s)
+    if bool((info > 0).any()):
+        raise ArgumentError(
+            "A C_k Aᵀ + σ_y² I is singular: with sigma_y = 0 the operator's rows must be "
+            "independent; give sigma_y > 0"
+        )
+    gain = torch.cholesky_solve(mat @ covs, chol).mT  # C_k Aᵀ S_k⁻¹, (K, d, m)
+    resid = y[:, None, :] - mus @ mat.T  # (B, K, m)
+    means = mus + torch.einsum("kdm,bkm->bkd", gain, resid)
+    post_covs = covs - gain @ mat @ covs
+    post_covs = 0.5 * (post_covs + post_covs.mT)
+    white = torch.linalg.solve_triangular(chol, resid.permute(1, 2, 0), upper=False)  # (K,m,B)
+    log_det = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (K,)
+    log_lik = -0.5 * (white.pow(2).sum(1).T + log_det + mat.shape[0] * math.log(2 * math.pi))
+    weights = torch.softmax(torch.log(prior.weights) + log_lik, dim=1)
+    return PosteriorMixture(weights, means, post_covs)
