@@ -143,11 +143,13 @@ def test_the_timesteps_and_sigmas_a_pipeline_passes_are_the_grid():
 
 
 def test_per_sample_generators_give_each_image_its_own_seed():
-    """Pipelines pass one generator per image: an image does not depend on its batch."""
-    unet = tiny_unet(diffusers)
+    """Pipelines pass one generator per image: an image does not depend on its batch.
+    (In float64: in float32 the UNet's batched convolutions round differently with the
+    batch size and the thread count, by up to 3e-5 here, which is not what is tested.)"""
+    unet = tiny_unet(diffusers).double()
     config = diffusers.DDPMScheduler().config
     scheduler = DiffusersScheduler.from_config(config, solver="euler_ancestral")
-    x = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(5))
+    x = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     scheduler.set_timesteps(5)
     seeds = [11, 12, 13]
     batch = _pipeline_loop(
@@ -158,7 +160,7 @@ def test_per_sample_generators_give_each_image_its_own_seed():
         alone = _pipeline_loop(
             scheduler, unet, x[i : i + 1], generator=[torch.Generator().manual_seed(seed)]
         )
-        torch.testing.assert_close(batch[i : i + 1], alone, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(batch[i : i + 1], alone, rtol=1e-10, atol=1e-10)
     scheduler.set_timesteps(5)
     with pytest.raises(sd.ArgumentError, match="got 2 generators for a batch of 3"):
         _pipeline_loop(scheduler, unet, x, generator=[torch.Generator()] * 2)
