@@ -136,9 +136,11 @@ def test_guidance_errors():
         sd.sample(guided, sde, (4, 2), "euler", steps=2)
     with pytest.raises(ValueError, match="needs the sde"):
         sd.ClassifierFreeGuidance(gmm.score_fn(sde), 2.0, null=2, interval=(0.1, 1.0))
-    for bad in (float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="must be a finite number"):
+    for bad in (float("nan"), float("inf"), 1e300, -2000.0):  # 1e300 overflowed float32
+        with pytest.raises(ValueError, match=r"must be a number in \[-1000, 1000\]"):
             sd.ClassifierFreeGuidance(gmm.score_fn(sde), bad, null=2)
+    with pytest.raises(ValueError, match="must be a number, got '2'"):
+        sd.ClassifierFreeGuidance(gmm.score_fn(sde), "2", null=2)
     with pytest.raises(ValueError, match="0 <= lo < hi"):
         sd.ClassifierFreeGuidance(gmm.score_fn(sde), 2.0, null=2, interval=(1.0, 0.1), sde=sde)
 

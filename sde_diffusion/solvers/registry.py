@@ -145,7 +145,14 @@ def get_solver(name: str, **options: Any) -> Solver:
         raise SolverOptionError(
             f"solver {cls.info.name!r}: option(s) {', '.join(not_numbers)} must be numbers, got NaN"
         )
-    return cls(**options)
+    solver = cls(**options)  # its own range checks first: they name the valid range
+    huge = sorted(k for k, v in options.items() if _beyond_any_range(cls, k, v))
+    if huge:
+        raise SolverOptionError(
+            f"solver {cls.info.name!r}: option(s) {', '.join(huge)} must be numbers of size at "
+            f"most {MAX_OPTION:g}"
+        )
+    return solver
 
 
 MAX_OPTION = 1e6  # no solver's number means anything beyond this; float32 overflows near it
@@ -154,16 +161,27 @@ MAX_OPTION = 1e6  # no solver's number means anything beyond this; float32 overf
 def _misfit(cls: type[Solver], name: str, value: Any) -> str | None:
     """What kind of value option ``name`` takes, when ``value`` is not one (read off its
     default: a flag, an integer or a number; other options check themselves)."""
-    default = inspect.signature(cls.__init__).parameters[name].default
+    default = _default(cls, name)
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "true or false"
     if isinstance(default, int):
         return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
     if isinstance(default, float):
         ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        ok = ok and (abs(value) <= MAX_OPTION or value == default)  # EDM's s_tmax: inf
-        return None if ok else f"a number of size at most {MAX_OPTION:g}"
+        return None if ok else "a number"
     return None
+
+
+def _beyond_any_range(cls: type[Solver], name: str, value: Any) -> bool:
+    """A number option past ``MAX_OPTION`` (inf included) unless it is the default (EDM's
+    ``s_tmax`` may be inf): what a solver without its own bound would overflow on."""
+    default = _default(cls, name)
+    is_number = isinstance(default, float) and not isinstance(value, bool)
+    return is_number and value != default and not abs(value) <= MAX_OPTION
+
+
+def _default(cls: type[Solver], name: str) -> Any:
+    return inspect.signature(cls.__init__).parameters[name].default
 
 
 def solver_options(cls: type[Solver]) -> list[str]:
