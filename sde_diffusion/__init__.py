@@ -9,6 +9,7 @@ res = sd.sample(gmm.score_fn(sde), sde, shape=(1024, 2), solver="heun", steps=32
 from . import adapters
 from .analytic import GaussianMixture, MixtureScore, eight_gaussians, high_dim_mixture
 from .controllers import PIDController
+from .editing import sdedit
 from .errors import ArgumentError, NonFiniteError
 from .evaluation.elbo import ELBOResult, elbo, elbo_terms
 from .evaluation.likelihood import (
@@ -99,6 +100,7 @@ __all__ = [
     "register_solver",
     "sample",
     "sample_batched",
+    "sdedit",
     "solve",
     "solver_names",
     "timesteps",

@@ -121,7 +121,11 @@ def test_a_nan_option_is_refused_by_every_solver(name, option):
 
 @pytest.mark.parametrize(
     "name, option, value",
-    [("dpmpp_sde", "s_noise", 1e300), ("heun_sde", "churn", float("inf")), ("heun_sde", "s_tmax", 1e7)],
+    [
+        ("dpmpp_sde", "s_noise", 1e300),
+        ("heun_sde", "churn", float("inf")),
+        ("heun_sde", "s_tmax", 1e7),
+    ],
 )
 def test_numbers_no_solver_bounds_itself_are_bounded_by_the_registry(name, option, value):
     """A number past 1e6 (inf included) overflows float32 state in a solver that has no
