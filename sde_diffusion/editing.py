@@ -25,6 +25,7 @@ from .reverse import ScoreFn
 from .sampling import DEFAULT_STEPS, SampleResult, solve
 from .sdes import SDE
 from .solvers.base import Solver
+from .solvers.registry import get_solver
 from .timesteps import timesteps
 
 __all__ = ["sdedit"]
@@ -53,13 +54,14 @@ def sdedit(
     if not isinstance(x, Tensor) or x.ndim < 2:
         raise ArgumentError("x must be a batch of inputs, a tensor of shape (B, *event)")
     checked_dtype(x.dtype)
+    solver = get_solver(solver, **options) if isinstance(solver, str) else solver  # at once
     grid = timesteps(sde, steps, schedule, to_zero=to_zero)
     first = len(grid) - 1 - round(strength * (len(grid) - 1))
     generator = seeded_generator(seed, x.device)
     z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     if first >= len(grid) - 1:  # strength 0 (or too small for one step): nothing to do
         return SampleResult(
-            x=x.clone(), nfe=0, network_passes=0, solver=str(solver), ts=grid[-1:],
+            x=x.clone(), nfe=0, network_passes=0, solver=solver.name, ts=grid[-1:],
             wall_time=0.0, options={}, batches=1,
         )  # fmt: skip
     t_s = float(grid[first])

@@ -67,3 +67,7 @@ def test_bad_inputs_are_clean_errors():
         sdedit(model, sde, torch.full((2, 2), math.nan), 0.5)
     with pytest.raises(sd.ArgumentError, match="floating-point"):
         sdedit(model, sde, torch.zeros(2, 2, dtype=torch.long), 0.5)
+    with pytest.raises(sd.ArgumentError, match="unknown solver"):
+        sdedit(model, sde, torch.zeros(2, 2), 0.0, "nope")  # even when no step is taken
+    with pytest.raises(sd.ArgumentError, match="eta must"):
+        sdedit(model, sde, torch.zeros(2, 2), 0.5, "ddim", eta=5.0)
