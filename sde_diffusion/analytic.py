@@ -277,7 +277,9 @@ def mixture_log_prob_and_score(
 
 
 class MixtureScore:
-    """The exact score of a mixture's marginals under ``sde``: a model predicting ``score``."""
+    """The exact score of a mixture's marginals under ``sde``: a model predicting ``score``
+    of samples ``(B, d)``, or of any shape ``(B, *event)`` holding ``d`` numbers (an image
+    view of the vector, for measurements on images)."""
 
     prediction = "score"
 
@@ -285,7 +287,7 @@ class MixtureScore:
         self.mixture, self.sde = mixture, sde
 
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        return self.mixture.score(self.sde, x, t, cond)
+        return self.mixture.score(self.sde, x.flatten(1), t, cond).view_as(x)
 
     def __repr__(self) -> str:
         return f"MixtureScore({self.mixture!r}, {self.sde!r})"
@@ -388,7 +390,8 @@ class PosteriorMixture:
 
 
 class PosteriorScore:
-    """The exact score of a :class:`PosteriorMixture` under ``sde``: a ``score`` model."""
+    """The exact score of a :class:`PosteriorMixture` under ``sde``: a ``score`` model (of
+    ``(B, d)`` or ``(B, *event)`` samples, as :class:`MixtureScore`)."""
 
     prediction = "score"
 
@@ -398,7 +401,7 @@ class PosteriorScore:
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         if cond is not None:
             raise ArgumentError("the posterior score is already conditioned on y; pass no cond")
-        return self.posterior.score(self.sde, x, t)
+        return self.posterior.score(self.sde, x.flatten(1), t).view_as(x)
 
     def __repr__(self) -> str:
         return f"PosteriorScore({self.posterior!r}, {self.sde!r})"

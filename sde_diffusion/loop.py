@@ -7,12 +7,14 @@ attempt evaluates only the rows still short of the next grid time, and the contr
 accepts or rejects each row's step.  The row selection is the one host read per attempt;
 a sample whose error is not finite or whose step vanishes drops out and the loop stops
 with a sentence at the end of the grid interval.  ``observe(i, t0, t1, x)`` sees the
-state at every grid time.  A grid ending at ``t = 0`` is solved adaptively to its last
+state at every grid time; ``after_step(t0, t1, x)``, when given, replaces the state after
+each fixed-grid step (a measurement's replacement or correction: inverse problems).  A grid ending at ``t = 0`` is solved adaptively to its last
 positive time and finished with the Tweedie step (1 NFE).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import pairwise
 
 import torch
@@ -23,7 +25,9 @@ from .noise import NoiseSource
 from .reverse import ReverseProcess
 from .solvers.base import AdaptiveSolver, Leg, Observer, Solver
 
-__all__ = ["integrate"]
+__all__ = ["StepHook", "integrate"]
+
+StepHook = Callable[[float, float, Tensor], Tensor]  # (t0, t1, x after the step) -> new x
 
 
 def integrate(
@@ -33,26 +37,40 @@ def integrate(
     x: Tensor,
     noise: NoiseSource,
     observe: Observer,
+    after_step: StepHook | None = None,
 ) -> Tensor:
     """Integrate ``x`` from ``grid[0]`` through ``grid``; returns the end state."""
     if solver.adaptive:
+        if after_step is not None:
+            raise ArgumentError(
+                f"{solver.name!r} chooses its own steps; a method that corrects the state "
+                "after each step needs a fixed-grid solver"
+            )
         return _AdaptiveRun(solver, process, grid, x).run(observe)
     end = grid[0]
     for leg in solver.legs(process, grid):
         if leg.renoise:
             y = torch.add(x / process.at(end).alpha, noise.fresh(x), alpha=leg.renoise)
             x = y * process.at(leg.times[0]).alpha
-        x = _steps(solver, process, leg, x, noise, observe)
+        x = _steps(solver, process, leg, x, noise, observe, after_step)
         end = leg.times[-1]
     return x
 
 
 def _steps(
-    solver: Solver, process: ReverseProcess, leg: Leg, x: Tensor, noise: NoiseSource, observe
+    solver: Solver,
+    process: ReverseProcess,
+    leg: Leg,
+    x: Tensor,
+    noise: NoiseSource,
+    observe: Observer,
+    after_step: StepHook | None = None,
 ) -> Tensor:
     state = solver.init(process, leg.times, x, noise)
     for i, (t0, t1) in enumerate(pairwise(leg.times)):
         x, state = solver.step(process, t0, t1, x, state, noise)
+        if after_step is not None:
+            x = after_step(t0, t1, x)
         if leg.first_index is not None:
             observe(leg.first_index + i, t0, t1, x)
     return x

@@ -136,6 +136,7 @@ def solve(
     callback: Callable[[StepInfo], None] | None = None,
     denoise: bool = False,
     return_trajectory: bool = False,
+    after_step: StepHook | None = None,
     **options: Any,
 ) -> SampleResult:
     """Integrate from ``x_T`` at ``ts[0]`` to ``ts[-1]``; returns a :class:`SampleResult`.
@@ -145,7 +146,9 @@ def solve(
     per sample) reaches it unchanged.  ``solver`` is a registry name (``options``
     go to it) or a ``Solver``.  Noise comes from ``noise`` or else from
     ``generator``.  ``denoise`` appends one Tweedie step ``x <- x̂_0(x, ts[-1])``.
-    The state keeps ``x_T``'s dtype whatever the model computes in.
+    The state keeps ``x_T``'s dtype whatever the model computes in.  ``after_step(t0, t1,
+    x)`` replaces the state after each step of a fixed-grid solver (see
+    :func:`~sde_diffusion.loop.integrate`).
     """
     solver = _resolve(solver, options)
     if not isinstance(x_T, Tensor) or x_T.ndim < 1 or not x_T.is_floating_point():
@@ -159,7 +162,7 @@ def solve(
     process = ReverseProcess(model, sde, x_T, cond=cond, grid=grid)
     noise = noise if noise is not None else GeneratorNoise(generator)
     recorder = _Recorder(process, callback, return_trajectory, x_T, grid[0])
-    x = integrate(solver, process, grid, x_T, noise, recorder)
+    x = integrate(solver, process, grid, x_T, noise, recorder, after_step)
     _raise_if_not_finite(x, solver, grid, recorder.sums)
     if denoise:
         x = process.denoise(x, grid[-1])
