@@ -22,7 +22,7 @@ from torch import Tensor
 from .devices import checked_device, checked_dtype
 from .distributed import map_batches, stream_batches, sum_over_ranks
 from .errors import ArgumentError, NonFiniteError
-from .loop import integrate
+from .loop import StepHook, integrate
 from .models import Cond, slice_cond
 from .noise import GeneratorNoise, NoiseSource, PerSampleNoise, seeded_generator
 from .reverse import ReverseProcess, ScoreFn

@@ -1,5 +1,7 @@
 """Restoration methods: their update rules checked against exact posteriors and each other."""
 
+from itertools import pairwise
+
 import pytest
 import torch
 
@@ -71,11 +73,11 @@ def test_every_method_lands_mostly_in_the_posterior_mode():
     assert post.weights[0, 1] < 1e-10
     right = torch.distributions.MultivariateNormal(prior.means[0], prior.covs[0])
     wrong = torch.distributions.MultivariateNormal(prior.means[1], prior.covs[1])
-    miss = lambda x: (
-        (wrong.log_prob(x.flatten(1).double()) > right.log_prob(x.flatten(1).double()))
-        .double()
-        .mean()
-    )  # noqa: E731,E501
+
+    def miss(x):
+        x = x.flatten(1).double()
+        return (wrong.log_prob(x) > right.log_prob(x)).double().mean()
+
     target = post.mean()[0]
     far = lambda x: (x.flatten(1).double().mean(0) - target).norm()  # noqa: E731
     prior_far = far(prior.sample(n, generator=torch.Generator().manual_seed(8)))
@@ -104,7 +106,7 @@ def test_repaint_without_resampling_is_replacement_and_its_walk_jumps_back():
     assert repaint_walk(6, 2, 1) == list(range(7))
     walk = repaint_walk(6, 2, 2)
     assert walk[0] == 0 and walk[-1] == 6 and walk.count(6) == 2  # the end is jumped from too
-    ups = sum(b < a for a, b in zip(walk, walk[1:], strict=False))
+    ups = sum(b < a for a, b in pairwise(walk))
     assert ups == 2 * 2  # jumps at 0 and 2 steps from the end, 2 steps up each
     assert RePaint(jump=2, resample=2).down_steps(6) == 6 + 4
     prior, op = correlated_mixture(), Inpaint(half_mask(EVENT))

@@ -12,7 +12,7 @@ number of steps (the paper uses 1000).  DPS needs no SVD and works with any oper
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -60,7 +60,7 @@ class DPS(Method):
     name = "dps"
     reference = "Chung et al. 2023, Algorithm 1"
     default_solver = "ddim"
-    default_solver_options = {"eta": 1.0}
+    default_solver_options: ClassVar[dict[str, Any]] = {"eta": 1.0}
 
     def __init__(self, scale: float = 1.0):
         self.scale = number("scale", scale, 0.0, 1e4)

@@ -15,7 +15,7 @@ true posterior (tested).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -69,7 +69,7 @@ class PiGDM(Method):
     reference = "Song, Vahdat, Mardani & Kautz 2023, eq. 7-8"
     needs_svd = True
     default_solver = "ddim"
-    default_solver_options = {"eta": 1.0}
+    default_solver_options: ClassVar[dict[str, Any]] = {"eta": 1.0}
 
     def __init__(self, scale: float = 1.0, data_std: float = 1.0):
         self.scale = number("scale", scale, 0.0, 1e4)

@@ -12,6 +12,7 @@ network passes grow to about ``resample`` times the grid's steps.
 from __future__ import annotations
 
 from itertools import pairwise
+from typing import Any, ClassVar
 
 from ..loop import integrate
 from ..noise import GeneratorNoise
@@ -44,7 +45,7 @@ class RePaint(Method):
     reference = "Lugmayr et al. 2022, Algorithm 1"
     needs_svd = True
     default_solver = "ddim"
-    default_solver_options = {"eta": 1.0}
+    default_solver_options: ClassVar[dict[str, Any]] = {"eta": 1.0}
 
     def __init__(self, jump: int = 10, resample: int = 10):
         self.jump = whole("jump", jump, 1, 10_000)
