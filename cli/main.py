@@ -12,6 +12,7 @@ from .bench import bench
 from .common import console
 from .info import info as info_command
 from .likelihood import likelihood
+from .restore import edit, restore
 from .sample import sample
 from .train import train
 from .tune import tune
@@ -69,7 +70,7 @@ def solvers(kind: str | None) -> None:
     console.print(table)
 
 
-for command in (sample, train, tune, bench, likelihood, info_command):
+for command in (sample, restore, edit, train, tune, bench, likelihood, info_command):
     main.add_command(command)
 
 if __name__ == "__main__":

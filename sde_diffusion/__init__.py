@@ -24,6 +24,7 @@ from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .models import ConditionError, FunctionModel, Model, as_model
 from .noise import BrownianNoise, GeneratorNoise, NoiseSource, PerSampleNoise
 from .parametrization import PREDICTIONS, ScoreModel
+from .restoration import restore
 from .reverse import ModelOutputError, ReverseProcess, ScoreFn
 from .sampling import SampleResult, StepInfo, sample, sample_batched, solve
 from .sdes import EDMSDE, SDE, VESDE, VPSDE, DiscreteVPSDE, RectifiedFlow, SubVPSDE, append_dims
@@ -98,6 +99,7 @@ __all__ = [
     "log_likelihood",
     "nll_batched",
     "register_solver",
+    "restore",
     "sample",
     "sample_batched",
     "sdedit",

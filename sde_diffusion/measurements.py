@@ -17,14 +17,18 @@ super-resolution), ``Blur`` (a given kernel, zero padding), ``Identity`` (denois
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from .errors import ArgumentError
 
 __all__ = [
+    "TASKS",
     "Blur",
     "Colorize",
     "Downsample",
@@ -33,8 +37,10 @@ __all__ = [
     "Matrix",
     "Measurement",
     "box_mask",
+    "build_measurement",
     "gaussian_kernel",
     "half_mask",
+    "mask_from_spec",
     "random_mask",
 ]
 
@@ -157,8 +163,14 @@ def _image(event: tuple[int, ...], what: str) -> tuple[int, int, int]:
 
 
 def half_mask(event: tuple[int, ...]) -> Tensor:
-    """The upper half of the image observed, the lower half hidden."""
-    c, h, w = _image(tuple(event), "a half mask")
+    """The upper half of an image observed, the lower half hidden (of a vector: the first
+    half of its entries observed)."""
+    event = tuple(event)
+    if len(event) == 1:
+        mask = torch.zeros(event, dtype=torch.bool)
+        mask[: max(1, event[0] // 2)] = True
+        return mask
+    c, h, w = _image(event, "a half mask")
     mask = torch.zeros(c, h, w, dtype=torch.bool)
     mask[:, : h // 2] = True
     return mask
@@ -182,6 +194,77 @@ def random_mask(event: tuple[int, ...], hidden: float, seed: int = 0) -> Tensor:
     pixels = event[1:] if len(event) == 3 else event
     keep = torch.rand(pixels, generator=torch.Generator().manual_seed(seed)) >= hidden
     return keep.expand(event).clone() if len(event) == 3 else keep
+
+
+def mask_from_spec(spec: str, event: tuple[int, ...], seed: int = 0) -> Tensor:
+    """A mask named as the command line names it: ``half`` (the lower half hidden),
+    ``box`` (a centred box of half the side hidden), ``random:P`` (each pixel hidden with
+    probability ``P``) or the path of a PNG of the image's size (white: hidden, as
+    diffusers' inpainting masks)."""
+    event = tuple(event)
+    if spec == "half":
+        return half_mask(event)
+    if spec == "box":
+        _, h, w = _image(event, "a box mask")
+        return box_mask(event, h // 4, w // 4, max(1, h // 2), max(1, w // 2))
+    if spec.startswith("random:"):
+        try:
+            hidden = float(spec.removeprefix("random:"))
+        except ValueError:
+            raise ArgumentError(f"random:P needs a share P in [0, 1), got {spec!r}") from None
+        return random_mask(event, hidden, seed)
+    path = Path(spec)
+    if path.suffix.lower() != ".png" or not path.is_file():
+        raise ArgumentError(f"a mask is half, box, random:P or the path of a .png; got {spec!r}")
+    c, h, w = _image(event, "a mask image")
+    try:
+        with Image.open(path) as image:
+            grey = np.asarray(image.convert("L"), dtype=np.float32)
+    except OSError as err:
+        raise ArgumentError(f"{path}: not a readable PNG ({err})") from None
+    if grey.shape != (h, w):
+        raise ArgumentError(
+            f"the mask {path} is {grey.shape[0]}×{grey.shape[1]}; the images are {h}×{w}"
+        )
+    observed = torch.from_numpy(grey < 128)
+    if not bool(observed.any()):
+        raise ArgumentError(f"the mask {path} hides every pixel; black marks what is observed")
+    return observed.expand(c, h, w).clone()
+
+
+TASKS = ("inpaint", "colorize", "super-resolve", "deblur", "denoise")
+
+
+def build_measurement(
+    task: str,
+    event: tuple[int, ...],
+    *,
+    mask: str = "half",
+    factor: int = 2,
+    blur_std: float = 1.0,
+    seed: int = 0,
+) -> Measurement:
+    """The operator of a named task on samples of shape ``event`` (``mask`` for
+    inpainting, see :func:`mask_from_spec`; ``factor`` for super-resolution; a 5×5
+    Gaussian kernel of ``blur_std`` for deblurring)."""
+    event = tuple(event)
+    if task == "inpaint":
+        return Inpaint(mask_from_spec(mask, event, seed))
+    if task == "colorize":
+        if len(event) != 3 or event[0] < 2:
+            raise ArgumentError(
+                f"colorize needs colour images (C >= 2 channels); the samples are {event}"
+            )
+        return Colorize(event)
+    if task == "super-resolve":
+        return Downsample(event, factor)
+    if task == "deblur":
+        if not (isinstance(blur_std, (int, float)) and 0 < blur_std < math.inf):
+            raise ArgumentError(f"the blur's std must be a positive number, got {blur_std!r}")
+        return Blur(event, gaussian_kernel(5, float(blur_std)))
+    if task == "denoise":
+        return Identity(event)
+    raise ArgumentError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
 
 
 class Colorize(Measurement):

@@ -16,7 +16,14 @@ from torch import Tensor
 
 from .atomic import atomic_path
 
-__all__ = ["image_grid", "save_error_plot", "save_image_grid", "save_samples", "save_scatter"]
+__all__ = [
+    "image_grid",
+    "save_error_plot",
+    "save_image_grid",
+    "save_restorations",
+    "save_samples",
+    "save_scatter",
+]
 
 
 def _pyplot():
@@ -84,6 +91,28 @@ def save_scatter(
         ax.set_aspect("equal")
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path, dpi=110)
+
+
+def save_restorations(
+    truth: Tensor, restored: Tensor, path: str | Path, title: str | None = None
+) -> Path:
+    """Points: each truth (a star) and its restorations (dots in the truth's colour), the
+    first two coordinates; ``restored`` holds ``len(restored) // len(truth)`` per truth."""
+    plt = _pyplot()
+    truth = truth.detach().float().cpu().flatten(1)
+    per = len(restored) // len(truth)
+    restored = restored.detach().float().cpu().flatten(1).view(len(truth), per, -1)
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    colours = plt.get_cmap("tab10")
+    for i in range(len(truth)):
+        c = colours(i % 10)
+        ax.scatter(restored[i, :, 0], restored[i, :, 1], s=4, alpha=0.5, color=c)
+        ax.scatter(truth[i, :1], truth[i, 1:2], s=120, marker="*", color=c, edgecolor="black")
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
     fig.tight_layout()
     return _save(fig, path, dpi=110)
 

@@ -125,12 +125,13 @@ def test_dps_at_scale_zero_is_plain_sampling_and_its_gradient_is_counted():
     _, y = measured(prior, op, 0.05, 32)
     model = prior.score_fn(SDE)
     off = restore(model, SDE, op, y, 0.05, "dps", steps=20, scale=0.0, seed=2)
-    ddpm = sd.sample(model, SDE, (32, *EVENT), sd.get_solver("ddim", eta=1.0), steps=20, seed=2)
+    ddim = sd.get_solver("ddim", eta=1.0)
+    ddpm = sd.sample(model, SDE, (32, *EVENT), ddim, steps=20, seed=2, to_zero=True)
     torch.testing.assert_close(off.x, ddpm.x)
     on = restore(model, SDE, op, y, 0.05, "dps", steps=20, scale=1.0, seed=2)
     assert on.nfe == 20 and on.network_passes == 40
     heun = restore(model, SDE, op, y, 0.05, "dps", solver="heun", steps=10, seed=2)
-    assert heun.nfe == 20 and heun.network_passes == 20 + 10  # one backward pass per step
+    assert heun.nfe == 19 and heun.network_passes == 19 + 10  # one backward pass per step
     error = lambda r: (op.forward(r.x) - y).norm(dim=1).mean()  # noqa: E731
     assert error(on) < 0.5 * error(off)
 
@@ -139,10 +140,13 @@ def test_daps_and_pigdm_count_their_network_passes():
     prior, op = correlated_mixture(), Inpaint(half_mask(EVENT))
     _, y = measured(prior, op, 0.0, 8)
     model = prior.score_fn(SDE)
-    daps = restore(model, SDE, op, y, 0.0, "daps", steps=6, ode_steps=3)
+    daps = restore(model, SDE, op, y, 0.0, "daps", steps=6, ode_steps=3, to_zero=False)
     assert daps.nfe == daps.network_passes == 6 * 3
-    heun = restore(model, SDE, op, y, 0.0, "daps", solver="heun", steps=6, ode_steps=3)
+    heun = restore(model, SDE, op, y, 0.0, "daps", solver="heun", steps=6, ode_steps=3,
+                   to_zero=False)  # fmt: skip
     assert heun.nfe == 6 * 3 * 2  # each annealing step: a 3-step Heun solve to t_min
+    to_zero = restore(model, SDE, op, y, 0.0, "daps", steps=6, ode_steps=3)
+    assert to_zero.nfe == 5 * 3  # the last step, t_min -> 0, draws given y with no ODE
 
 
 def test_bad_requests_are_one_sentence():

@@ -55,6 +55,7 @@ class Problem:
     reference: Callable[[int, int], Tensor] | None  # (n, seed) -> data, model units
     mixture: GaussianMixture | None = None
     to_data_units: Callable[[Tensor], Tensor] = field(default=lambda x: x)
+    from_data_units: Callable[[Tensor], Tensor] = field(default=lambda x: x)
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -139,6 +140,7 @@ def _trained(name: str, path: Path | None, device, dtype) -> Problem:
         tuple(data.get("event_shape", ())),
         _reference_data(data),
         to_data_units=lambda x: x * scale + shift,
+        from_data_units=lambda x: (x - shift) / scale,
         config=config,
     )
     _ = problem.class_names  # checked as it loads: names that do not match are a damaged file

@@ -109,11 +109,12 @@ def restore(
     cond: Cond = None,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
-    to_zero: bool = False,
+    to_zero: bool = True,
     **options: Any,
 ) -> SampleResult:
     """Samples of ``p(x | y)``, one per row of ``y``, by ``method`` (built with ``options``)
-    on the grid ``timesteps(sde, steps, schedule, to_zero=to_zero)`` from the prior.
+    on the grid ``timesteps(sde, steps, schedule, to_zero=to_zero)`` from the prior (to
+    ``t = 0`` by default, so that noise-free measurements are met exactly).
 
     ``solver`` (a registry name or a ``Solver``) runs methods that take one; by default
     each method's own choice.  ``res.nfe`` counts model calls and ``res.network_passes``

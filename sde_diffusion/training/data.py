@@ -172,7 +172,8 @@ def _load_array(path: Path) -> Tensor:
     return _checked(loaded, str(path))
 
 
-def _load_images(folder: Path) -> Tensor:
+def load_images(folder: Path) -> Tensor:
+    """The PNG/JPEG images of ``folder`` (or its subfolders) in model units, ``[-1, 1]``."""
     from PIL import Image
 
     candidates = [*folder.glob("*"), *folder.glob("*/*")]  # images, or one folder per class
@@ -210,7 +211,7 @@ def load_data(spec: str, n: int = 10000, seed: int = 0) -> Dataset:
         )
     if path.is_dir():
         return Dataset(
-            _load_images(path), name=path.name, scale=127.5, shift=127.5, info={"levels": 256}
+            load_images(path), name=path.name, scale=127.5, shift=127.5, info={"levels": 256}
         )
     if path.suffix not in (".npy", ".npz"):
         raise DataError(f"{path}: expected a .npy or .npz file or a folder of images")
