@@ -118,7 +118,8 @@ def restore(
 
     ``solver`` (a registry name or a ``Solver``) runs methods that take one; by default
     each method's own choice.  ``res.nfe`` counts model calls and ``res.network_passes``
-    forward and backward passes (a vector–Jacobian product costs two).
+    forward and backward passes (a vector–Jacobian product costs two).  No autograd graph
+    is kept: the result does not require a gradient.
     """
     method = get_method(method, **options)
     obs = Observation(measurement, y, sigma_y)
@@ -136,4 +137,5 @@ def restore(
                 f"{method.name} needs the SVD of the operator, and {measurement!r} has none "
                 f"here ({err}); dps needs none"
             ) from None
-    return method.run(model, sde, obs, x_T, grid, solver, generator, cond)
+    with torch.no_grad():  # methods that need a gradient ask for it themselves
+        return method.run(model, sde, obs, x_T, grid, solver, generator, cond)

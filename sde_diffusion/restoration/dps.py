@@ -1,8 +1,10 @@
 """Diffusion posterior sampling, DPS (Chung et al. 2023, Algorithm 1, Gaussian noise).
 
 After each solver step from ``x_i`` the state moves down the gradient of the measurement
-error of the denoised estimate: ``x_{i−1} ← x_{i−1} − ζ_i ∇_{x_i} ‖y − A x̂_0(x_i)‖²`` with
-``ζ_i = ζ' / ‖y − A x̂_0(x_i)‖`` (per sample), that is ``2 ζ' ∇‖y − A x̂_0‖``.  The
+error of the denoised estimate, ``x_{i−1} ← x_{i−1} − ζ' ∇_{x_i} ‖y − A x̂_0(x_i)‖`` (per
+sample), as the authors' code does (Algorithm 1 writes ``ζ_i ∇‖y − A x̂_0‖²`` with ``ζ_i =
+ζ'/‖y − A x̂_0‖``, twice that step).  The step has length about ``ζ'`` whatever the error,
+so DPS does not meet the measurement exactly: it hovers within about ``ζ'`` of it.  The
 gradient is a vector–Jacobian product through the network at the step's first model call
 (the solver's own evaluation there, so no extra forward pass): that call costs 2 network
 passes, a forward and a backward.  ``ζ' = 1`` by default, with DDPM (``ddim``,
@@ -46,7 +48,7 @@ class _Gradient:
             x0 = convert(out, x_in, t, self.sde, self.prediction, "x0")
             error = self.obs.residual(x0).flatten(1).norm(dim=1)
             (grad,) = torch.autograd.grad(error.sum(), x_in)
-        self.pending = (2.0 * self.scale) * grad.to(x.dtype)
+        self.pending = self.scale * grad.to(x.dtype)
         return out.detach()
 
     def take(self) -> Tensor:
