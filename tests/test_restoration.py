@@ -171,3 +171,39 @@ def test_bad_requests_are_one_sentence():
     big = sd.measurements.Blur((3, 80, 80), sd.measurements.gaussian_kernel(3, 1.0))
     with pytest.raises(sd.ArgumentError, match="ddrm needs the SVD of the operator"):
         restore(model, SDE, big, torch.zeros(1, 3 * 80 * 80), 0.0, "ddrm", steps=2)
+
+
+@pytest.mark.parametrize("name", sd.solver_names())
+def test_every_registered_solver_runs_the_hook_and_wrapper_methods(name):
+    """Replacement (a step hook) meets a noise-free measurement exactly on every fixed-grid
+    solver and is refused by adaptive ones; ΠGDM (a model wrapper) runs on all of them."""
+    prior, op = correlated_mixture(), Inpaint(half_mask(EVENT))
+    _, y = measured(prior, op, 0.0, 8)
+    model, solver = prior.score_fn(SDE), sd.get_solver(name)
+    if solver.adaptive:
+        with pytest.raises(sd.ArgumentError, match="needs a fixed-grid solver"):
+            restore(model, SDE, op, y, 0.0, "replacement", solver=name, steps=6)
+    else:
+        res = restore(model, SDE, op, y, 0.0, "replacement", solver=name, steps=6)
+        assert (op.forward(res.x) - y).abs().max() < 1e-4, name
+    res = restore(model, SDE, op, y, 0.1, "pigdm", solver=name, steps=2 if solver.adaptive else 6)
+    assert res.x.shape == (8, *EVENT) and bool(torch.isfinite(res.x).all())
+    assert res.network_passes == 2 * res.nfe
+
+
+@pytest.mark.parametrize(("method", "solver"), [("pigdm", "rk45"), ("dps", None),
+                                                ("diffpir", "heun"), ("ddrm", None)])  # fmt: skip
+def test_a_class_condition_reaches_the_model_through_every_kind_of_method(method, solver):
+    """A mixture conditioned on its component 0 restores as component 0 alone does: the
+    condition reaches the model through wrappers, hooks and own rules, also on an adaptive
+    solver, which evaluates some rows only (so y must travel with the rows)."""
+    prior, op = correlated_mixture(), Downsample(EVENT, 2)
+    _, y = measured(prior, op, 0.05, 6)
+    steps = 3 if solver == "rk45" else 10
+    alone = prior.components([0]).score_fn(SDE)
+    mine = restore(alone, SDE, op, y, 0.05, method, solver, steps)
+    labels = torch.zeros(6, dtype=torch.long)
+    given = restore(prior.score_fn(SDE), SDE, op, y, 0.05, method, solver, steps, cond=labels)
+    torch.testing.assert_close(given.x, mine.x, rtol=1e-4, atol=1e-4)
+    other = restore(prior.score_fn(SDE), SDE, op, y, 0.05, method, solver, steps, cond=1 - labels)
+    assert (other.x - mine.x).abs().max() > 0.1  # the condition changes the result

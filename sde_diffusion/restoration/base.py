@@ -25,7 +25,31 @@ from ..sdes import SDE
 from ..solvers.base import Solver
 from .observation import Observation
 
-__all__ = ["Method", "OwnLoop", "number", "whole"]
+__all__ = ["Method", "OwnLoop", "number", "split_measurement", "whole", "with_measurement"]
+
+MEASUREMENT_KEY = "_measurement"
+_TENSOR_KEY = "_cond"
+
+
+def with_measurement(y: Tensor, cond: Cond) -> dict[str, Tensor]:
+    """``y`` and the model's ``cond`` as one per-sample condition, so that a solver that
+    evaluates some rows only (the adaptive ones) hands a model wrapper the matching rows
+    of ``y`` too."""
+    if cond is None:
+        return {MEASUREMENT_KEY: y}
+    if isinstance(cond, dict):
+        return {MEASUREMENT_KEY: y, **cond}
+    return {MEASUREMENT_KEY: y, _TENSOR_KEY: cond}
+
+
+def split_measurement(cond: dict[str, Tensor]) -> tuple[Tensor, Cond]:
+    """The rows of ``y`` and the model's own ``cond`` back from :func:`with_measurement`."""
+    rest = {k: v for k, v in cond.items() if k != MEASUREMENT_KEY}
+    if not rest:
+        return cond[MEASUREMENT_KEY], None
+    if set(rest) == {_TENSOR_KEY}:
+        return cond[MEASUREMENT_KEY], rest[_TENSOR_KEY]
+    return cond[MEASUREMENT_KEY], rest
 
 
 def number(name: str, value: Any, lo: float, hi: float, *, open_lo: bool = False) -> float:

@@ -20,20 +20,22 @@ from typing import Any
 
 from torch import Tensor
 
-from ..models import Cond, as_model
+from ..models import as_model
 from ..parametrization import convert
 from ..sampling import SampleResult, solve
-from .base import Method, OwnLoop, number
+from .base import Method, OwnLoop, number, split_measurement, with_measurement
 from .observation import Observation
 
 __all__ = ["DiffPIR"]
 
 
-def _proximal(obs: Observation, x0: Tensor, rho: Tensor | float) -> Tensor:
-    """``argmin ‖y − A x‖² + ρ ‖x − x0‖²`` per sample (``rho`` a number or ``(B, 1)``)."""
+def _proximal(obs: Observation, x0: Tensor, rho: Tensor | float, y: Tensor | None = None):
+    """``argmin ‖y − A x‖² + ρ ‖x − x0‖²`` per sample (``rho`` a number or ``(B, 1)``;
+    ``y``: the rows of the measurement ``x0`` holds, if not all)."""
     spectrum = obs.spectrum(x0)
     s2 = spectrum.s**2
-    coords = (s2 * obs.reading(x0) + rho * spectrum.coordinates(x0)) / (s2 + rho)
+    reading = obs.reading(x0) if y is None else spectrum.reading(y.to(x0))
+    coords = (s2 * reading + rho * spectrum.coordinates(x0)) / (s2 + rho)
     return spectrum.compose(coords, x0)
 
 
@@ -46,10 +48,11 @@ class _ProximalDenoiser:
         self.model, self.sde, self.obs, self.lam = as_model(model), sde, obs, lam
         self.passes_per_call = getattr(self.model, "passes_per_call", 1)
 
-    def __call__(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
+    def __call__(self, x: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        y, cond = split_measurement(cond)
         x0 = convert(self.model(x, t, cond), x, t, self.sde, self.model.prediction, "x0")
         nu2 = (self.sde.sigma(t) / self.sde.alpha(t)).to(x) ** 2
-        return _proximal(self.obs, x0, (self.lam * self.obs.sigma_y**2 / nu2)[:, None])
+        return _proximal(self.obs, x0, (self.lam * self.obs.sigma_y**2 / nu2)[:, None], y)
 
 
 class DiffPIR(Method):
@@ -66,6 +69,7 @@ class DiffPIR(Method):
     def run(self, model, sde, obs, x_T, grid, solver, generator, cond=None) -> SampleResult:
         if solver is not None:
             prox = _ProximalDenoiser(model, sde, obs, self.lam)
+            cond = with_measurement(obs.y.to(x_T), cond)
             return solve(prox, sde, x_T, grid, solver, cond=cond, generator=generator)
         loop = OwnLoop(self, model, sde, x_T, grid, generator, cond)
         mix, fresh = (1.0 - self.zeta) ** 0.5, self.zeta**0.5

@@ -19,10 +19,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..models import Cond, as_model
+from ..models import as_model
 from ..parametrization import convert
 from ..sampling import SampleResult, solve
-from .base import Method, number
+from .base import Method, number, split_measurement, with_measurement
 from .observation import Observation
 
 __all__ = ["DPS"]
@@ -37,7 +37,8 @@ class _Gradient:
         self.passes_per_call = 1
         self.pending: Tensor | None = None
 
-    def __call__(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
+    def __call__(self, x: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        y, cond = split_measurement(cond)
         if self.pending is not None:  # later stages of the step: the plain model
             self.passes_per_call = 1
             return self.model(x, t, cond)
@@ -46,7 +47,7 @@ class _Gradient:
             x_in = x.detach().clone().requires_grad_(True)
             out = self.model(x_in, t.clone(), cond)
             x0 = convert(out, x_in, t, self.sde, self.prediction, "x0")
-            error = self.obs.residual(x0).flatten(1).norm(dim=1)
+            error = self.obs.residual(x0, y).flatten(1).norm(dim=1)
             (grad,) = torch.autograd.grad(error.sum(), x_in)
         self.pending = self.scale * grad.to(x.dtype)
         return out.detach()
@@ -73,5 +74,6 @@ class DPS(Method):
         def after_step(t0: float, t1: float, x: Tensor) -> Tensor:
             return x - guided.take()
 
+        cond = with_measurement(obs.y.to(x_T), cond)
         return solve(guided, sde, x_T, grid, solver, cond=cond, generator=generator,
                      after_step=after_step)  # fmt: skip

@@ -69,9 +69,9 @@ class Observation:
         """``A x``."""
         return self.measurement.forward(x)
 
-    def residual(self, x: Tensor) -> Tensor:
-        """``A x − y``, shape ``(B, m)``."""
-        return self.measurement.forward(x) - self.y.to(x)
+    def residual(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """``A x − y``, shape ``(B, m)`` (``y``: these rows of the measurement, if not all)."""
+        return self.measurement.forward(x) - (self.y if y is None else y).to(x)
 
     def spectrum(self, like: Tensor) -> Spectrum:
         """The thin SVD of ``A`` in ``like``'s dtype and on its device (computed once)."""

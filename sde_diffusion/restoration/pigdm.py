@@ -20,10 +20,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..models import Cond, as_model
+from ..models import as_model
 from ..parametrization import convert
 from ..sampling import SampleResult, solve
-from .base import Method, number
+from .base import Method, number, split_measurement, with_measurement
 from .observation import Observation
 
 __all__ = ["PiGDM"]
@@ -39,7 +39,8 @@ class _Guided:
         self.model, self.sde, self.obs = as_model(model), sde, obs
         self.scale, self.data_var = scale, data_std**2
 
-    def __call__(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
+    def __call__(self, x: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        y, cond = split_measurement(cond)
         obs, sigma_y2 = self.obs, self.obs.sigma_y**2
         spectrum = obs.spectrum(x)
         nu2 = (self.sde.sigma(t) / self.sde.alpha(t)).to(x) ** 2
@@ -49,7 +50,7 @@ class _Guided:
             out = self.model(x_in, t.clone(), cond)
             x0 = convert(out, x_in, t, self.sde, self.model.prediction, "x0")
             measured = obs.forward(x0)
-            error = (obs.y.to(x) - measured).detach()
+            error = (y.to(x) - measured).detach()
             on_u = error @ spectrum.u
             weighted = (on_u / (r2 * spectrum.s**2 + sigma_y2)) @ spectrum.u.T
             if sigma_y2 > 0:  # directions of y that A cannot reach: noise alone
@@ -77,4 +78,5 @@ class PiGDM(Method):
 
     def run(self, model, sde, obs, x_T, grid, solver, generator, cond=None) -> SampleResult:
         guided = _Guided(model, sde, obs, self.scale, self.data_std)
+        cond = with_measurement(obs.y.to(x_T), cond)
         return solve(guided, sde, x_T, grid, solver, cond=cond, generator=generator)
