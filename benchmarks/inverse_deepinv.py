@@ -47,7 +47,7 @@ except Exception as err:  # any failure to import means "not here"
     raise SystemExit(f"deepinv is not usable here ({type(err).__name__}: {err})") from None
 
 MEASUREMENTS = 4
-PER_MEASUREMENT = 1000
+PER_MEASUREMENT = 500
 SCALE = 8.0  # mixture units -> [0, 1]: 0.5 + x / (2 SCALE)
 CASES = (("inpaint", 0.0), ("inpaint", 0.05), ("super-resolve", 0.0), ("super-resolve", 0.05))
 BUDGETS = {"ddrm": (20, 100), "ddrm-told": (20, 100), "diffpir": (20, 100), "dps": (100, 1000)}

@@ -49,7 +49,7 @@ def test_pigdm_samples_the_exact_posterior_of_a_gaussian_prior():
     assert res.network_passes == 2 * res.nfe  # a forward and a backward pass per call
 
 
-@pytest.mark.parametrize("method", ["replacement", "repaint", "ddrm", "diffpir", "daps"])
+@pytest.mark.parametrize("method", ["replacement", "repaint", "mcg", "ddrm", "diffpir", "daps"])
 @pytest.mark.parametrize("op", ["half", "downsample"])
 def test_noise_free_measurements_are_kept_exactly(method, op):
     op = Inpaint(half_mask(EVENT)) if op == "half" else Downsample(EVENT, 2)
@@ -134,6 +134,20 @@ def test_dps_at_scale_zero_is_plain_sampling_and_its_gradient_is_counted():
     assert heun.nfe == 19 and heun.network_passes == 19 + 10  # one backward pass per step
     error = lambda r: (op.forward(r.x) - y).norm(dim=1).mean()  # noqa: E731
     assert error(on) < 0.5 * error(off)
+
+
+def test_mcg_is_dps_then_replacement():
+    """MCG's state after a step is DPS's with the measured part replaced: at scale 0 it is
+    replacement itself, and its gradient is counted as DPS's is."""
+    prior, op = correlated_mixture(), Inpaint(half_mask(EVENT))
+    _, y = measured(prior, op, 0.0, 16)
+    model = prior.score_fn(SDE)
+    plain = restore(model, SDE, op, y, 0.0, "replacement", solver="ddim", steps=10, seed=1)
+    zero = restore(model, SDE, op, y, 0.0, "mcg", solver="ddim", steps=10, seed=1, scale=0.0)
+    torch.testing.assert_close(zero.x, plain.x)
+    on = restore(model, SDE, op, y, 0.0, "mcg", steps=10, seed=1)
+    assert on.nfe == 10 and on.network_passes == 20
+    assert (on.x - zero.x).abs().max() > 1e-3
 
 
 def test_daps_and_pigdm_count_their_network_passes():

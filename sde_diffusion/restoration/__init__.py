@@ -32,6 +32,7 @@ from .daps import DAPS
 from .ddrm import DDRM
 from .diffpir import DiffPIR
 from .dps import DPS
+from .mcg import MCG
 from .observation import Observation, Spectrum
 from .pigdm import PiGDM
 from .repaint import RePaint, repaint_walk
@@ -42,6 +43,7 @@ __all__ = [
     "DDRM",
     "DEFAULT_RESTORE_STEPS",
     "DPS",
+    "MCG",
     "METHODS",
     "DiffPIR",
     "Method",
@@ -57,7 +59,7 @@ __all__ = [
 ]
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (Replacement, RePaint, DPS, PiGDM, DDRM, DiffPIR, DAPS)
+    m.name: m for m in (Replacement, RePaint, DPS, MCG, PiGDM, DDRM, DiffPIR, DAPS)
 }
 DEFAULT_RESTORE_STEPS = 100
 

@@ -25,10 +25,10 @@ from ..sampling import SampleResult, solve
 from .base import Method, number, split_measurement, with_measurement
 from .observation import Observation
 
-__all__ = ["DPS"]
+__all__ = ["DPS", "DataGradient"]
 
 
-class _Gradient:
+class DataGradient:
     """The model, also computing DPS's correction at the first call of each step."""
 
     def __init__(self, model: Any, sde, obs: Observation, scale: float):
@@ -69,7 +69,7 @@ class DPS(Method):
         self.scale = number("scale", scale, 0.0, 1e4)
 
     def run(self, model, sde, obs, x_T, grid, solver, generator, cond=None) -> SampleResult:
-        guided = _Gradient(model, sde, obs, self.scale)
+        guided = DataGradient(model, sde, obs, self.scale)
 
         def after_step(t0: float, t1: float, x: Tensor) -> Tensor:
             return x - guided.take()
