@@ -53,7 +53,12 @@ def test_every_python_example_runs(page, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-SHELL_BLOCK = re.compile(r"^```(?:bash|console|text|sh)?\n(.*?)^```", re.M | re.S)
+FENCED = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)  # every block, whatever its language
+SHELL_LANGUAGES = ("", "bash", "console", "text", "sh")
+
+
+def shell_blocks(text: str) -> list[str]:
+    return [body for language, body in FENCED.findall(text) if language in SHELL_LANGUAGES]
 QUICK = {
     "--steps": 4,
     "-n": 16,
@@ -69,7 +74,7 @@ def sdediff_lines(page: Path) -> list[tuple[str, bool]]:
     """``(command, fails)`` for each ``sdediff`` line of the page's shell blocks, in order;
     ``fails`` when the output the page shows under it is an error."""
     found = []
-    for block in SHELL_BLOCK.findall(page.read_text()):
+    for block in shell_blocks(page.read_text()):
         lines = re.sub(r"\\\n\s*", " ", block).splitlines()  # join continued lines
         for i, line in enumerate(lines):
             command = re.sub(r"^\$ ", "", line.strip())
