@@ -48,6 +48,15 @@ OUT_SUFFIXES = (".png", ".npz")
 MAX_INPUTS = 4096  # one picture's worth; restore more in several runs
 METHOD_CHOICES = [*method_names(), "exact"]
 
+input_option = click.option(
+    "--input", "source", type=SafePath(exists=True, path_type=Path), default=None,
+    help="An .npz from sdediff sample (its samples array) or a folder of images "
+    "[default: held-out data].",
+)  # fmt: skip
+schedule_option = click.option(
+    "--schedule", type=click.Choice(sd.SCHEDULES), default="karras", show_default=True
+)
+
 
 def image_view(event: tuple[int, ...]) -> tuple[int, ...]:
     """The shape measurements see: a 64-number vector (gmm64) as a 1×8×8 image."""
@@ -176,12 +185,8 @@ def psnr(x: torch.Tensor, truth: torch.Tensor) -> float:
     "--steps", type=click.IntRange(1, MAX_STEPS), default=DEFAULT_RESTORE_STEPS,
     show_default=True,
 )  # fmt: skip
-@click.option("--schedule", type=click.Choice(sd.SCHEDULES), default="karras", show_default=True)
-@click.option(
-    "--input", "source", type=SafePath(exists=True, path_type=Path), default=None,
-    help="An .npz from sdediff sample (its samples array) or a folder of images "
-    "[default: held-out data].",
-)  # fmt: skip
+@schedule_option
+@input_option
 @click.option(
     "--num-samples", "-n", type=click.IntRange(1, MAX_INPUTS), default=16, show_default=True,
     help="How many inputs to restore (the first N).",
@@ -314,12 +319,8 @@ def _write(out, problem, op, obs, x, truth, event, settings, per: int) -> None:
     "--steps", type=click.IntRange(1, MAX_STEPS), default=25, show_default=True,
     help="Grid intervals of the full path; strength s runs the last s of them.",
 )  # fmt: skip
-@click.option("--schedule", type=click.Choice(sd.SCHEDULES), default="karras", show_default=True)
-@click.option(
-    "--input", "source", type=SafePath(exists=True, path_type=Path), default=None,
-    help="An .npz from sdediff sample (its samples array) or a folder of images "
-    "[default: held-out data].",
-)  # fmt: skip
+@schedule_option
+@input_option
 @click.option("--num-samples", "-n", type=click.IntRange(1, MAX_INPUTS), default=16,
               show_default=True, help="How many inputs to edit (the first N).")  # fmt: skip
 @seed_option

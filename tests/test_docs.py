@@ -59,6 +59,8 @@ SHELL_LANGUAGES = ("", "bash", "console", "text", "sh")
 
 def shell_blocks(text: str) -> list[str]:
     return [body for language, body in FENCED.findall(text) if language in SHELL_LANGUAGES]
+
+
 QUICK = {
     "--steps": 4,
     "-n": 16,

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from ..loop import StepHook
 from ..models import as_model
 from ..parametrization import convert
 from ..sampling import SampleResult, solve
@@ -70,10 +71,15 @@ class DPS(Method):
 
     def run(self, model, sde, obs, x_T, grid, solver, generator, cond=None) -> SampleResult:
         guided = DataGradient(model, sde, obs, self.scale)
+        after_step = self.hook(guided, sde, obs, x_T, generator)
+        cond = with_measurement(obs.y.to(x_T), cond)
+        return solve(guided, sde, x_T, grid, solver, cond=cond, generator=generator,
+                     after_step=after_step)  # fmt: skip
+
+    def hook(self, guided: DataGradient, sde, obs, x_T, generator) -> StepHook:
+        """What follows each solver step: DPS's gradient step."""
 
         def after_step(t0: float, t1: float, x: Tensor) -> Tensor:
             return x - guided.take()
 
-        cond = with_measurement(obs.y.to(x_T), cond)
-        return solve(guided, sde, x_T, grid, solver, cond=cond, generator=generator,
-                     after_step=after_step)  # fmt: skip
+        return after_step

@@ -11,37 +11,27 @@ normalised step so that ``ζ'`` means the same in both.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 from torch import Tensor
 
-from ..sampling import SampleResult, solve
-from .base import Method, number, with_measurement
-from .dps import DataGradient
+from ..loop import StepHook
+from .dps import DPS, DataGradient
 from .replacement import replacer
 
 __all__ = ["MCG"]
 
 
-class MCG(Method):
+class MCG(DPS):
     """A DPS step, then replacement, after every solver step (see the module)."""
 
     name = "mcg"
     reference = "Chung, Sim, Ryu & Ye 2022, Algorithm 1"
     needs_svd = True
-    default_solver = "ddim"
-    default_solver_options: ClassVar[dict[str, Any]] = {"eta": 1.0}
 
-    def __init__(self, scale: float = 1.0):
-        self.scale = number("scale", scale, 0.0, 1e4)
-
-    def run(self, model, sde, obs, x_T, grid, solver, generator, cond=None) -> SampleResult:
-        guided = DataGradient(model, sde, obs, self.scale)
+    def hook(self, guided: DataGradient, sde, obs, x_T, generator) -> StepHook:
+        """What follows each solver step: DPS's gradient step, then replacement."""
         replace = replacer(sde, obs, x_T, generator)
 
         def after_step(t0: float, t1: float, x: Tensor) -> Tensor:
             return replace(t0, t1, x - guided.take())
 
-        cond = with_measurement(obs.y.to(x_T), cond)
-        return solve(guided, sde, x_T, grid, solver, cond=cond, generator=generator,
-                     after_step=after_step)  # fmt: skip
+        return after_step
