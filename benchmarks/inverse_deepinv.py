@@ -26,6 +26,9 @@ How each peer is driven:
   run it with σ_y = 1e-6.
 - **DPS** (``deepinv.sampling.DPS``): its DDPM solver on its VP schedule with ``num_steps``
   = NFE, the same [0, 1] mapping (its denoiser output is clipped to [-1, 1] internally).
+- **ΠGDM** (``PosteriorDiffusion`` with ``PiGDMDataFidelity``, its VP SDE and DDPM
+  solver): its ``r_t² = σ_t²/(1 + σ_t²)`` assumes unit variance in its [-1, 1] units, which
+  is ``data_std = 8`` in the mixture's; ours runs with that ``data_std`` here.
 """
 
 from __future__ import annotations
@@ -50,7 +53,13 @@ MEASUREMENTS = 4
 PER_MEASUREMENT = 500
 SCALE = 8.0  # mixture units -> [0, 1]: 0.5 + x / (2 SCALE)
 CASES = (("inpaint", 0.0), ("inpaint", 0.05), ("super-resolve", 0.0), ("super-resolve", 0.05))
-BUDGETS = {"ddrm": (20, 100), "ddrm-told": (20, 100), "diffpir": (20, 100), "dps": (100, 1000)}
+BUDGETS = {
+    "ddrm": (20, 100),
+    "ddrm-told": (20, 100),
+    "diffpir": (20, 100),
+    "dps": (100, 1000),
+    "pigdm": (20, 100),
+}
 
 
 def physics_from(op, sigma_y: float, dtype=torch.float64):
@@ -131,9 +140,20 @@ def peer(method, mixture, sde, op, y, sigma_y, nfe, seed):
             model = dinv.sampling.DiffPIR(denoiser, dinv.optim.data_fidelity.L2(), sigma=level,
                                           max_iter=nfe)  # fmt: skip
             x01 = model(y01, physics01)
-        else:
+        elif method == "dps":
             model = dinv.sampling.DPS(_Denoiser(denoiser), num_steps=nfe)
             x01 = model(y01, physics01, x_init=None)
+        else:  # pigdm: its data fidelity in the posterior-diffusion framework, DDPM steps
+            solver = dinv.sampling.DDPMSolver(
+                timesteps=torch.linspace(1, 0, nfe, dtype=torch.float64)
+            )
+            model = dinv.sampling.PosteriorDiffusion(
+                data_fidelity=dinv.sampling.PiGDMDataFidelity(),
+                denoiser=_Denoiser(denoiser),
+                sde=dinv.sampling.VariancePreservingDiffusion(dtype=torch.float64),
+                solver=solver,
+            )
+            x01 = model(y01, physics01)
         x = (x01 - 0.5) * 2 * SCALE
     return x.reshape(len(y), -1), calls["n"]
 
@@ -161,13 +181,19 @@ def main() -> None:
                 start = time.perf_counter()
                 x, spent = peer(method, mixture, sde, op, y, sigma_y, nfe, seed=nfe)
                 wall = time.perf_counter() - start
-                scores = mixture_scores(x, mixture, op, y1, sigma_y, PER_MEASUREMENT)
+                if bool(torch.isfinite(x).all()):
+                    scores = mixture_scores(x, mixture, op, y1, sigma_y, PER_MEASUREMENT)
+                else:  # reported, not hidden: a row of dashes and the reason
+                    keys = ("sw2", "floor", "mean_error", "var_error", "wrong_mode", "residual")
+                    scores = {**dict.fromkeys(keys, float("nan")), "failed": "NaN output"}
                 theirs = {"wall": wall, "nfe": spent, **scores}
-                steps = nfe if method == "dps" else nfe - 1  # theirs call at σ = 0 too
+                steps = nfe if method in ("dps", "pigdm") else nfe - 1  # theirs call at σ = 0
                 start = time.perf_counter()
                 ours_name = method.removesuffix("-told")
+                # ΠGDM's r_t² assumes unit variance in the peer's [-1, 1] units: s_d = SCALE
+                same = {"data_std": SCALE} if method == "pigdm" else {}
                 res = sd.restore(model, sde, op, y.float(), sigma_y, ours_name, steps=steps,
-                                 seed=nfe)  # fmt: skip
+                                 seed=nfe, **same)  # fmt: skip
                 wall = time.perf_counter() - start
                 scores = mixture_scores(res.x, mixture, op, y1, sigma_y, PER_MEASUREMENT)
                 ours = {"wall": wall, "nfe": res.nfe, **scores}
