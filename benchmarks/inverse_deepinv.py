@@ -26,6 +26,8 @@ How each peer is driven:
   run it with σ_y = 1e-6.
 - **DPS** (``deepinv.sampling.DPS``): its DDPM solver on its VP schedule with ``num_steps``
   = NFE, the same [0, 1] mapping (its denoiser output is clipped to [-1, 1] internally).
+  Its step ``w ∇‖A x̂_0 − y‖`` is taken on states in [-1, 1] with ``y`` in [0, 1]: ``w =
+  2/16`` is the step of our ``ζ' = 1`` in the mixture's units.
 - **ΠGDM** (``PosteriorDiffusion`` with ``PiGDMDataFidelity``, its VP SDE and DDPM
   solver): its ``r_t² = σ_t²/(1 + σ_t²)`` assumes unit variance in its [-1, 1] units, which
   is ``data_std = 8`` in the mixture's; ours runs with that ``data_std`` here.
@@ -141,7 +143,9 @@ def peer(method, mixture, sde, op, y, sigma_y, nfe, seed):
                                           max_iter=nfe)  # fmt: skip
             x01 = model(y01, physics01)
         elif method == "dps":
-            model = dinv.sampling.DPS(_Denoiser(denoiser), num_steps=nfe)
+            # its step ζ ∇‖r‖ is taken in [-1, 1] units on a residual in [0, 1] units: ζ = 2/SCALE
+            # moves the mixture's x by ∇‖r‖ as our ζ' = 1 does
+            model = dinv.sampling.DPS(_Denoiser(denoiser), num_steps=nfe, weight=2 / SCALE)
             x01 = model(y01, physics01, x_init=None)
         else:  # pigdm: its data fidelity in the posterior-diffusion framework, DDPM steps
             solver = dinv.sampling.DDPMSolver(
