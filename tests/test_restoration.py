@@ -190,7 +190,8 @@ def test_bad_requests_are_one_sentence():
 @pytest.mark.parametrize("name", sd.solver_names())
 def test_every_registered_solver_runs_the_hook_and_wrapper_methods(name):
     """Replacement (a step hook) meets a noise-free measurement exactly on every fixed-grid
-    solver and is refused by adaptive ones; ΠGDM (a model wrapper) runs on all of them."""
+    solver and is refused by adaptive ones; DPS takes one gradient a step on each of them;
+    ΠGDM (a model wrapper) runs on all of them."""
     prior, op = correlated_mixture(), Inpaint(half_mask(EVENT))
     _, y = measured(prior, op, 0.0, 8)
     model, solver = prior.score_fn(SDE), sd.get_solver(name)
@@ -200,6 +201,9 @@ def test_every_registered_solver_runs_the_hook_and_wrapper_methods(name):
     else:
         res = restore(model, SDE, op, y, 0.0, "replacement", solver=name, steps=6)
         assert (op.forward(res.x) - y).abs().max() < 1e-4, name
+        dps = restore(model, SDE, op, y, 0.0, "dps", solver=name, steps=6)  # a gradient a step
+        legs = getattr(solver, "restarts", 0) * getattr(solver, "restart_steps", 0)  # restart
+        assert dps.network_passes == dps.nfe + 6 + legs and bool(torch.isfinite(dps.x).all())
     res = restore(model, SDE, op, y, 0.1, "pigdm", solver=name, steps=2 if solver.adaptive else 6)
     assert res.x.shape == (8, *EVENT) and bool(torch.isfinite(res.x).all())
     assert res.network_passes == 2 * res.nfe
