@@ -287,6 +287,8 @@ class MixtureScore:
         self.mixture, self.sde = mixture, sde
 
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        if x.ndim <= 2:  # (B, d) itself, or a shape the mixture refuses in a sentence
+            return self.mixture.score(self.sde, x, t, cond)
         return self.mixture.score(self.sde, x.flatten(1), t, cond).view_as(x)
 
     def __repr__(self) -> str:
@@ -401,6 +403,8 @@ class PosteriorScore:
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         if cond is not None:
             raise ArgumentError("the posterior score is already conditioned on y; pass no cond")
+        if x.ndim <= 2:
+            return self.posterior.score(self.sde, x, t)
         return self.posterior.score(self.sde, x.flatten(1), t).view_as(x)
 
     def __repr__(self) -> str:

@@ -8,9 +8,9 @@ accepts or rejects each row's step.  The row selection is the one host read per 
 a sample whose error is not finite or whose step vanishes drops out and the loop stops
 with a sentence at the end of the grid interval.  ``observe(i, t0, t1, x)`` sees the
 state at every grid time; ``after_step(t0, t1, x)``, when given, replaces the state after
-each fixed-grid step (a measurement's replacement or correction: inverse problems).
-A grid ending at ``t = 0`` is solved adaptively to its last
-positive time and finished with the Tweedie step (1 NFE).
+each fixed-grid step (a measurement's replacement or correction: inverse problems).  A
+grid ending at ``t = 0`` is solved adaptively to its last positive time and finished with
+the Tweedie step (1 NFE).
 """
 
 from __future__ import annotations

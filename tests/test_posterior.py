@@ -156,3 +156,21 @@ def test_sampling_the_exact_posterior_score_reproduces_its_mean_and_covariance(n
     centred = many - mean
     se_cov = ((centred[:, :, None] * centred[:, None, :]).var(0) / n).sqrt()
     assert ((torch.cov(x.T) - cov).abs() <= 5 * se_cov + 1e-12).all(), name
+
+
+def test_mixture_and_posterior_scores_take_an_image_view_of_the_vector():
+    eye = torch.eye(48, dtype=torch.float64)
+    prior = sd.GaussianMixture(
+        torch.randn(3, 48, dtype=torch.float64), eye.expand(3, 48, 48), [1, 2, 3]
+    )
+    sde, t = sd.EDMSDE(), torch.full((5,), 0.7, dtype=torch.float64)
+    x = torch.randn(5, *EVENT, dtype=torch.float64)
+    flat = prior.score_fn(sde)(x.flatten(1), t)
+    torch.testing.assert_close(prior.score_fn(sde)(x, t), flat.view_as(x))
+    op = OPERATORS["half"]()
+    post = prior.posterior(op, op.measure(x), 0.1)
+    torch.testing.assert_close(
+        post.score_fn(sde)(x, t), post.score(sde, x.flatten(1), t).view_as(x)
+    )
+    with pytest.raises(sd.ArgumentError):
+        prior.score_fn(sde)(x.flatten()[:48], t[:1])  # one sample without its batch axis
