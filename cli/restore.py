@@ -253,7 +253,7 @@ def restore(
             posterior = problem.mixture.posterior(op, y.double(), sigma_y)
             res = sd.sample(
                 posterior.score_fn(problem.sde), problem.sde, (len(y), *event), solver or "heun",
-                steps, schedule, seed=seed, device=device, dtype=DTYPES[dtype],
+                steps, schedule, seed=seed, device=device, dtype=DTYPES[dtype], to_zero=True,
             )  # fmt: skip
         else:
             res = sd.restore(
