@@ -53,6 +53,22 @@ input_option = click.option(
     help="An .npz from sdediff sample (its samples array) or a folder of images "
     "[default: held-out data].",
 )  # fmt: skip
+
+
+def out_option(default: str, help: str):
+    return click.option(
+        "--out", type=SafePath(dir_okay=False, path_type=Path), default=Path(default),
+        show_default=True, help=help,
+    )  # fmt: skip
+
+
+def num_samples_option(verb: str):
+    return click.option(
+        "--num-samples", "-n", type=click.IntRange(1, MAX_INPUTS), default=16,
+        show_default=True, help=f"How many inputs to {verb} (the first N).",
+    )  # fmt: skip
+
+
 schedule_option = click.option(
     "--schedule", type=click.Choice(sd.SCHEDULES), default="karras", show_default=True
 )
@@ -187,10 +203,7 @@ def psnr(x: torch.Tensor, truth: torch.Tensor) -> float:
 )  # fmt: skip
 @schedule_option
 @input_option
-@click.option(
-    "--num-samples", "-n", type=click.IntRange(1, MAX_INPUTS), default=16, show_default=True,
-    help="How many inputs to restore (the first N).",
-)  # fmt: skip
+@num_samples_option("restore")
 @click.option(
     "--per-input", type=click.IntRange(1, 1024), default=1, show_default=True,
     help="Posterior samples drawn for each input.",
@@ -198,12 +211,11 @@ def psnr(x: torch.Tensor, truth: torch.Tensor) -> float:
 @seed_option
 @device_option
 @dtype_option
-@click.option(
-    "--out", type=SafePath(dir_okay=False, path_type=Path), default=Path("restored.png"),
-    show_default=True,
-    help="A .png (rows: measurement, restoration, truth) or an .npz (samples: the "
-    "restorations in data units, y, mask, truth, settings).",
-)  # fmt: skip
+@out_option(
+    "restored.png",
+    "A .png (rows: measurement, restoration, truth) or an .npz (samples: the restorations "
+    "in data units, y, mask, truth, settings).",
+)
 def restore(
     model, sde, task, mask, factor, blur_std, sigma_y, method, method_options, solver, steps,
     schedule, source, num_samples, per_input, seed, device, dtype, out,
@@ -247,7 +259,7 @@ def restore(
         f"σ_y = {sigma_y:g}) with {method}, {steps} {plural(steps, 'step')}",
         highlight=False,
     )
-    with friendly_errors("restoring"), torch.inference_mode(method not in ("dps", "pigdm")):
+    with friendly_errors("restoring"), torch.no_grad():  # gradient methods ask for their own
         y_dev = y.to(device)
         if method == "exact":
             posterior = problem.mixture.posterior(op, y.double(), sigma_y)
@@ -321,16 +333,14 @@ def _write(out, problem, op, obs, x, truth, event, settings, per: int) -> None:
 )  # fmt: skip
 @schedule_option
 @input_option
-@click.option("--num-samples", "-n", type=click.IntRange(1, MAX_INPUTS), default=16,
-              show_default=True, help="How many inputs to edit (the first N).")  # fmt: skip
+@num_samples_option("edit")
 @seed_option
 @device_option
 @dtype_option
-@click.option(
-    "--out", type=SafePath(dir_okay=False, path_type=Path), default=Path("edited.png"),
-    show_default=True,
-    help="A .png (rows: input, edit) or an .npz (samples: the edits in data units, input).",
-)  # fmt: skip
+@out_option(
+    "edited.png",
+    "A .png (rows: input, edit) or an .npz (samples: the edits in data units, input).",
+)
 def edit(model, sde, strength, solver, steps, schedule, source, num_samples, seed, device,
          dtype, out):  # fmt: skip
     """Edit inputs with SDEdit: noise them to a strength, then solve back to the data.
