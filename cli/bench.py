@@ -78,7 +78,12 @@ def _nfe_list(ctx, param, value: str) -> list[int]:
 )
 @click.option("--nfe", callback=_nfe_list, default="10,20,50", show_default=True)
 @click.option("--num-samples", "-n", type=click.IntRange(2, 10**6), default=1024, show_default=True)
-@click.option("--schedule", type=click.Choice(sd.SCHEDULES), default="karras", show_default=True)
+@click.option(
+    "--schedule",
+    type=click.Choice([*sd.SCHEDULES, *sd.SCHEDULE_ALIASES], case_sensitive=False),
+    default="karras",
+    show_default=True,
+)
 @seed_option
 @device_option
 @dtype_option

@@ -70,7 +70,10 @@ def num_samples_option(verb: str):
 
 
 schedule_option = click.option(
-    "--schedule", type=click.Choice(sd.SCHEDULES), default="karras", show_default=True
+    "--schedule",
+    type=click.Choice([*sd.SCHEDULES, *sd.SCHEDULE_ALIASES], case_sensitive=False),
+    default="karras",
+    show_default=True,
 )
 
 

@@ -137,7 +137,7 @@ def sample_with_progress(
 )
 @click.option(
     "--schedule",
-    type=click.Choice(sd.SCHEDULES),
+    type=click.Choice([*sd.SCHEDULES, *sd.SCHEDULE_ALIASES], case_sensitive=False),
     default=library_default(sd.sample, "schedule"),
     show_default=True,
 )

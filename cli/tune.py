@@ -9,7 +9,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import sde_diffusion as sd
-from sde_diffusion.tuning import METHODS, check_request, endpoint_error, fine_solve
+from sde_diffusion.tuning import METHODS, START_SCHEDULES, check_request, endpoint_error, fine_solve
 
 from .common import DTYPES, SafePath, SolverName, console, friendly_errors, writable_output
 from .sample import device_option, dtype_option, model_option, open_problem, sde_option, seed_option
@@ -50,6 +50,14 @@ from .sample import device_option, dtype_option, model_option, open_problem, sde
     "with --method gradient, iterations per stage.",
 )
 @click.option(
+    "--start",
+    "starts",
+    type=click.Choice([*sd.SCHEDULES, *sd.SCHEDULE_ALIASES], case_sensitive=False),
+    multiple=True,
+    help="A standard grid to score as a start (repeat for several; the best starts the fit) "
+    "[default: uniform, quadratic, karras, logsnr].",
+)
+@click.option(
     "--check/--no-check",
     default=True,
     show_default=True,
@@ -73,6 +81,7 @@ def tune(
     method,
     fit_weights,
     max_evaluations,
+    starts,
     check,
     seed,
     device,
@@ -90,6 +99,7 @@ def tune(
       sdediff tune --model digits --solver dpmpp_3m --nfe 10 --out grid.json
       sdediff tune --model gmm8 --solver deis --nfe 5 --samples 512
       sdediff tune --model gmm8 --solver deis --method gradient --fit-weights
+      sdediff tune --model digits --solver dpmpp_2m --nfe 8 --start ays --start karras
     """
     writable_output(out, suffixes=(".json",))
     with friendly_errors("tuning"):  # before the model loads
@@ -105,7 +115,8 @@ def tune(
     progress = Progress(*columns, console=console, transient=True)
     with friendly_errors("tuning"), progress as bar:
         stages = 1 + fit_weights if method == "gradient" else 1
-        most = stages * max_evaluations + len(sd.SCHEDULES) + 1  # the fit, its starts, dp
+        starts = starts or START_SCHEDULES
+        most = stages * max_evaluations + len(starts) + 1  # the fit, its starts, dp
         task = bar.add_task(f"tuning {solver} at NFE {nfe}", total=most)
         grid = sd.tune_timesteps(
             problem.model,
@@ -118,6 +129,7 @@ def tune(
             method=method,
             fit_weights=fit_weights,
             max_evaluations=max_evaluations,
+            starts=starts,
             device=device,
             dtype=state,
             on_evaluation=lambda n: bar.update(task, completed=n),

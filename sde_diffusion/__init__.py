@@ -39,7 +39,7 @@ from .solvers import (
     register_solver,
     solver_names,
 )
-from .timesteps import SCHEDULES, timesteps, validate_grid
+from .timesteps import SCHEDULE_ALIASES, SCHEDULES, timesteps, validate_grid
 from .tuning import TunedGrid, load_grid, tune_timesteps
 
 __version__ = "0.1.0"
@@ -48,6 +48,7 @@ __all__ = [
     "EDMSDE",
     "PREDICTIONS",
     "SCHEDULES",
+    "SCHEDULE_ALIASES",
     "SDE",
     "VESDE",
     "VPSDE",

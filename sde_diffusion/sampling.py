@@ -214,7 +214,7 @@ def sample(
     dtype: torch.dtype = torch.float32,
     denoise: bool = False,
     to_zero: bool = False,
-    rho: float = 7.0,
+    rho: float | None = None,
     grid: Tensor | None = None,
     callback: Callable[[StepInfo], None] | None = None,
     return_trajectory: bool = False,

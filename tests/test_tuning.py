@@ -300,3 +300,17 @@ def test_the_record_reports_the_check_draws_errors():
     assert float(errors.mean().sqrt()) == pytest.approx(grid.record["validation"]["tuned"])
     assert grid.record["check_worst_share"] == pytest.approx(worst_share(errors))
     assert 0.01 < grid.record["check_worst_share"] < 1.0
+
+
+def test_any_schedule_can_start_the_fit():
+    sde = sd.EDMSDE()
+    score = RING.score_fn(sde)
+    grid = sd.tune_timesteps(
+        score, sde, nfe=6, solver="dpmpp_2m", shape=(2,), samples=64, max_evaluations=20,
+        starts=("ays", "gits", "Exponential"),
+    )  # fmt: skip
+    assert set(grid.record["start_errors"]) == {"ays", "gits", "logsnr"}
+    best = min(grid.record["start_errors"].values())
+    assert grid.record["error"] <= best  # the fit never leaves its start worse off
+    with pytest.raises(ValueError, match="unknown schedule 'cosine'"):
+        sd.tune_timesteps(score, sde, nfe=6, solver="dpmpp_2m", shape=(2,), starts=("cosine",))

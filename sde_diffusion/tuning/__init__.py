@@ -40,7 +40,7 @@ The result (:class:`TunedGrid`) saves and loads as JSON beside a checkpoint.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ from ..sdes import SDE
 from ..solvers.base import Solver
 from ..solvers.registry import get_solver
 from ..solvers.scaled_multistep import ScaledMultistep
-from ..timesteps import SCHEDULES, timesteps
+from ..timesteps import SCHEDULES, schedule_name, timesteps
 from .grid_file import TunedGrid, load_grid
 from .objective import (
     FINE_STEPS,
@@ -64,6 +64,9 @@ from .objective import (
     worst_share,
 )
 from .optimisers import dp_lams, gradient_fit, search
+
+START_SCHEDULES = ("uniform", "quadratic", "karras", "logsnr")
+"""The standard grids ``tune_timesteps`` scores first unless told others."""
 
 __all__ = [
     "METHODS",
@@ -125,6 +128,7 @@ def tune_timesteps(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float64,
     on_evaluation: Callable[[int], None] | None = None,
+    starts: Sequence[str] = START_SCHEDULES,
 ) -> TunedGrid:
     """The grid of ``solver`` at ``nfe`` evaluations fitted to ``model`` (see the module).
 
@@ -138,6 +142,8 @@ def tune_timesteps(
     with the grid: the result's ``solver_options`` then carry its ``corrections``.
     ``to_zero`` (``None``: wherever ``sigma(0) = 0``, so VE grids end at ``t_min``).
     ``on_evaluation(n)`` follows the n-th solve of a candidate grid (a progress bar).
+    ``starts`` names the standard grids scored first (any of ``SCHEDULES``; the best one
+    starts the fit): by default the four classic families.
     """
     device, dtype = checked_device(device), checked_dtype(dtype)
     to_zero = float(sde.sigma(0.0)) == 0.0 if to_zero is None else to_zero
@@ -172,7 +178,10 @@ def tune_timesteps(
             on_evaluation(evaluations[0])
         return endpoint_error(model, sde, x_T, grid, solver, reference, cond)
 
-    starts = {name: timesteps(sde, steps, name, to_zero=to_zero).tolist() for name in SCHEDULES}
+    names = list(dict.fromkeys(schedule_name(name) for name in starts))
+    if not names:
+        raise ArgumentError(f"starts needs at least one schedule of {', '.join(SCHEDULES)}")
+    starts = {name: timesteps(sde, steps, name, to_zero=to_zero).tolist() for name in names}
     if "dp" in method:
         starts["dp"] = grid_of(dp_lams(model, sde, states[every], cand_lams, inner, cond))
     scored = {name: error(grid) for name, grid in starts.items()}
@@ -218,7 +227,7 @@ def tune_timesteps(
             "samples": samples,
             "seed": seed,
             "start": best,
-            "standard": min(SCHEDULES, key=scored.get),  # the best grid without a fit
+            "standard": min(names, key=scored.get),  # the best grid without a fit
             "to_zero": to_zero,
             "start_errors": scored,
             "error": final,
