@@ -21,7 +21,15 @@ from sde_diffusion.evaluation.benchmark import (
 )
 from sde_diffusion.plotting import save_error_plot
 
-from .common import DTYPES, SafePath, comma_list, console, friendly_errors, writable_output
+from .common import (
+    DTYPES,
+    SCHEDULE_CHOICE,
+    SafePath,
+    comma_list,
+    console,
+    friendly_errors,
+    writable_output,
+)
 from .sample import (
     device_option,
     dtype_option,
@@ -80,7 +88,7 @@ def _nfe_list(ctx, param, value: str) -> list[int]:
 @click.option("--num-samples", "-n", type=click.IntRange(2, 10**6), default=1024, show_default=True)
 @click.option(
     "--schedule",
-    type=click.Choice([*sd.SCHEDULES, *sd.SCHEDULE_ALIASES], case_sensitive=False),
+    type=SCHEDULE_CHOICE,
     default="karras",
     show_default=True,
 )

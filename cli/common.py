@@ -252,6 +252,10 @@ def build_solver(name: str, values: dict[str, object]) -> sd.Solver:
         raise click.UsageError(str(err)) from None
 
 
+SCHEDULE_CHOICE = click.Choice([*sd.SCHEDULES, *sd.SCHEDULE_ALIASES], case_sensitive=False)
+"""The --schedule values: every registered schedule and ComfyUI's other names for some."""
+
+
 class SolverName(click.ParamType):
     """A registry name or alias (case and dashes ignored), listed in ``--help``."""
 

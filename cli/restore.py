@@ -26,6 +26,7 @@ from sde_diffusion.training.data import DataError, load_images
 
 from .common import (
     DTYPES,
+    SCHEDULE_CHOICE,
     SafePath,
     SolverName,
     console,
@@ -71,7 +72,7 @@ def num_samples_option(verb: str):
 
 schedule_option = click.option(
     "--schedule",
-    type=click.Choice([*sd.SCHEDULES, *sd.SCHEDULE_ALIASES], case_sensitive=False),
+    type=SCHEDULE_CHOICE,
     default="karras",
     show_default=True,
 )

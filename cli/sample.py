@@ -26,6 +26,7 @@ from sde_diffusion.sdes import sde_names
 
 from .common import (
     DTYPES,
+    SCHEDULE_CHOICE,
     SafePath,
     SolverName,
     build_solver,
@@ -137,7 +138,7 @@ def sample_with_progress(
 )
 @click.option(
     "--schedule",
-    type=click.Choice([*sd.SCHEDULES, *sd.SCHEDULE_ALIASES], case_sensitive=False),
+    type=SCHEDULE_CHOICE,
     default=library_default(sd.sample, "schedule"),
     show_default=True,
 )

@@ -11,7 +11,15 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 import sde_diffusion as sd
 from sde_diffusion.tuning import METHODS, START_SCHEDULES, check_request, endpoint_error, fine_solve
 
-from .common import DTYPES, SafePath, SolverName, console, friendly_errors, writable_output
+from .common import (
+    DTYPES,
+    SCHEDULE_CHOICE,
+    SafePath,
+    SolverName,
+    console,
+    friendly_errors,
+    writable_output,
+)
 from .sample import device_option, dtype_option, model_option, open_problem, sde_option, seed_option
 
 
@@ -52,7 +60,7 @@ from .sample import device_option, dtype_option, model_option, open_problem, sde
 @click.option(
     "--start",
     "starts",
-    type=click.Choice([*sd.SCHEDULES, *sd.SCHEDULE_ALIASES], case_sensitive=False),
+    type=SCHEDULE_CHOICE,
     multiple=True,
     help="A standard grid to score as a start (repeat for several; the best starts the fit) "
     "[default: uniform, quadratic, karras, logsnr].",
