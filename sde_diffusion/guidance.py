@@ -107,6 +107,11 @@ class ClassifierFreeGuidance:
             interval = (lo, hi)
         self.interval, self.sde = interval, sde
         self.passes_per_call = 2
+        self.unconditional: Tensor | None = None
+        """The unconditional prediction of the last call (``None``: it made none), which
+        CFG++ samplers read through ``ReverseProcess.denoise_guided``."""
+        self.keep_unconditional = False
+        """Run the unconditional branch even at scale 1 (CFG++ samplers set it per call)."""
 
     def _inside(self, t: Tensor) -> Tensor | None:
         """Per sample, whether its noise level lies in the interval (``None``: no interval)."""
@@ -119,7 +124,9 @@ class ClassifierFreeGuidance:
         if cond is None:
             raise ArgumentError("classifier-free guidance needs cond (the condition to guide to)")
         inside = self._inside(t)
-        if self.scale == 1.0 or (inside is not None and not bool(inside.any())):  # one read
+        self.unconditional = None
+        plain = self.scale == 1.0 and not self.keep_unconditional
+        if plain or (inside is not None and not bool(inside.any())):  # one read
             self.passes_per_call = 1
             return self.model(x, t, cond)
         self.passes_per_call = 2
@@ -129,8 +136,11 @@ class ClassifierFreeGuidance:
         conditional, unconditional = both.chunk(2)
         guided = torch.lerp(unconditional, conditional, self.scale)
         if inside is None:
+            self.unconditional = unconditional
             return guided
-        return torch.where(append_dims(inside, x.ndim), guided, conditional)
+        inside = append_dims(inside, x.ndim)
+        self.unconditional = torch.where(inside, unconditional, conditional)
+        return torch.where(inside, guided, conditional)
 
     def __repr__(self) -> str:
         window = f", interval={self.interval}" if self.interval else ""

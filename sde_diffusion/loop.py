@@ -67,7 +67,7 @@ def _steps(
     observe: Observer,
     after_step: StepHook | None = None,
 ) -> Tensor:
-    state = solver.init(process, leg.times, x, noise)
+    state = solver.init(process, leg.times, x, noise) if leg.plan is None else leg.plan
     for i, (t0, t1) in enumerate(pairwise(leg.times)):
         x, state = solver.step(process, t0, t1, x, state, noise)
         if after_step is not None:

@@ -140,6 +140,27 @@ class ReverseProcess:
         """``E[x_0 | x_t = x]`` (the denoiser)."""
         return self.predict("x0", x, t)
 
+    def denoise_guided(self, x: Tensor, t: Time) -> tuple[Tensor, Tensor]:
+        """``(x̂_0, x̂_0 of the unconditional branch)`` at ``(x, t)`` in one model call: what
+        CFG++ samplers ask for (they step along the unconditional noise and land on the
+        guided estimate).  A model without such a branch (no
+        :class:`~sde_diffusion.guidance.ClassifierFreeGuidance`, or a call it made without
+        guidance) gives the same tensor twice, and a CFG++ sampler is its base sampler."""
+        model, c = self.model, self.at(t)
+        asks = hasattr(model, "keep_unconditional")  # guidance computes it even at scale 1
+        if asks:
+            before, model.keep_unconditional = model.keep_unconditional, True
+        try:
+            out = self.evaluate(x, t)
+        finally:
+            if asks:
+                model.keep_unconditional = before
+        guided = convert_at(out, x, self.prediction, "x0", c)
+        unconditional = getattr(self.model, "unconditional", None)
+        if unconditional is None:
+            return guided, guided
+        return guided, convert_at(unconditional.to(x.dtype), x, self.prediction, "x0", c)
+
     def eps(self, x: Tensor, t: Time) -> Tensor:
         """The noise estimate ``(x - alpha x̂_0) / sigma``."""
         return self.predict("eps", x, t)

@@ -91,7 +91,8 @@ def test_bad_option_values_raise(name, options, message):
 
 def test_infos_are_frozen_and_complete():
     for info in sd.list_solvers():
-        assert info.kind in ("sde", "ode") and info.order > 0 and info.nfe_per_step >= 1
+        assert info.kind in ("sde", "ode") and info.nfe_per_step >= 1
+        assert info.order > 0 or info.name == "lcm"  # lcm converges only on consistency models
         assert info.summary
         with pytest.raises(dataclasses.FrozenInstanceError):
             info.order = 99

@@ -8,6 +8,8 @@ import sde_diffusion as sd
 
 ALL = names()
 FIXED = names(lambda i: not adaptive(i))
+# Every method converges to the data law but lcm (order 0): it samples consistency models.
+CONVERGENT = names(lambda i: i.order > 0)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -59,6 +61,8 @@ def test_counted_nfe_matches_declared(name, to_zero):
     extra = 0
     if name == "restart":  # restarts x restart_steps more steps of its base
         extra = solver.restarts * solver.restart_steps * solver.nfe_per_step
+    if name == "heunpp2":  # its last two steps look ahead over fewer points: 2 and 1 NFE
+        extra = -(3 - 2) - (3 - 1)
     if not to_zero and not name.startswith(("srk", "milstein")):  # torchsde probes once more
         assert res.nfe == steps * info(name).nfe_per_step + extra
 
@@ -109,13 +113,25 @@ def _exact_moment_check(name, sde, schedule, n=5000):
     assert z_cov < 4.5, f"covariance off by {z_cov:.1f} standard errors"
 
 
-@pytest.mark.parametrize("name", ALL)
+def test_lcm_lands_on_denoised_means_of_a_score_model():
+    """lcm on a score model: each step keeps only x̂_0, so the law shrinks towards the
+    posterior means (its declared order 0): the spread is visibly below the data's."""
+    sde, gmm = sd.EDMSDE(), small_mixture()
+    x_T = gmm.marginal(sde, sde.T).sample(4096, generator=torch.Generator().manual_seed(0))
+    ts = sd.timesteps(sde, 8, "karras", to_zero=True)
+    g = torch.Generator().manual_seed(1)
+    x = sd.solve(gmm.score_fn(sde), sde, x_T.double(), ts, "lcm", generator=g).x
+    data = gmm.marginal(sde, 0.0).covariance().trace().item()
+    assert torch.cov(x.T).trace() < 0.6 * data  # measured 0.44 of the data's total variance
+
+
+@pytest.mark.parametrize("name", CONVERGENT)
 def test_exact_score_reproduces_the_data_law_edm(name):
     _exact_moment_check(name, sd.EDMSDE(), "karras")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", CONVERGENT)
 @pytest.mark.parametrize("make", [sd.VPSDE, sd.SubVPSDE], ids=["vp", "subvp"])
 def test_exact_score_reproduces_the_data_law(name, make):
     _exact_moment_check(name, make(), "logsnr")

@@ -14,6 +14,7 @@ VARIANCES = ("posterior", "forward")
 
 @register_solver(
     "ancestral",
+    aliases=("ddpm",),
     kind="sde",
     order=1.0,
     nfe_per_step=1,
@@ -28,7 +29,8 @@ class Ancestral(Solver):
     uses the posterior variance (DDPM's beta-tilde; k-diffusion's ancestral
     sigma_up); ``"forward"`` uses the forward transition variance (DDPM's
     sigma^2 = beta; for VE exactly Song et al.'s reverse-diffusion predictor).
-    Strong order 1 on additive noise, 1 NFE per step.
+    Strong order 1 on additive noise, 1 NFE per step.  ``ddpm`` (ComfyUI's and diffusers'
+    DDPM with ``variance_type="fixed_small"``) is this method with the posterior variance.
     """
 
     uses = frozenset({"denoise"})

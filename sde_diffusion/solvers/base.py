@@ -39,11 +39,14 @@ class Leg:
     """A piece of the path the loop steps with the solver: ``times`` (a decreasing grid),
     after a forward jump ``x/α ← x/α + renoise·ξ`` from the previous leg's end when
     ``renoise > 0``.  ``first_index`` is the grid index of the leg's first step for the
-    observer; ``None``: the leg's steps are not grid steps and are not observed."""
+    observer; ``None``: the leg's steps are not grid steps and are not observed.  ``plan``,
+    when given, is the state the leg starts with in place of ``init``'s (what the solver
+    decided while splitting the grid: dpm_fast's order of each step)."""
 
     times: list[float]
     renoise: float = 0.0
     first_index: int | None = 0
+    plan: Any = None
 
 
 @dataclass(frozen=True)

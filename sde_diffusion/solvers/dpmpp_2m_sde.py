@@ -57,3 +57,18 @@ class DPMSolverPP2MSDE(EtaSolver):
             x_new = torch.add(x_new, x0 - x0_prev, alpha=c1.alpha * scale)
         std = c1.sigma * math.sqrt(-math.expm1(-2 * eta_h))
         return self.add_noise(x_new, noise, t0, t1, std), (x0, h)
+
+
+@register_solver(
+    "dpmpp_2m_sde_heun",
+    kind="sde",
+    order=1.0,
+    nfe_per_step=1,
+    stochastic=True,
+    reference="Lu et al. 2022; k-diffusion sample_dpmpp_2m_sde(solver_type='heun'); ComfyUI",
+)
+class DPMSolverPP2MSDEHeun(DPMSolverPP2MSDE):
+    """DPM-Solver++(2M) SDE with the ``heun`` correction (ComfyUI's name for it)."""
+
+    def __init__(self, eta: float = 1.0, s_noise: float = 1.0, variant: str = "heun"):
+        super().__init__(eta, s_noise, variant)

@@ -36,7 +36,7 @@ def unipc_weights(ratios: list[float], h: float, variant: str) -> tuple[list[flo
 
 @register_solver(
     "unipc",
-    aliases=("uni_pc",),
+    aliases=("uni_pc_bh2",),
     kind="ode",
     order=3.0,
     nfe_per_step=1,
@@ -102,3 +102,19 @@ class UniPC(Solver):
         used = history[: self.method_order - 1]
         x1 = self._update(process, x, t0, t1, x0, lam0, used)
         return x1, (x, t0, x0, lam0, used)
+
+
+@register_solver(
+    "uni_pc",
+    kind="ode",
+    order=3.0,
+    nfe_per_step=1,
+    stochastic=False,
+    reference="Zhao et al. 2023, UniPC with B(h) = h (bh1); ComfyUI uni_pc",
+)
+class UniPCBh1(UniPC):
+    """UniPC with ``B(h) = h`` ("bh1", ComfyUI's ``uni_pc``); ``unipc`` (alias
+    ``uni_pc_bh2``) has ``B(h) = e^{h} − 1``, diffusers' default."""
+
+    def __init__(self, order: int = 2, corrector: bool = True, variant: str = "bh1"):
+        super().__init__(order, corrector, variant)
