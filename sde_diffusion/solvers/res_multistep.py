@@ -43,6 +43,10 @@ class ResMultistep(EtaSolver):
     def __init__(self, eta: float = 0.0, s_noise: float = 1.0):
         super().__init__(eta, s_noise)
 
+    @property
+    def order(self) -> float:
+        return 1.0 if self.stochastic else 2.0
+
     def step(self, process, t0, t1, x, state, noise):
         if self.cfg_pp:
             x0, x0_free = process.denoise_guided(x, t0)
