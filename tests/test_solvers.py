@@ -63,6 +63,8 @@ def test_counted_nfe_matches_declared(name, to_zero):
         extra = solver.restarts * solver.restart_steps * solver.nfe_per_step
     if name == "heunpp2":  # its last two steps look ahead over fewer points: 2 and 1 NFE
         extra = -(3 - 2) - (3 - 1)
+    if name == "sa_solver_pece":  # the first step has no corrector to evaluate
+        extra = -1
     if not to_zero and not name.startswith(("srk", "milstein")):  # torchsde probes once more
         assert res.nfe == steps * info(name).nfe_per_step + extra
 
