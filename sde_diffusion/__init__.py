@@ -20,7 +20,7 @@ from .evaluation.likelihood import (
     log_likelihood,
     nll_batched,
 )
-from .guidance import ClassifierFreeGuidance, ClassifierGuidance
+from .guidance import APG, ClassifierFreeGuidance, ClassifierGuidance
 from .models import ConditionError, FunctionModel, Model, as_model
 from .noise import BrownianNoise, GeneratorNoise, NoiseSource, PerSampleNoise
 from .parametrization import PREDICTIONS, ScoreModel
@@ -45,6 +45,7 @@ from .tuning import TunedGrid, load_grid, tune_timesteps
 __version__ = "0.1.0"
 
 __all__ = [
+    "APG",
     "EDMSDE",
     "PREDICTIONS",
     "SCHEDULES",

@@ -19,6 +19,22 @@ predictions or scores.  The two evaluations run as one network call on a batch o
 ``ν = σ/α`` lies in ``[lo, hi]`` (Kynkäänniemi et al. 2024); elsewhere the call is
 the conditional model alone, one network pass.
 
+Variants of the combination, each an option of :class:`ClassifierFreeGuidance` and
+composable with the interval (costs stay two network passes a call):
+
+- ``rescale = φ`` (Lin et al. 2024, diffusers' ``guidance_rescale``): on the noise
+  prediction, ``ε_r = ε_w · std(ε_c)/std(ε_w)`` per sample, then ``φ ε_r + (1 − φ) ε_w``.
+- ``apg = APG(eta, norm_threshold, momentum)`` (Sadat et al. 2025, adaptive projected
+  guidance): on the denoiser, the update ``Δ = D_c − D_∅`` (with momentum
+  ``Δ ← Δ + β Δ_prev``, clipped to norm ``r``) is split into its part parallel to ``D_c``
+  and the rest; ``D = D_c + (w − 1)(Δ_⊥ + η Δ_∥)``.
+- ``zero_star=True`` (Fan et al. 2025, CFG-Zero*): the unconditional noise prediction is
+  first scaled by ``s* = ⟨ε_c, ε_∅⟩/‖ε_∅‖²`` per sample: ``ε = s* ε_∅ + w (ε_c − s* ε_∅)``.
+- ``guide = model`` (Karras et al. 2024, autoguidance): the second branch is a weaker
+  model of the same condition (an early checkpoint, a smaller network) instead of the
+  unconditional one: ``D = D_guide(x, c) + w (D(x, c) − D_guide(x, c))``; two networks,
+  so two passes that cannot share a batch.
+
 **Classifier guidance** (Dhariwal & Nichol 2021; Song et al. 2021, eq. 48):
 ``∇ log p_w(x | c) = ∇ log p_t(x) + w ∇_x log p(c | x, t)`` with the gradient of any
 differentiable classifier ``log_prob(x, t, c) -> (B,)``.  It predicts ``score``.
@@ -27,6 +43,7 @@ differentiable classifier ``log_prob(x, t, c) -> (B,)``.  It predicts ``score``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,7 +54,33 @@ from .models import Cond, as_model
 from .parametrization import convert
 from .sdes import SDE, append_dims
 
-__all__ = ["ClassifierFreeGuidance", "ClassifierGuidance", "null_condition"]
+
+@dataclass(frozen=True)
+class APG:
+    """Adaptive projected guidance (Sadat et al. 2025): ``eta`` weighs the part of the
+    update parallel to the conditional denoiser (0 drops it: what oversaturates),
+    ``norm_threshold`` clips the update's norm per sample (0: no clipping), ``momentum``
+    ``β`` adds ``β`` times the previous step's update (0: none; the paper uses −0.5)."""
+
+    eta: float = 0.0
+    norm_threshold: float = 0.0
+    momentum: float = 0.0
+
+    def __post_init__(self):
+        if not (0.0 <= self.eta <= 1.0 and 0.0 <= self.norm_threshold <= 1e6):
+            raise ArgumentError(
+                f"APG needs eta in [0, 1] and norm_threshold in [0, 1e6], got {self.eta!r} "
+                f"and {self.norm_threshold!r}"
+            )
+        if not -1.0 < self.momentum <= 1.0:
+            raise ArgumentError(f"APG momentum must lie in (-1, 1], got {self.momentum!r}")
+
+
+def _flat_dot(a: Tensor, b: Tensor) -> Tensor:
+    return (a * b).flatten(1).sum(1)
+
+
+__all__ = ["APG", "ClassifierFreeGuidance", "ClassifierGuidance", "null_condition"]
 
 
 def null_condition(cond: Cond, null: Any) -> Cond:
@@ -94,10 +137,28 @@ class ClassifierFreeGuidance:
         *,
         interval: tuple[float, float] | None = None,
         sde: SDE | None = None,
+        rescale: float = 0.0,
+        apg: APG | None = None,
+        zero_star: bool = False,
+        guide: Any = None,
     ):
         self.model = as_model(model)
         self.prediction = self.model.prediction
         self.scale, self.null = _finite_scale(scale), null
+        if not 0.0 <= rescale <= 1.0:
+            raise ArgumentError(f"the guidance rescale must lie in [0, 1], got {rescale!r}")
+        if apg is not None and not isinstance(apg, APG):
+            raise ArgumentError(f"apg must be an APG(eta, norm_threshold, momentum), got {apg!r}")
+        if (rescale or apg is not None or zero_star) and sde is None:
+            raise ArgumentError("rescale, apg and zero_star need the sde (to convert predictions)")
+        self.rescale, self.apg, self.zero_star = float(rescale), apg, bool(zero_star)
+        self.guide = None if guide is None else as_model(guide)
+        if self.guide is not None and self.guide.prediction != self.prediction:
+            raise ArgumentError(
+                f"the guide predicts {self.guide.prediction!r} and the model "
+                f"{self.prediction!r}: autoguidance needs two models of one parametrisation"
+            )
+        self._momentum: tuple[Tensor, Tensor] | None = None  # (t, previous update) for APG
         if interval is not None:
             lo, hi = map(float, interval)
             if not 0 <= lo < hi:
@@ -130,11 +191,14 @@ class ClassifierFreeGuidance:
             self.passes_per_call = 1
             return self.model(x, t, cond)
         self.passes_per_call = 2
-        both = self.model(
-            torch.cat([x, x]), torch.cat([t, t]), _concat(cond, null_condition(cond, self.null))
-        )
-        conditional, unconditional = both.chunk(2)
-        guided = torch.lerp(unconditional, conditional, self.scale)
+        if self.guide is not None:  # two networks: two calls
+            conditional, unconditional = self.model(x, t, cond), self.guide(x, t, cond)
+        else:
+            both = self.model(
+                torch.cat([x, x]), torch.cat([t, t]), _concat(cond, null_condition(cond, self.null))
+            )
+            conditional, unconditional = both.chunk(2)
+        guided = self._combine(conditional, unconditional, x, t)
         if inside is None:
             self.unconditional = unconditional
             return guided
@@ -142,9 +206,61 @@ class ClassifierFreeGuidance:
         self.unconditional = torch.where(inside, unconditional, conditional)
         return torch.where(inside, guided, conditional)
 
+    def _combine(self, conditional: Tensor, unconditional: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        """The guided prediction of the two branches (the model's own kind)."""
+        if not (self.rescale or self.apg or self.zero_star):
+            return torch.lerp(unconditional, conditional, self.scale)
+
+        def to(kind, value, source=self.prediction):
+            return convert(value, x, t, self.sde, source, kind)
+
+        if self.apg is not None:
+            d_c, d_u = to("x0", conditional), to("x0", unconditional)
+            guided = to(self.prediction, self._projected(d_c, d_c - d_u, t), "x0")
+        elif self.zero_star:
+            e_c, e_u = to("eps", conditional), to("eps", unconditional)
+            scale = _flat_dot(e_c, e_u) / _flat_dot(e_u, e_u).clamp_min(1e-12)
+            e_u = e_u * append_dims(scale, x.ndim)
+            guided = to(self.prediction, torch.lerp(e_u, e_c, self.scale), "eps")
+        else:
+            guided = torch.lerp(unconditional, conditional, self.scale)
+        if self.rescale:
+            e_c, e_w = to("eps", conditional), to("eps", guided)
+            ratio = e_c.flatten(1).std(1) / e_w.flatten(1).std(1).clamp_min(1e-12)
+            e_r = e_w * append_dims(ratio, x.ndim)
+            guided = to(self.prediction, torch.lerp(e_w, e_r, self.rescale), "eps")
+        return guided
+
+    def _projected(self, d_c: Tensor, update: Tensor, t: Tensor) -> Tensor:
+        """APG's denoiser ``D_c + (w − 1)(Δ_⊥ + η Δ_∥)`` for the update ``Δ = D_c − D_∅``."""
+        apg = self.apg
+        if apg.momentum:
+            previous = self._momentum
+            fresh = previous is None or bool((t > previous[0]).any())  # a new solve began
+            if not fresh and previous[1].shape == update.shape:
+                update = update + apg.momentum * previous[1]
+            self._momentum = (t.detach(), update.detach())
+        if apg.norm_threshold > 0:
+            norm = update.flatten(1).norm(dim=1).clamp_min(1e-12)
+            factor = torch.clamp(apg.norm_threshold / norm, max=1.0)
+            update = update * append_dims(factor, update.ndim)
+        unit = d_c / append_dims(d_c.flatten(1).norm(dim=1).clamp_min(1e-12), d_c.ndim)
+        parallel = unit * append_dims(_flat_dot(update, unit), d_c.ndim)
+        return d_c + (self.scale - 1) * (update - parallel + apg.eta * parallel)
+
     def __repr__(self) -> str:
         window = f", interval={self.interval}" if self.interval else ""
-        return f"ClassifierFreeGuidance({self.model!r}, scale={self.scale}{window})"
+        extras = "".join(
+            f", {k}={v!r}"
+            for k, v in (
+                ("rescale", self.rescale),
+                ("apg", self.apg),
+                ("zero_star", self.zero_star),
+            )
+            if v
+        )
+        guide = f", guide={self.guide!r}" if self.guide is not None else ""
+        return f"ClassifierFreeGuidance({self.model!r}, scale={self.scale}{window}{extras}{guide})"
 
 
 class ClassifierGuidance:

@@ -185,3 +185,139 @@ def test_unet_output_depends_on_noise_level_and_label(width):
         base = unet(x, c, torch.tensor([0, 0]))
         assert (unet(x, c + 1, torch.tensor([0, 0])) - base).abs().max() > 1e-3
         assert (unet(x, c, torch.tensor([1, 1])) - base).abs().max() > 1e-3
+
+
+# The guidance variants -----------------------------------------------------------------------
+
+
+class Affine:
+    """A noise predictor per class, affine in x: exact algebra for the variants."""
+
+    prediction = "eps"
+
+    def __init__(self, slope, shift):
+        self.slope, self.shift = slope, shift
+
+    def __call__(self, x, t, cond):
+        k = sd.append_dims(cond.to(x), x.ndim)
+        return x * (self.slope + 0.1 * k) + self.shift * (k - 1)
+
+
+def batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 3, 4, 4, generator=g, dtype=torch.float64)
+    return x, torch.full((4,), 0.4, dtype=torch.float64), torch.tensor([0, 1, 0, 1])
+
+
+def test_cfg_rescale_is_diffusers_guidance_rescale():
+    pipeline = pytest.importorskip("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion")
+    sde, model = sd.VPSDE(), Affine(0.5, 0.3)
+    x, t, c = batch()
+    out = sd.ClassifierFreeGuidance(model, 6.0, 2, sde=sde, rescale=0.7)(x, t, c)
+    e_c, e_u = model(x, t, c), model(x, t, torch.full_like(c, 2))
+    expected = pipeline.rescale_noise_cfg(e_u + 6.0 * (e_c - e_u), e_c, guidance_rescale=0.7)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    plain = sd.ClassifierFreeGuidance(model, 6.0, 2)(x, t, c)
+    full = sd.ClassifierFreeGuidance(model, 6.0, 2, sde=sde, rescale=1.0)(x, t, c)
+    std = full.flatten(1).std(1)  # φ = 1: the guided prediction has the conditional's spread
+    torch.testing.assert_close(std, e_c.flatten(1).std(1))
+    assert not torch.allclose(plain, full)
+
+
+def test_apg_projects_the_update_away_from_the_conditional_denoiser():
+    sde, model = sd.VPSDE(), Affine(0.5, 0.3)
+    x, t, c = batch(1)
+
+    def x0(eps):
+        return sd.parametrization.convert(eps, x, t, sde, "eps", "x0")
+
+    d_c, d_u = x0(model(x, t, c)), x0(model(x, t, torch.full_like(c, 2)))
+    plain = sd.ClassifierFreeGuidance(model, 4.0, 2)(x, t, c)
+    whole = sd.ClassifierFreeGuidance(model, 4.0, 2, sde=sde, apg=sd.APG(eta=1.0))(x, t, c)
+    torch.testing.assert_close(whole, plain)  # η = 1, no clipping: CFG itself
+    apg = sd.ClassifierFreeGuidance(model, 4.0, 2, sde=sde, apg=sd.APG(eta=0.0))(x, t, c)
+    change = x0(apg) - d_c  # (w − 1) Δ_⊥: orthogonal to D_c per sample
+    norms = change.flatten(1).norm(dim=1) * d_c.flatten(1).norm(dim=1)
+    cosine = (change * d_c).flatten(1).sum(1) / norms
+    assert cosine.abs().max() < 1e-10
+    clipped = sd.ClassifierFreeGuidance(
+        model, 4.0, 2, sde=sde, apg=sd.APG(eta=1.0, norm_threshold=0.5)
+    )(x, t, c)
+    update = (x0(clipped) - d_c) / 3.0
+    assert update.flatten(1).norm(dim=1).max() <= 0.5 + 1e-9
+    assert (d_c - d_u).flatten(1).norm(dim=1).min() > 0.5  # so the clip acted
+
+
+def test_apg_momentum_carries_within_a_solve_and_restarts_with_the_next():
+    sde, model = sd.VPSDE(), Affine(0.5, 0.3)
+    x, _, c = batch(2)
+    guided = sd.ClassifierFreeGuidance(model, 3.0, 2, sde=sde, apg=sd.APG(eta=1.0, momentum=-0.5))
+    plain = sd.ClassifierFreeGuidance(model, 3.0, 2)
+    t0, t1 = torch.full((4,), 0.6, dtype=torch.float64), torch.full((4,), 0.3, dtype=torch.float64)
+    torch.testing.assert_close(guided(x, t0, c), plain(x, t0, c))  # nothing to carry yet
+    assert not torch.allclose(guided(x, t1, c), plain(x, t1, c))  # − 0.5 × the last update
+    torch.testing.assert_close(guided(x, t0, c), plain(x, t0, c))  # t went up: a new solve
+
+
+def test_cfg_zero_star_scales_the_unconditional_branch():
+    sde = sd.VPSDE()
+
+    class Proportional:  # ε_∅ = 2 ε_c: s* = 1/2 and the guided prediction is ε_c at any w
+        prediction = "eps"
+
+        def __call__(self, x, t, cond):
+            return torch.where(sd.append_dims(cond == 2, x.ndim), 2 * x, x)
+
+    x, t, c = batch(3)
+    out = sd.ClassifierFreeGuidance(Proportional(), 7.5, 2, sde=sde, zero_star=True)(x, t, c)
+    torch.testing.assert_close(out, x)
+    plain = sd.ClassifierFreeGuidance(Proportional(), 7.5, 2)(x, t, c)
+    torch.testing.assert_close(plain, 2 * x + 7.5 * (x - 2 * x))
+
+
+def test_autoguidance_guides_with_a_weaker_model_of_the_same_condition():
+    strong, weak = Affine(0.5, 0.3), Affine(0.8, 0.1)
+    x, t, c = batch(4)
+    guided = sd.ClassifierFreeGuidance(strong, 2.5, None, guide=weak)
+    out = guided(x, t, c)
+    torch.testing.assert_close(out, weak(x, t, c) + 2.5 * (strong(x, t, c) - weak(x, t, c)))
+    assert guided.passes_per_call == 2
+    same = sd.ClassifierFreeGuidance(strong, 2.5, None, guide=strong)(x, t, c)
+    torch.testing.assert_close(same, strong(x, t, c))
+    with pytest.raises(sd.ArgumentError, match="one parametrisation"):
+        sd.ClassifierFreeGuidance(strong, 2.5, None, guide=sd.as_model(lambda x, t: -x))
+
+
+def test_variants_compose_with_the_interval_and_count_passes():
+    gmm, sde = two_classes(), sd.VPSDE()
+    model = sd.ClassifierFreeGuidance(
+        gmm.score_fn(sde), 3.0, 2, sde=sde, interval=(0.5, 2.0), rescale=0.5, zero_star=True
+    )
+    n = 64
+    res = sd.sample(model, sde, (n, 2), "dpmpp_2m", steps=10, cond=torch.zeros(n, dtype=torch.long))
+    grid = sd.timesteps(sde, 10, "karras").tolist()
+    inside = [0.5 <= math.exp(-sde.log_snr(t).item()) <= 2.0 for t in grid[:-1]]
+    assert res.nfe == 10 and res.network_passes == 10 + sum(inside)
+    assert torch.isfinite(res.x).all()
+
+
+def test_bad_variant_options_are_one_sentence():
+    model = Affine(0.5, 0.3)
+    with pytest.raises(sd.ArgumentError, match=r"rescale must lie in \[0, 1\]"):
+        sd.ClassifierFreeGuidance(model, 2.0, 2, sde=sd.VPSDE(), rescale=1.5)
+    with pytest.raises(sd.ArgumentError, match="need the sde"):
+        sd.ClassifierFreeGuidance(model, 2.0, 2, zero_star=True)
+    with pytest.raises(sd.ArgumentError, match="momentum must lie"):
+        sd.APG(momentum=-1.0)
+
+
+def test_cfg_pp_reads_the_unconditional_branch_even_at_scale_one():
+    gmm, sde = two_classes(), sd.VPSDE()
+    guided = sd.ClassifierFreeGuidance(gmm.score_fn(sde), 1.0, null=2)
+    n = 16
+    cond = torch.zeros(n, dtype=torch.long)
+    pp = sd.sample(guided, sde, (n, 2), "euler_cfg_pp", steps=8, cond=cond, dtype=torch.float64)
+    assert pp.network_passes == 2 * pp.nfe  # CFG++ at λ = 1 needs ε_∅: not plain Euler
+    ddim = sd.sample(gmm.score_fn(sde), sde, (n, 2), "euler_cfg_pp", steps=8, cond=cond,
+                     dtype=torch.float64)  # fmt: skip
+    assert ddim.network_passes == ddim.nfe and not torch.allclose(pp.x, ddim.x)
