@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -190,6 +191,36 @@ def sample_with_progress(
     metavar="LO,HI",
     help="Guide only at noise levels σ/α in [LO, HI] (elsewhere one conditional pass).",
 )
+@click.option(
+    "--guidance-rescale",
+    type=click.FloatRange(0, 1),
+    callback=not_nan,
+    default=0.0,
+    show_default=True,
+    help="CFG rescale φ (Lin et al. 2024; diffusers' guidance_rescale): match the guided "
+    "noise prediction's spread to the conditional one's.",
+)
+@click.option(
+    "--apg",
+    default=None,
+    metavar="ETA[,NORM[,MOMENTUM]]",
+    help="Adaptive projected guidance (Sadat et al. 2025): keep ETA of the update parallel "
+    "to the denoiser, clip its norm to NORM (0: no clip), momentum (the paper: -0.5).",
+)
+@click.option(
+    "--cfg-zero-star",
+    is_flag=True,
+    help="CFG-Zero* (Fan et al. 2025): scale the unconditional prediction by its optimal "
+    "projection first.",
+)
+@click.option(
+    "--guide",
+    "guide_model",
+    default=None,
+    metavar="CHECKPOINT",
+    help="Autoguidance (Karras et al. 2024): guide with this weaker model of the same "
+    "condition (an early checkpoint of the run) instead of the unconditional branch.",
+)
 @solver_option_flags
 def sample(
     model,
@@ -207,6 +238,10 @@ def sample(
     class_,
     guidance,
     guidance_interval,
+    guidance_rescale,
+    apg,
+    cfg_zero_star,
+    guide_model,
     **kwargs,
 ):
     """Draw samples with any registered solver and save them.
@@ -218,6 +253,8 @@ def sample(
       sdediff sample --model gmm8 --solver ddim --eta 0.5 -n 4096 --out ring.npz
       sdediff sample --model digits-cond --class 3 --guidance 2.0
       sdediff sample --model digits-cond --class all --guidance 2 --guidance-interval 0.1,5
+      sdediff sample --model digits-cond --class 3 --guidance 4 --apg 0,2
+      sdediff sample --model digits-cond --class 3 --solver euler_cfg_pp --guidance 0.8
       sdediff sample --model digits --grid grid.json      # a grid from sdediff tune
     """
     writable_output(out, suffixes=OUT_SUFFIXES)
@@ -247,14 +284,31 @@ def sample(
             raise click.BadParameter(f"{grid_file}: {err}", param_hint="--grid") from None
     check_output_size(problem, out, num_samples)
     labels, columns = class_labels(problem, model, class_, num_samples)
-    if labels is None and (guidance != 1.0 or interval is not None):
-        raise click.UsageError("--guidance and --guidance-interval need --class")
+    variants = {
+        "guidance_rescale": guidance_rescale,
+        "apg": parse_apg(apg),
+        "cfg_zero_star": cfg_zero_star,
+        "guide": guide_model,
+    }
+    asked = guidance != 1.0 or interval is not None or any(variants.values())
+    if labels is None and asked:
+        raise click.UsageError(
+            "--guidance, --guidance-interval, --guidance-rescale, --apg, --cfg-zero-star and "
+            "--guide need --class"
+        )
     num_samples = num_samples if labels is None else len(labels)
     guided = problem.model
-    if labels is not None and (guidance != 1.0 or interval is not None):
-        null = len(problem.class_names)  # the null label
+    if labels is not None and (asked or "cfg_pp" in solver.name):  # CFG++ reads the null branch
         guided = sd.ClassifierFreeGuidance(
-            problem.model, guidance, null, interval=interval, sde=problem.sde
+            problem.model,
+            guidance,
+            len(problem.class_names),  # the null label
+            interval=interval,
+            sde=problem.sde,
+            rescale=guidance_rescale,
+            apg=variants["apg"],
+            zero_star=cfg_zero_star,
+            guide=None if guide_model is None else open_guide(guide_model, problem, device, dtype),
         )
     console.print(
         f"sampling {num_samples} from {model} ({problem.sde!r}) with {solver.name}, "
@@ -302,6 +356,9 @@ def sample(
             settings["grid"] = grid.times
         if labels is not None:
             settings.update({"class": class_, "guidance": guidance, "guidance_interval": interval})
+            settings.update({k: v for k, v in variants.items() if v})
+            if variants["apg"]:
+                settings["apg"] = dataclasses.asdict(variants["apg"])
         if npz is not None:
             npz.add("settings", json.dumps(settings))
             if labels is not None:  # each sample's class, as compact integers
@@ -357,6 +414,43 @@ def parse_interval(value: str | None) -> tuple[float, float] | None:
             f"need 0 <= LO < HI, got {value!r}", param_hint="--guidance-interval"
         )
     return lo, hi
+
+
+def parse_apg(value: str | None) -> sd.APG | None:
+    """``"eta[,norm[,momentum]]"`` as APG's settings."""
+    if value is None:
+        return None
+    try:
+        numbers = [float(v) for v in value.split(",")]
+        if not 1 <= len(numbers) <= 3 or not all(math.isfinite(v) for v in numbers):
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(
+            f"expected ETA[,NORM[,MOMENTUM]] (one to three numbers), got {value!r}",
+            param_hint="--apg",
+        ) from None
+    try:
+        return sd.APG(*numbers)
+    except sd.ArgumentError as err:
+        raise click.BadParameter(str(err), param_hint="--apg") from None
+
+
+def open_guide(name: str, problem, device, dtype: str):
+    """The ``--guide`` model: a checkpoint of the same SDE, event shape and classes."""
+    guide, _ = open_problem(name, None, device, dtype)
+    same = (
+        repr(guide.sde) == repr(problem.sde)
+        and tuple(guide.event_shape) == tuple(problem.event_shape)
+        and guide.class_names == problem.class_names
+        and guide.model.prediction == problem.model.prediction
+    )
+    if not same:
+        raise click.BadParameter(
+            f"{name} is not a model of the same SDE, sample shape, classes and "
+            "parametrisation as --model; autoguidance needs a weaker version of the same model",
+            param_hint="--guide",
+        )
+    return guide.model
 
 
 def class_labels(problem, model: str, value: str | None, num_samples: int):

@@ -135,6 +135,7 @@ def resume_defaults(ctx: click.Context, param: click.Parameter, path: Path | Non
         "ema": train["ema_decay"],
         **{k: train[k] for k in ("steps", "batch_size", "lr", "checkpoint_every", "seed")},
         "sample_every": train["sample_every"],
+        "keep_every": train.get("keep_every", 0),
     }
     ctx.default_map = {**values, **(ctx.default_map or {})}  # a --config file wins
     return path
@@ -207,6 +208,13 @@ def resume_defaults(ctx: click.Context, param: click.Parameter, path: Path | Non
     show_default=True,
 )
 @click.option(
+    "--keep-every",
+    type=click.IntRange(min=0),
+    default=TRAIN.keep_every,
+    help="Also keep the EMA weights every N steps as OUT.stepN.safetensors (early models: "
+    "guides for sdediff sample --guide).",
+)
+@click.option(
     "--sample-every",
     type=click.IntRange(min=0),
     default=TRAIN.sample_every,
@@ -243,6 +251,7 @@ def train(
     lr,
     ema,
     checkpoint_every,
+    keep_every,
     sample_every,
     out,
     resume,
@@ -296,6 +305,7 @@ def train(
             loss_weighting=loss_weighting,
             seed=seed,
             checkpoint_every=checkpoint_every,
+            keep_every=keep_every,
             sample_every=sample_every,
             device=str(device),
             cond_drop_prob=cond_drop,

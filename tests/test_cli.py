@@ -471,11 +471,44 @@ def conditional_checkpoint(tmp_path_factory):
         "30",
         "--batch-size",
         "64",
+        "--keep-every",
+        "10",
         "--out",
         str(out),
     )
     assert result.exit_code == 0, result.output
     return out
+
+
+def test_training_keeps_early_models_that_guide_sampling(tmp_path, conditional_checkpoint):
+    kept = sorted(p.name for p in conditional_checkpoint.parent.glob("c.step*.safetensors"))
+    assert kept == ["c.step000010.safetensors", "c.step000020.safetensors",
+                    "c.step000030.safetensors"]  # fmt: skip
+    early = conditional_checkpoint.parent / kept[0]
+    out = tmp_path / "auto.npz"
+    args = ["--model", str(conditional_checkpoint), "--class", "2", "--steps", "6", "-n", "32"]
+    result = run("sample", *args, "--guidance", "2", "--guide", str(early), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    with np.load(out) as f:
+        settings = json.loads(str(f["settings"]))
+    assert settings["guide"] == str(early)
+    assert settings["network_passes_per_batch"] == 2 * settings["nfe"]  # two networks a call
+    both = run("sample", *args, "--guidance", "3", "--apg", "0,1,-0.5", "--guidance-rescale",
+               "0.5", "--cfg-zero-star", "--out", str(tmp_path / "v.npz"))  # fmt: skip
+    assert both.exit_code == 0, both.output
+    with np.load(tmp_path / "v.npz") as f:
+        settings = json.loads(str(f["settings"]))
+    assert settings["apg"] == {"eta": 0.0, "norm_threshold": 1.0, "momentum": -0.5}
+    assert settings["guidance_rescale"] == 0.5 and settings["cfg_zero_star"] is True
+    for bad, message in [
+        (["--apg", "2"], "eta in [0, 1]"),
+        (["--guide", "moons"], "not a model of the same SDE"),
+        (["--guidance-rescale", "2"], "--guidance-rescale"),
+    ]:
+        result = run("sample", *args, *bad, "--out", str(tmp_path / "x.npz"))
+        assert result.exit_code == 2 and message in result.output, result.output
+    plain = run("sample", "--model", "moons", "--cfg-zero-star", "-n", "4")
+    assert plain.exit_code == 2 and "need --class" in plain.output
 
 
 def test_conditional_training_records_the_classes(conditional_checkpoint):

@@ -7,6 +7,7 @@ the EDM (α = 1) and VP (α < 1) SDEs alike.
 """
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -70,7 +71,7 @@ def run(name, make, guidance=None, steps=6, generator=None, **options):
 @pytest.mark.parametrize("scale", [1.0, 1.5])
 def test_euler_cfg_pp(make, scale):
     x, nus, y, labels = run("euler_cfg_pp", make, guidance=scale)
-    for s0, s1 in zip(nus, nus[1:], strict=False):
+    for s0, s1 in pairwise(nus):
         du, dc = d_null(y, s0), d_cond(labels)(y, s0)
         guided = du + scale * (dc - du)
         y = guided if s1 == 0 else guided + s1 * (y - du) / s0  # DDIM-CFG++ (Chung et al.)
@@ -83,7 +84,7 @@ def test_euler_ancestral_cfg_pp_draws_its_noise_like_comfyui(make):
         "euler_ancestral_cfg_pp", make, guidance=1.2, generator=torch.Generator().manual_seed(5)
     )
     g = torch.Generator().manual_seed(5)
-    for s0, s1 in zip(nus, nus[1:], strict=False):
+    for s0, s1 in pairwise(nus):
         du, dc = d_null(y, s0), d_cond(labels)(y, s0)
         guided = du + 1.2 * (dc - du)
         if s1 == 0:
@@ -99,7 +100,7 @@ def test_euler_ancestral_cfg_pp_draws_its_noise_like_comfyui(make):
 def test_dpmpp_2m_cfg_pp(make):
     x, nus, y, labels = run("dpmpp_2m_cfg_pp", make, guidance=1.3)
     old = None
-    for i, (s0, s1) in enumerate(zip(nus, nus[1:], strict=False)):
+    for i, (s0, s1) in enumerate(pairwise(nus)):
         du, dc = d_null(y, s0), d_cond(labels)(y, s0)
         guided = du + 1.3 * (dc - du)
         if s1 == 0:
@@ -119,7 +120,7 @@ def test_dpmpp_2m_cfg_pp(make):
 def res_reference(y, nus, d, eta=0.0, cfg=None, generator=None):
     """ComfyUI's res_multistep (Zhang et al. 2023 RES 2-step), ``cfg = (scale, d_null)``."""
     old = old_down = None
-    for i, (s0, s1) in enumerate(zip(nus, nus[1:], strict=False)):
+    for i, (s0, s1) in enumerate(pairwise(nus)):
         dc = d(y, s0)
         du = cfg[1](y, s0) if cfg else dc
         den = du + cfg[0] * (dc - du) if cfg else dc
@@ -140,9 +141,12 @@ def res_reference(y, nus, d, eta=0.0, cfg=None, generator=None):
     return y
 
 
+RES = ["res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral",
+       "res_multistep_ancestral_cfg_pp"]  # fmt: skip
+
+
 @pytest.mark.parametrize("make", SDES)
-@pytest.mark.parametrize("name", ["res_multistep", "res_multistep_cfg_pp",
-                                  "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp"])  # fmt: skip
+@pytest.mark.parametrize("name", RES)
 def test_res_multistep(make, name):
     cfg = name.endswith("cfg_pp")
     eta = 1.0 if "ancestral" in name else 0.0
@@ -161,7 +165,7 @@ def test_res_multistep(make, name):
 def test_gradient_estimation(make):
     x, nus, y, labels = run("gradient_estimation", make)
     old = None
-    for s0, s1 in zip(nus, nus[1:], strict=False):
+    for s0, s1 in pairwise(nus):
         den = d_cond(labels)(y, s0)
         d = (y - den) / s0
         if s1 == 0:
@@ -226,8 +230,8 @@ def test_dpm_fast(make, steps):
             r1, r2 = 1 / 3, 2 / 3
             s1, s2 = t + r1 * h, t + r2 * h
             e1 = eps(y - math.exp(-s1) * math.expm1(r1 * h) * e, s1)
-            u2 = (y - math.exp(-s2) * math.expm1(r2 * h) * e
-                  - math.exp(-s2) * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * (e1 - e))  # fmt: skip
+            phi = math.expm1(r2 * h) / (r2 * h) - 1
+            u2 = y - math.exp(-s2) * (math.expm1(r2 * h) * e + (r2 / r1) * phi * (e1 - e))
             e2 = eps(u2, s2)
             y = y - sig * math.expm1(h) * e - sig / r2 * (math.expm1(h) / h - 1) * (e2 - e)
     y = d_of(y, nus[-2])  # the budget's last evaluation: the step to t = 0
@@ -243,7 +247,7 @@ def test_er_sde_without_noise(make):
         return nu * (math.exp(nu**0.3) + 10)
 
     history = []  # (x̂_0, ν, D_1)
-    for s0, s1 in zip(nus, nus[1:], strict=False):
+    for s0, s1 in pairwise(nus):
         den = d_of(y, s0)
         if s1 == 0:
             y = den
@@ -271,7 +275,7 @@ def test_er_sde_without_noise(make):
 def test_seeds_2_deterministic(make, solver_type):
     x, nus, y, labels = run("seeds_2", make, eta=0.0, solver_type=solver_type)
     d_of = d_cond(labels)
-    for s0, s1 in zip(nus, nus[1:], strict=False):
+    for s0, s1 in pairwise(nus):
         den = d_of(y, s0)
         if s1 == 0:
             y = den
@@ -296,7 +300,7 @@ def test_seeds_3_deterministic(make):
     def phi2(z):
         return (math.expm1(z) - z) / z
 
-    for s0, s1 in zip(nus, nus[1:], strict=False):
+    for s0, s1 in pairwise(nus):
         den = d_of(y, s0)
         if s1 == 0:
             y = den
@@ -316,7 +320,7 @@ def test_lcm_and_ddpm_draw_like_comfyui(make):
     x, nus, y0, labels = run("lcm", make, generator=torch.Generator().manual_seed(2))
     g, y = torch.Generator().manual_seed(2), y0
     sde = make()
-    for s0, s1 in zip(nus, nus[1:], strict=False):
+    for s0, s1 in pairwise(nus):
         y = d_cond(labels)(y, s0)
         if s1 > 0:  # re-noised at ν_s, in VP units: α_s x̂_0 + σ_s z, scaled by 1/α_s
             y = y + s1 * torch.randn(y.shape, generator=g, dtype=y.dtype)
@@ -324,7 +328,7 @@ def test_lcm_and_ddpm_draw_like_comfyui(make):
     # ComfyUI's DDPM step (in VP units, ᾱ = 1/(1 + ν²)) is our ancestral step
     x, nus, y, labels = run("ddpm", make, generator=torch.Generator().manual_seed(4))
     g = torch.Generator().manual_seed(4)
-    for s0, s1 in zip(nus, nus[1:], strict=False):
+    for s0, s1 in pairwise(nus):
         eps = (y - d_cond(labels)(y, s0)) / s0
         a_bar, a_prev = 1 / (s0**2 + 1), 1 / (s1**2 + 1)
         alpha = a_bar / a_prev

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import sde_diffusion as sd
-from sde_diffusion.solvers.dpm_fast import fast_orders
 from sde_diffusion.measurements import Downsample, Inpaint, half_mask
 from sde_diffusion.restoration import RePaint, method_names, repaint_walk, restore
+from sde_diffusion.solvers.dpm_fast import fast_orders
 
 EVENT = (1, 4, 4)
 SDE = sd.EDMSDE()

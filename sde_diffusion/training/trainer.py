@@ -66,6 +66,7 @@ class TrainConfig:
     bf16: bool = False
     seed: int = 0
     checkpoint_every: int = 500
+    keep_every: int = 0  # N > 0: also export the EMA weights every N steps as NAME.stepN
     sample_every: int = 0  # 0: no evaluation samples
     sample_count: int = 64
     sample_solver: str = "heun"
@@ -77,6 +78,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "checkpoint_every", "sample_count", "sample_steps"):
             if getattr(self, name) < 1:
                 raise ArgumentError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.keep_every < 0:
+            raise ArgumentError(f"keep_every must be >= 0, got {self.keep_every}")
         if not 0 <= self.cond_drop_prob < 1:
             raise ArgumentError(f"cond_drop_prob must lie in [0, 1), got {self.cond_drop_prob}")
         if not 0 < self.lr < math.inf or self.warmup < 0 or not 0 <= self.ema_decay < 1:
@@ -84,6 +87,13 @@ class TrainConfig:
                 f"need lr > 0, warmup >= 0 and 0 <= ema_decay < 1, got lr={self.lr}, "
                 f"warmup={self.warmup}, ema_decay={self.ema_decay}"
             )
+
+
+def kept_path(checkpoint: str | Path, step: int) -> Path:
+    """Where ``keep_every`` exports the EMA weights of ``step``: ``NAME.step001000.safetensors``
+    beside the checkpoint (an early model of the run: autoguidance's guide)."""
+    path = Path(checkpoint)
+    return path.with_name(f"{path.stem}.step{step:06d}{path.suffix or '.safetensors'}")
 
 
 class Trainer:
@@ -244,6 +254,9 @@ class Trainer:
                     if checkpoint and self.step % self.config.checkpoint_every == 0:
                         self.save(checkpoint)
                         barrier()  # no rank reads a checkpoint that is half written
+                    keep = self.config.keep_every
+                    if checkpoint and keep and self.step % keep == 0:
+                        self.export(kept_path(checkpoint, self.step))
                     every = self.config.sample_every
                     if on_samples and every and self.step % every == 0 and self.rank == 0:
                         on_samples(self.step, self.evaluation_samples())
