@@ -143,10 +143,26 @@ PEERS = {
     "ddpm": Peer(
         "DDPMScheduler",
         {**TRAILING, "variance_type": "fixed_small"},
-        "ancestral",
+        "ddpm",  # the alias of `ancestral` (posterior variance)
         vp_units=True,
         stochastic=True,
     ),
+    "sa_solver": Peer(  # diffusers' defaults: orders 2 and 2, τ = 1 on timesteps 200-800
+        "SASolverScheduler",
+        {**KARRAS, "predictor_order": 2, "corrector_order": 2},
+        "sa_solver",
+        {"predictor_order": 2, "corrector_order": 2},
+        vp_units=True,
+        stochastic=True,
+    ),
+    "sa_solver_ode": Peer(  # τ = 0: the deterministic SA-Solver, compared point for point
+        "SASolverScheduler",
+        {**KARRAS, "predictor_order": 2, "corrector_order": 2, "tau_func": lambda t: 0},
+        "sa_solver",
+        {"eta": 0.0, "predictor_order": 2, "corrector_order": 2},
+        vp_units=True,
+    ),
+    "lcm": Peer("LCMScheduler", {}, "lcm", vp_units=True, stochastic=True),
 }
 
 
@@ -188,13 +204,16 @@ def current_sigma(sched, t) -> float:
 
 
 def diffusers_grid(peer: Peer, steps: int) -> list[float]:
-    """The sigmas a scheduler visits, ending at 0: the grid our solver gets."""
+    """The sigmas a scheduler visits, ending at 0: the grid our solver gets.  (SA-Solver's
+    table ends on its last level twice, a step of length 0 that only corrects: diffusers'
+    SA-Solver returns the corrected state there, not x̂_0, for the same NFE.)"""
     sched = make_scheduler(peer)
     sched.set_timesteps(steps)
-    if peer.scheduler in ("DDIMScheduler", "DDPMScheduler"):
+    if peer.scheduler in ("DDIMScheduler", "DDPMScheduler", "LCMScheduler"):
         abar = sched.alphas_cumprod[sched.timesteps.long()].double()
         return [*((1 / abar - 1).sqrt().tolist()), 0.0]
-    return torch.unique_consecutive(sched.sigmas.double()).tolist()
+    grid = torch.unique_consecutive(sched.sigmas.double()).tolist()
+    return grid if grid[-1] == 0.0 else [*grid, 0.0]
 
 
 def run_diffusers(peer: Peer, denoise, x_T: torch.Tensor, steps: int, seed: int = 0):
@@ -765,6 +784,68 @@ def kdiffusion_parity(cases: list[Case], kd) -> list[dict]:
     return rows
 
 
+GUIDANCE_SCALE, RESCALE = 3.0, 0.7
+
+
+def rescale_parity(cases: list[Case]) -> list[dict]:
+    """CFG rescale (Lin et al. 2024): our ``ClassifierFreeGuidance(rescale=φ)`` under
+    ``dpmpp_2m`` and diffusers' ``rescale_noise_cfg`` in a ``DPMSolverMultistepScheduler``
+    loop, on the same grid and x_T, each sample guided to a component of the mixture;
+    endpoint RMS error against a DOP853 solve of the same guided model.  On the 64-D
+    mixture only: rescaling divides by a per-sample standard deviation, which over the two
+    coordinates of a 2-D sample can vanish (the guided ODE is then stiff)."""
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+    rows, peer = [], PEERS["dpmpp_2m"]
+    for case in (c for c in cases if c.mixture.dim >= 16):
+        null = case.mixture.num_components
+        labels = torch.arange(len(case.x_T)) % null
+        guided = sd.ClassifierFreeGuidance(
+            case.score, GUIDANCE_SCALE, null, sde=case.sde, rescale=RESCALE
+        )
+
+        def denoise(x_sigma, sigma, case=case, null=null, labels=labels):
+            s = sd.append_dims(sigma, x_sigma.ndim)
+            d_c = case.mixture.denoise(case.sde, x_sigma, sigma, labels)
+            d_u = case.mixture.denoise(case.sde, x_sigma, sigma, torch.full_like(labels, null))
+            e_c, e_u = (x_sigma - d_c) / s, (x_sigma - d_u) / s
+            e = rescale_noise_cfg(e_u + GUIDANCE_SCALE * (e_c - e_u), e_c, RESCALE)
+            return x_sigma - s * e
+
+        ends = torch.tensor([float(case.x_T.std()), SIGMA_MIN, 0.0], dtype=torch.float64)
+        ends[0] = diffusers_grid(peer, 10)[0]
+        with torch.inference_mode():
+            reference = sd.solve(guided, case.sde, case.x_T.double(), ends, "dop853",
+                                 rtol=1e-10, atol=1e-10, cond=labels).x  # fmt: skip
+            for budget in (10, 20, 50):
+                steps = steps_for_nfe("dpmpp_2m", budget, to_zero=True)
+                grid = torch.tensor(diffusers_grid(peer, steps), dtype=torch.float64)
+                theirs, _ = run_diffusers(peer, denoise, case.x_T, steps)
+                ours = sd.solve(guided, case.sde, case.x_T, grid, "dpmpp_2m", cond=labels).x
+                row = {"problem": case.name, "nfe": steps, "scale": GUIDANCE_SCALE}
+                for library, x in (("ours", ours), ("diffusers", theirs)):
+                    row[f"{library}_error"] = float((x.double() - reference).pow(2).mean().sqrt())
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
+
+
+def rescale_markdown(rows: list[dict]) -> str:
+    lines = [
+        f"CFG scale {GUIDANCE_SCALE:g}, rescale φ = {RESCALE:g}, DPM-Solver++(2M), Karras grid; "
+        "endpoint RMS error against DOP853 on the same guided model.\n",
+        "| problem | NFE | diffusers | ours | ours / diffusers |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        ratio = r["ours_error"] / r["diffusers_error"]
+        lines.append(
+            f"| {r['problem']} | {r['nfe']} | {r['diffusers_error']:.3g} | {r['ours_error']:.3g} "
+            f"| {ratio:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def parity_markdown(rows: list[dict]) -> str:
     lines = [
         "| problem | method | NFE | ours / k-diffusion | max relative difference |",
@@ -789,7 +870,7 @@ def main() -> None:
     parser.add_argument("--unet-images", type=int, default=256)
     parser.add_argument(
         "--part",
-        choices=["accuracy", "ours", "kdiffusion", "speed", "report"],
+        choices=["accuracy", "ours", "rescale", "kdiffusion", "speed", "report"],
         help="one part only",
     )
     parser.add_argument(
@@ -820,6 +901,8 @@ def main() -> None:
         plot(payload["accuracy"])
     if args.part == "ours" or (args.part in (None, "accuracy") and args.methods == list(PEERS)):
         payload["ours_best"] = ours_best(cases)
+    if args.part in (None, "accuracy", "rescale"):
+        payload["rescale_parity"] = rescale_parity(cases)
     kd = sd.adapters.kdiffusion_sampling()
     if args.part in (None, "kdiffusion") and kd is not None:
         payload["kdiffusion_parity"] = kdiffusion_parity(cases, kd)
@@ -836,6 +919,10 @@ def main() -> None:
         payload.get("memory", []),
         payload.get("noise_floor", {}),
     )
+    if payload.get("rescale_parity"):
+        md += "\n## CFG rescale beside diffusers' guidance_rescale\n\n" + rescale_markdown(
+            payload["rescale_parity"]
+        )
     if payload.get("kdiffusion_parity"):
         md += "\n## The k-diffusion family on identical Brownian paths\n\n" + parity_markdown(
             payload["kdiffusion_parity"]

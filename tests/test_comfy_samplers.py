@@ -162,16 +162,22 @@ def test_res_multistep(make, name):
 
 
 @pytest.mark.parametrize("make", SDES)
-def test_gradient_estimation(make):
-    x, nus, y, labels = run("gradient_estimation", make)
+@pytest.mark.parametrize("cfg", [False, True], ids=["plain", "cfg_pp"])
+def test_gradient_estimation(make, cfg):
+    name = "gradient_estimation_cfg_pp" if cfg else "gradient_estimation"
+    x, nus, y, labels = run(name, make, guidance=1.5 if cfg else None)
     old = None
     for s0, s1 in pairwise(nus):
-        den = d_cond(labels)(y, s0)
-        d = (y - den) / s0
+        dc = d_cond(labels)(y, s0)
+        du = d_null(y, s0) if cfg else dc
+        den = du + 1.5 * (dc - du) if cfg else dc
+        d = (y - du) / s0
         if s1 == 0:
             y = den
             break
-        y = y + d * (s1 - s0) + (0 if old is None else (2.0 - 1) * (d - old) * (s1 - s0))
+        y = den + d * s1 if cfg else y + d * (s1 - s0)
+        if old is not None:
+            y = y + (2.0 - 1) * (d - old) * (s1 - s0)
         old = d
     torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
 
@@ -271,9 +277,13 @@ def test_er_sde_without_noise(make):
 
 
 @pytest.mark.parametrize("make", SDES)
-@pytest.mark.parametrize("solver_type", ["phi_1", "phi_2"])
-def test_seeds_2_deterministic(make, solver_type):
-    x, nus, y, labels = run("seeds_2", make, eta=0.0, solver_type=solver_type)
+@pytest.mark.parametrize(
+    ("name", "solver_type", "r"),
+    [("seeds_2", "phi_1", 0.5), ("seeds_2", "phi_2", 0.5), ("exp_heun_2_x0", "phi_2", 1.0)],
+)
+def test_seeds_2_deterministic(make, name, solver_type, r):
+    options = {"eta": 0.0, "solver_type": solver_type} if name == "seeds_2" else {}
+    x, nus, y, labels = run(name, make, **options)
     d_of = d_cond(labels)
     for s0, s1 in pairwise(nus):
         den = d_of(y, s0)
@@ -281,13 +291,13 @@ def test_seeds_2_deterministic(make, solver_type):
             y = den
             break
         h = math.log(s0 / s1)  # λ = −log ν
-        s_mid = s0 * math.exp(-h / 2)
-        u = s_mid / s0 * y - math.expm1(-h / 2) * den
+        s_mid = s0 * math.exp(-r * h)
+        u = s_mid / s0 * y - math.expm1(-r * h) * den
         d2 = d_of(u, s_mid)
         if solver_type == "phi_1":
-            y = s1 / s0 * y - math.expm1(-h) * (den + (d2 - den) / (2 * 0.5))
+            y = s1 / s0 * y - math.expm1(-h) * (den + (d2 - den) / (2 * r))
         else:
-            b2 = (math.expm1(-h) + h) / -h / 0.5
+            b2 = (math.expm1(-h) + h) / -h / r
             y = s1 / s0 * y - ((math.expm1(-h) - b2) * den + b2 * d2)
     torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
 

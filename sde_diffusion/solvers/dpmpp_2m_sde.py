@@ -15,6 +15,9 @@ VARIANTS = ("midpoint", "heun")
 
 @register_solver(
     "dpmpp_2m_sde",
+    aliases=(
+        "dpmpp_2m_sde_gpu",
+    ),  # ComfyUI: its GPU noise
     kind="sde",
     order=1.0,
     nfe_per_step=1,
@@ -61,6 +64,9 @@ class DPMSolverPP2MSDE(EtaSolver):
 
 @register_solver(
     "dpmpp_2m_sde_heun",
+    aliases=(
+        "dpmpp_2m_sde_heun_gpu",
+    ),  # ComfyUI: its GPU noise
     kind="sde",
     order=1.0,
     nfe_per_step=1,

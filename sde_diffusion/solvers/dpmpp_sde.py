@@ -13,6 +13,7 @@ from .stochastic import EtaSolver, ancestral_split
 
 @register_solver(
     "dpmpp_sde",
+    aliases=("dpmpp_sde_gpu",),  # ComfyUI: its GPU noise
     kind="sde",
     order=1.0,
     nfe_per_step=2,

@@ -179,3 +179,36 @@ class SEEDS3(_Seeds):
             xi = self.noise_chain(noise, x, t_2, t1, h2, h, xi)
             x_new = x_new.add_(xi, alpha=c1.sigma * self.s_noise)
         return x_new, state
+
+
+@register_solver(
+    "exp_heun_2_x0",
+    kind="ode",
+    order=2.0,
+    nfe_per_step=2,
+    stochastic=False,
+    reference="ComfyUI sample_exp_heun_2_x0: SEEDS-2 at r = 1, φ_2 weights, η = 0",
+)
+class ExpHeun2(SEEDS2):
+    """The exponential Heun method in data prediction and log-SNR: ``seeds_2`` with the
+    stage at the step's end (``r = 1``) and φ_2 weights, no noise.  2 NFE per step."""
+
+    def __init__(self, eta: float = 0.0, s_noise: float = 1.0, r: float = 1.0,
+                 solver_type: str = "phi_2"):  # fmt: skip
+        super().__init__(eta, s_noise, r, solver_type)
+
+
+@register_solver(
+    "exp_heun_2_x0_sde",
+    kind="sde",
+    order=1.0,
+    nfe_per_step=2,
+    stochastic=True,
+    reference="ComfyUI sample_exp_heun_2_x0_sde: SEEDS-2 at r = 1, φ_2 weights, η = 1",
+)
+class ExpHeun2SDE(SEEDS2):
+    """``exp_heun_2_x0`` on the reverse SDE (``eta = 1``).  2 NFE per step."""
+
+    def __init__(self, eta: float = 1.0, s_noise: float = 1.0, r: float = 1.0,
+                 solver_type: str = "phi_2"):  # fmt: skip
+        super().__init__(eta, s_noise, r, solver_type)
