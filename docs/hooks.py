@@ -83,21 +83,24 @@ def solver_table() -> str:
     """The registry, one row per solver, from ``sd.list_solvers()`` and the default instance."""
     import sde_diffusion as sd
     from sde_diffusion.evaluation.benchmark import fixed_grid
+    from sde_diffusion.solvers.peer_names import peer_names
     from sde_diffusion.solvers.registry import solver_class, solver_options
 
     rows = [
-        "| name | integrates | order | NFE / step | stochastic | batch-free | options "
-        "| reference |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| name | ComfyUI / diffusers | integrates | order | NFE / step | stochastic | "
+        "batch-free | options | reference |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for info in sd.list_solvers():
         solver = sd.get_solver(info.name)
         aliases = f" ({', '.join(f'`{a}`' for a in info.aliases)})" if info.aliases else ""
+        comfy, diffusers = peer_names(info.name)
+        peers = ", ".join([*(f"`{n}`" for n in comfy), *([f"{diffusers}"] if diffusers else [])])
         options = ", ".join(f"`{o}`" for o in solver_options(solver_class(info.name))) or "–"
         nfe = str(solver.nfe_per_step) if fixed_grid(solver) else "adaptive"
         process = "reverse SDE" if solver.kind == "sde" else "PF-ODE"
         rows.append(
-            f"| `{info.name}`{aliases} | {process} | {solver.order:g} | {nfe} | "
+            f"| `{info.name}`{aliases} | {peers or '–'} | {process} | {solver.order:g} | {nfe} | "
             f"{yes_no(solver.stochastic)} | {yes_no(solver.batch_invariant)} | "
             f"{options} | {info.reference or '–'} |"
         )

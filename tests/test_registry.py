@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 import sde_diffusion as sd
@@ -136,3 +137,33 @@ def test_numbers_no_solver_bounds_itself_are_bounded_by_the_registry(name, optio
     with pytest.raises(sd.SolverOptionError, match=f"{option} must be a number, got 'x'"):
         sd.get_solver(name, **{option: "x"})
     assert sd.get_solver(name, **{option: 0.5}).options()[option] == 0.5
+
+
+COMFY = sd.solvers.peer_names
+
+
+@pytest.mark.parametrize("index", range(len(COMFY.COMFYUI_SAMPLERS)))
+def test_every_comfyui_sampler_and_scheduler_name_runs_from_the_command_line(index, tmp_path):
+    """ComfyUI's sampler names, each with one of its scheduler names in turn (so every
+    scheduler runs too), through `sdediff sample` on an exact mixture."""
+    from click.testing import CliRunner
+    from sdediff_cli.main import main
+
+    sampler = COMFY.COMFYUI_SAMPLERS[index]
+    schedule = COMFY.COMFYUI_SCHEDULERS[index % len(COMFY.COMFYUI_SCHEDULERS)]
+    steps = "1" if sd.get_solver(sampler).adaptive else "6"
+    out = tmp_path / "x.npz"
+    args = ["sample", "--model", "gmm8", "--solver", sampler, "--schedule", schedule]
+    result = CliRunner().invoke(main, [*args, "--steps", steps, "-n", "8", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with np.load(out) as f:
+        assert np.isfinite(f["samples"]).all() and f["samples"].shape == (8, 2)
+
+
+def test_the_solver_listing_names_every_comfyui_sampler():
+    from click.testing import CliRunner
+    from sdediff_cli.main import main
+
+    listed = CliRunner().invoke(main, ["solvers"], env={"COLUMNS": "250"}).output
+    for name in COMFY.COMFYUI_SAMPLERS:
+        assert name in listed, name

@@ -15,9 +15,7 @@ VARIANTS = ("midpoint", "heun")
 
 @register_solver(
     "dpmpp_2m_sde",
-    aliases=(
-        "dpmpp_2m_sde_gpu",
-    ),  # ComfyUI: its GPU noise
+    aliases=("dpmpp_2m_sde_gpu",),  # ComfyUI: its GPU noise
     kind="sde",
     order=1.0,
     nfe_per_step=1,
@@ -64,9 +62,7 @@ class DPMSolverPP2MSDE(EtaSolver):
 
 @register_solver(
     "dpmpp_2m_sde_heun",
-    aliases=(
-        "dpmpp_2m_sde_heun_gpu",
-    ),  # ComfyUI: its GPU noise
+    aliases=("dpmpp_2m_sde_heun_gpu",),  # ComfyUI: its GPU noise
     kind="sde",
     order=1.0,
     nfe_per_step=1,

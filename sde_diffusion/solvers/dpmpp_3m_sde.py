@@ -12,9 +12,7 @@ from .stochastic import EtaSolver
 
 @register_solver(
     "dpmpp_3m_sde",
-    aliases=(
-        "dpmpp_3m_sde_gpu",
-    ),  # ComfyUI: its GPU noise
+    aliases=("dpmpp_3m_sde_gpu",),  # ComfyUI: its GPU noise
     kind="sde",
     order=1.0,
     nfe_per_step=1,
