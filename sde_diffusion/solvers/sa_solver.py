@@ -31,6 +31,17 @@ def adams_weights(lams: list[float], lam_s: float, lam_t: float, tau: float) -> 
     return out
 
 
+def _adams_step(process, x, t_from: float, t_to: float, nodes, tau: float):
+    """``(σ_t/σ_s) e^{−τ²h} x + α_t Σ_j b_j x̂_0,j`` from ``t_from`` to ``t_to`` over the
+    history ``nodes = [(λ_j, x̂_0,j)]`` (without the noise)."""
+    cs, ct = process.at(t_from), process.at(t_to)
+    b = adams_weights([lam for lam, _ in nodes], cs.log_snr, ct.log_snr, tau)
+    out = x * (ct.sigma / cs.sigma * math.exp(-(tau**2) * (ct.log_snr - cs.log_snr)))
+    for weight, (_, x0) in zip(b, nodes, strict=True):
+        out = out.add_(x0, alpha=ct.alpha * weight)
+    return out
+
+
 @register_solver(
     "sa_solver",
     kind="sde",
@@ -115,13 +126,7 @@ class SASolver(EtaSolver):
             corrector = min(corrector, last - i + 1)
         if corrector and base is not None:  # correct x at t0 with the new value included
             x_prev, t_prev, tau, ksi = base
-            cp = process.at(t_prev)
-            nodes = history[-corrector:]
-            b = adams_weights([n[0] for n in nodes], cp.log_snr, c0.log_snr, tau)
-            h = c0.log_snr - cp.log_snr
-            x = x_prev * (c0.sigma / cp.sigma * math.exp(-(tau**2) * h))
-            for weight, (_, x0) in zip(b, nodes, strict=True):
-                x = x.add_(x0, alpha=c0.alpha * weight)
+            x = _adams_step(process, x_prev, t_prev, t0, history[-corrector:], tau)
             if ksi is not None:
                 x = x.add_(ksi)
             if self.pece:
@@ -133,12 +138,8 @@ class SASolver(EtaSolver):
         if to_zero:
             predictor = max(min(predictor, last - i - 1), 1)
         tau = self._tau(c1.log_snr, state["window"])
-        nodes = history[-predictor:]
-        b = adams_weights([n[0] for n in nodes], c0.log_snr, c1.log_snr, tau)
+        x_new = _adams_step(process, x, t0, t1, history[-predictor:], tau)
         h = c1.log_snr - c0.log_snr
-        x_new = x * (c1.sigma / c0.sigma * math.exp(-(tau**2) * h))
-        for weight, (_, x0) in zip(b, nodes, strict=True):
-            x_new = x_new.add_(x0, alpha=c1.alpha * weight)
         ksi = None
         if tau > 0 and self.s_noise > 0:
             std = c1.sigma * math.sqrt(-math.expm1(-2 * tau**2 * h)) * self.s_noise

@@ -52,10 +52,21 @@ class _Seeds(EtaSolver):
 
     def noise_chain(self, noise, x, t_from, t_to, h_from, h_to, carried):
         """The chained stage noise ``ξ' = e^{−ηΔ} ξ + √(1 − e^{−2ηΔ}) z``, ``Δ = h_to − h_from``."""
+        if t_from == t_to:  # a stage at the step's end (r = 1): nothing left to draw
+            return carried
         seg = (h_to - h_from) * self.eta
         z = noise(x, t_from, t_to)
         fresh = math.sqrt(-math.expm1(-2 * seg))
         return z * fresh if carried is None else torch.add(carried * math.exp(-seg), z, alpha=fresh)
+
+    def advance(self, process, t0, t_from, t_to, x, terms, noise, h_from, xi):
+        """The stage at ``t_to`` from ``x`` at ``t0`` (``stage``) plus, when stochastic, the
+        chained noise of ``t_from → t_to``: ``(x_to, h_to, ξ_to)``."""
+        out, h = self.stage(process, t0, t_to, x, terms)
+        if self.stochastic:
+            xi = self.noise_chain(noise, x, t_from, t_to, h_from, h, xi)
+            out = out.add_(xi, alpha=process.at(t_to).sigma * self.s_noise)
+        return out, h, xi
 
 
 @register_solver(
@@ -100,25 +111,18 @@ class SEEDS2(_Seeds):
         if t1 == 0.0:
             return x0, state
         (t_r,) = state[t0]
-        r, inject = self.r, self.stochastic
-        c1 = process.at(t1)
-        h = c1.log_snr - process.at(t0).log_snr
+        r = self.r
+        h = process.at(t1).log_snr - process.at(t0).log_snr
         h_eta = h * (1 + self.eta)
-        u, h_r = self.stage(process, t0, t_r, x, [(math.expm1(-r * h_eta), x0)])
-        xi = None
-        if inject:
-            xi = self.noise_chain(noise, x, t0, t_r, 0.0, h_r, None)
-            u = u.add_(xi, alpha=process.at(t_r).sigma * self.s_noise)
+        first = [(math.expm1(-r * h_eta), x0)]
+        u, h_r, xi = self.advance(process, t0, t0, t_r, x, first, noise, 0.0, None)
         x0_r = process.denoise(u, t_r)
         if self.solver_type == "phi_1":
             terms = [(math.expm1(-h_eta), torch.lerp(x0, x0_r, 1 / (2 * r)))]
         else:
             b2 = ei_phi_2(-h_eta) / r
             terms = [(math.expm1(-h_eta) - b2, x0), (b2, x0_r)]
-        x_new, _ = self.stage(process, t0, t1, x, terms)
-        if inject:
-            xi = self.noise_chain(noise, x, t_r, t1, h_r, h, xi)
-            x_new = x_new.add_(xi, alpha=c1.sigma * self.s_noise)
+        x_new, _, _ = self.advance(process, t0, t_r, t1, x, terms, noise, h_r, xi)
         return x_new, state
 
 
@@ -155,29 +159,18 @@ class SEEDS3(_Seeds):
             return x0, state
         t_1, t_2 = state[t0]
         r1, r2 = self.fractions
-        inject = self.stochastic
-        c1 = process.at(t1)
-        h = c1.log_snr - process.at(t0).log_snr
+        h = process.at(t1).log_snr - process.at(t0).log_snr
         h_eta = h * (1 + self.eta)
-        u1, h1 = self.stage(process, t0, t_1, x, [(math.expm1(-r1 * h_eta), x0)])
-        xi = None
-        if inject:
-            xi = self.noise_chain(noise, x, t0, t_1, 0.0, h1, None)
-            u1 = u1.add_(xi, alpha=process.at(t_1).sigma * self.s_noise)
+        first = [(math.expm1(-r1 * h_eta), x0)]
+        u1, h1, xi = self.advance(process, t0, t0, t_1, x, first, noise, 0.0, None)
         x0_1 = process.denoise(u1, t_1)
         a2 = r2 / r1 * ei_phi_2(-r2 * h_eta)
-        a1 = math.expm1(-r2 * h_eta) - a2
-        u2, h2 = self.stage(process, t0, t_2, x, [(a1, x0), (a2, x0_1)])
-        if inject:
-            xi = self.noise_chain(noise, x, t_1, t_2, h1, h2, xi)
-            u2 = u2.add_(xi, alpha=process.at(t_2).sigma * self.s_noise)
+        second = [(math.expm1(-r2 * h_eta) - a2, x0), (a2, x0_1)]
+        u2, h2, xi = self.advance(process, t0, t_1, t_2, x, second, noise, h1, xi)
         x0_2 = process.denoise(u2, t_2)
         b3 = ei_phi_2(-h_eta) / r2
-        b1 = math.expm1(-h_eta) - b3
-        x_new, _ = self.stage(process, t0, t1, x, [(b1, x0), (b3, x0_2)])
-        if inject:
-            xi = self.noise_chain(noise, x, t_2, t1, h2, h, xi)
-            x_new = x_new.add_(xi, alpha=c1.sigma * self.s_noise)
+        last = [(math.expm1(-h_eta) - b3, x0), (b3, x0_2)]
+        x_new, _, _ = self.advance(process, t0, t_2, t1, x, last, noise, h2, xi)
         return x_new, state
 
 
