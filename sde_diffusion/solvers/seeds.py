@@ -18,19 +18,19 @@ def ei_phi_2(z: float) -> float:
 
 
 class _Stages:
-    """The stage times of every step, at fractions ``r`` of its log-SNR way."""
+    """The stage times of every step, at fractions ``r`` of its log-SNR way (``r = 1``: the
+    step's end itself, not its round-off image through the log-SNR inverse)."""
 
     def __init__(self, process, grid, fractions):
-        starts, lams = [], []
-        for t0, t1 in pairwise(grid):
-            if t1 == 0.0:
-                continue
-            l0, l1 = process.at(t0).log_snr, process.at(t1).log_snr
-            starts.append(t0)
-            lams.extend(l0 + r * (l1 - l0) for r in fractions)
-        times = process.times_at_log_snr(lams)
-        k = len(fractions)
-        self.at = {t0: times[i * k : (i + 1) * k] for i, t0 in enumerate(starts)}
+        steps = [(t0, t1) for t0, t1 in pairwise(grid) if t1 != 0.0]
+        inner = [r for r in fractions if r != 1.0]
+        lams = [
+            process.at(t0).log_snr + r * (process.at(t1).log_snr - process.at(t0).log_snr)
+            for t0, t1 in steps
+            for r in inner
+        ]
+        found = iter(process.times_at_log_snr(lams))
+        self.at = {t0: [t1 if r == 1.0 else next(found) for r in fractions] for t0, t1 in steps}
 
 
 class _Seeds(EtaSolver):
