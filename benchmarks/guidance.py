@@ -13,7 +13,7 @@ passes spent.  The same with guidance limited to noise levels sigma/alpha in
 
 Then the variants, at equal network passes (two a call, 100 in all): CFG, CFG rescale
 (Lin et al. 2024), APG (Sadat et al. 2025), CFG-Zero* (Fan et al. 2025) and autoguidance
-(Karras et al. 2024, with ``digits-cond-guide``: half the width, a fifth of the training)
+(Karras et al. 2024, with ``digits-cond-guide``: half the width, half the training steps)
 under ``heun`` on 25 steps, and CFG++ (Chung et al. 2024) under ``euler_cfg_pp`` on 50
 steps beside plain CFG under DDIM (``euler_cfg_pp`` without the guidance wrapper's
 unconditional branch is DDIM) on the same 50 steps.

@@ -352,3 +352,72 @@ def test_lcm_and_ddpm_draw_like_comfyui(make):
             y = mu
     torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9)
     assert sde.T > 0
+
+
+@pytest.mark.parametrize("make", SDES)
+def test_dpmpp_2s_ancestral_cfg_pp(make):
+    x, nus, y, labels = run(
+        "dpmpp_2s_ancestral_cfg_pp", make, guidance=1.2, generator=torch.Generator().manual_seed(8)
+    )
+    g = torch.Generator().manual_seed(8)
+    for s0, s1 in pairwise(nus):
+        du, dc = d_null(y, s0), d_cond(labels)(y, s0)
+        guided = du + 1.2 * (dc - du)
+        if s1 == 0:
+            y = guided
+            break
+        up = min(s1, (s1**2 * (s0**2 - s1**2) / s0**2) ** 0.5)
+        down = (s1**2 - up**2) ** 0.5
+        h = math.log(s0 / down)
+        s_mid = s0 * math.exp(-h / 2)
+        u = s_mid / s0 * y - math.expm1(-h / 2) * du
+        du_mid = d_null(u, s_mid)  # the second call's unconditional branch
+        y = down / s0 * y - math.expm1(-h) * du_mid
+        y = y + up * torch.randn(y.shape, generator=g, dtype=y.dtype) + (guided - du)
+    torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("make", SDES)
+def test_seeds_2_chains_its_noise_along_one_path(make):
+    x, nus, y, labels = run("seeds_2", make, generator=torch.Generator().manual_seed(9))
+    g = torch.Generator().manual_seed(9)
+    d_of = d_cond(labels)
+
+    def z():
+        return torch.randn(y.shape, generator=g, dtype=y.dtype)
+
+    for s0, s1 in pairwise(nus):  # ComfyUI's sample_seeds_2 (η = 1, r = 1/2, φ_1), α = 1
+        den = d_of(y, s0)
+        if s1 == 0:
+            y = den
+            break
+        h = math.log(s0 / s1)
+        s_mid = s0 * math.exp(-h / 2)
+        x2 = s_mid / s0 * math.exp(-h / 2) * y - math.expm1(-h) * den
+        noise = math.sqrt(-math.expm1(-h)) * z()
+        x2 = x2 + noise * s_mid
+        d2 = d_of(x2, s_mid)
+        y = s1 / s0 * math.exp(-h) * y - math.expm1(-2 * h) * (den + (d2 - den))
+        seg = -h / 2
+        noise = noise * math.exp(seg) + math.sqrt(-math.expm1(2 * seg)) * z()
+        y = y + noise * s1
+    torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("make", SDES)
+def test_er_sde_noise(make):
+    x, nus, y, labels = run("er_sde", make, max_stage=1, generator=torch.Generator().manual_seed(6))
+    g = torch.Generator().manual_seed(6)
+
+    def f(nu):
+        return nu * (math.exp(nu**0.3) + 10)
+
+    for s0, s1 in pairwise(nus):  # stage 1 only: x_s = r x + (1 − r) x̂_0 + noise
+        den = d_cond(labels)(y, s0)
+        if s1 == 0:
+            y = den
+            break
+        r = f(s1) / f(s0)
+        std = math.sqrt(max(s1**2 - s0**2 * r**2, 0.0))
+        y = r * y + (1 - r) * den + std * torch.randn(y.shape, generator=g, dtype=y.dtype)
+    torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
