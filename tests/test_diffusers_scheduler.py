@@ -425,3 +425,14 @@ def test_the_sigma_options_of_the_replaced_scheduler_map_onto_our_spacings():
     torch.testing.assert_close(sigmas.float(), beta.sigmas, rtol=1e-4, atol=1e-6)
     with pytest.raises(sd.ArgumentError, match="mu is the dynamic shift of flow matching"):
         ours.set_timesteps(6, mu=0.5)
+
+
+def test_align_your_steps_gives_the_published_stable_diffusion_timesteps():
+    """NVIDIA's AYS page lists SD 1.5's 10-step timesteps; our `ays` schedule on SD 1.5's
+    table (scaled-linear β 0.00085-0.012) lands on them."""
+    sched = DiffusersScheduler(
+        spacing="ays", beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012
+    )
+    sched.set_timesteps(10)
+    published = [999, 850, 736, 645, 545, 455, 343, 233, 124, 24]
+    assert sched.timesteps.round().int().tolist() == published
