@@ -58,7 +58,9 @@ def noise_floor(problem, n: int, reference=None, repeats: int = 5) -> float:
         from sde_diffusion.training.data import digits
 
         train = digits("train").x
-        return problem.quality(train[torch.randperm(len(train))[:n]], 0)
+        subsets = (torch.randperm(len(train), generator=torch.Generator().manual_seed(s))[:n]
+                   for s in range(repeats))  # fmt: skip
+        return statistics.median(problem.quality(train[rows], 0) for rows in subsets)
     return statistics.median(
         problem.quality(problem.reference(n, 1000 + s), s) for s in range(repeats)
     )
