@@ -162,7 +162,9 @@ PEERS = {
         {"eta": 0.0, "predictor_order": 2, "corrector_order": 2},
         vp_units=True,
     ),
-    "lcm": Peer("LCMScheduler", {}, "lcm", vp_units=True, stochastic=True),
+    "lcm": Peer(  # its timesteps are picked from `original_inference_steps` (50 by default)
+        "LCMScheduler", {"original_inference_steps": 200}, "lcm", vp_units=True, stochastic=True
+    ),
 }
 
 

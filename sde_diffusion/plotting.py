@@ -142,11 +142,14 @@ def save_error_plot(
     """Log-log ``y`` against ``nfe``, one line per ``solver`` (rows are dicts).
 
     A label ``"method (library)"`` takes its method's colour and its library's line
-    style, so the same method from two libraries reads as one colour, two styles.
+    style, so the same method from two libraries reads as one colour, two styles; past
+    20 methods the colours come round again with the next style.  Many lines put the
+    legend beside the axes.
     """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
     labels = list(dict.fromkeys(r["solver"] for r in rows))
+    many = len(labels) > 12
+    fig, ax = plt.subplots(figsize=(10.5, 5.5) if many else (6.5, 4.5))
     methods = list(dict.fromkeys(label.split(" (")[0] for label in labels))
     libraries = list(dict.fromkeys(label.partition(" (")[2] for label in labels))
     colours = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
@@ -154,7 +157,8 @@ def save_error_plot(
     for label in labels:
         pts = sorted((r["nfe"], r[y]) for r in rows if r["solver"] == label and math.isfinite(r[y]))
         method, _, library = label.partition(" (")
-        line, marker, size = styles[libraries.index(library) % len(styles)]
+        turn = methods.index(method) // colours.N  # colours used up: the next style
+        line, marker, size = styles[(libraries.index(library) + turn) % len(styles)]
         if pts:
             ax.plot(
                 *zip(*pts, strict=True),
@@ -171,6 +175,9 @@ def save_error_plot(
     if title:
         ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    if many:
+        ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     return _save(fig, path, dpi=110)

@@ -53,9 +53,12 @@ def fixed_grid(solver: Solver) -> bool:
     return not solver.adaptive
 
 
-def fixed_grid_solvers() -> list[str]:
-    """Registered solvers that are fixed-grid with their default options."""
-    return [i.name for i in list_solvers() if fixed_grid(get_solver(i.name))]
+def fixed_grid_solvers(guided: bool = False) -> list[str]:
+    """Registered solvers that are fixed-grid with their default options; the CFG++ ones
+    (which ask for a guided model, and without one are their base samplers) only with
+    ``guided=True``."""
+    solvers = [get_solver(i.name) for i in list_solvers()]
+    return [s.name for s in solvers if fixed_grid(s) and (guided or "guided" not in s.uses)]
 
 
 def steps_for_nfe(solver: str | Solver, nfe: int, to_zero: bool = True) -> int | None:

@@ -79,7 +79,8 @@ class Solver:
 
     info: ClassVar[SolverInfo]
     uses: ClassVar[frozenset[str]] = frozenset({"velocity"})
-    """What the solver asks of the process: ``velocity``, ``denoise``, ``score``, ``drift``."""
+    """What the solver asks of the process: ``velocity``, ``denoise``, ``score``, ``drift``,
+    ``guided`` (CFG++: the guided and the unconditional x̂_0 of one guided call)."""
     controller: FixedGrid | PIDController = FIXED_GRID
     """Where the loop steps: the grid, or a per-sample PID controller (adaptive solvers)."""
 

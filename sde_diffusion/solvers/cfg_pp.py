@@ -19,6 +19,9 @@ from .base import Solver
 from .registry import register_solver
 from .stochastic import EtaSolver, ancestral_split, stage_times
 
+GUIDED = frozenset({"guided"})
+"""What CFG++ samplers ask of the process: ``denoise_guided`` (both branches of a guided call)."""
+
 
 def scaled(process, t: float):
     """``(α, ν = σ/α, λ)`` at ``t``."""
@@ -38,6 +41,8 @@ class EulerAncestralCFGPP(EtaSolver):
     """Euler ancestral CFG++: ``y_s = x̂_0 + σ_down (y − x̂_0^∅)/ν_t + s_noise σ_up z``, with
     ``(σ_down, σ_up) = ancestral_split(ν_t, ν_s, η)``; ``eta = 0`` is ``euler_cfg_pp``
     (DDIM-CFG++).  1 NFE per step; a step to t = 0 returns x̂_0."""
+
+    uses = GUIDED
 
     def step(self, process, t0, t1, x, state, noise):
         x0, x0_free = process.denoise_guided(x, t0)
@@ -81,7 +86,7 @@ class DPMSolverPP2MCFGPP(Solver):
     ``y_s = x̂_0 + e^{−h} (y − x̂_0^∅) − (e^{−h} − 1)(x̂_0 − x̂_0,prev^∅)/(2r)`` (first step
     and a step to t = 0 without the last term).  1 NFE per step."""
 
-    uses = frozenset({"denoise"})
+    uses = GUIDED
 
     def step(self, process, t0, t1, x, state, noise):
         x0, x0_free = process.denoise_guided(x, t0)
@@ -112,6 +117,8 @@ class DPMSolverPP2SAncestralCFGPP(EtaSolver):
     ``u = (ν_m/ν_t) y − (e^{−h/2} − 1) x̂_0^∅``,
     ``y_s = (σ_down/ν_t) y − (e^{−h} − 1) x̂_0^∅(u) + σ_up z + (x̂_0 − x̂_0^∅)``.
     2 NFE per step; a step to t = 0 returns x̂_0."""
+
+    uses = GUIDED
 
     def init(self, process, grid, x, noise):
         return stage_times(process, grid, self.eta)

@@ -6,7 +6,7 @@ import torch
 
 from ..errors import ArgumentError
 from .base import Solver
-from .cfg_pp import scaled
+from .cfg_pp import GUIDED, scaled
 from .registry import register_solver
 
 
@@ -64,4 +64,4 @@ class GradientEstimationCFGPP(GradientEstimation):
     """Gradient estimation CFG++: ``d = (y − x̂_0^∅)/ν_t``, ``y_s = x̂_0 + ν_s d`` plus the
     same extrapolation ``(γ − 1)(d − d_prev)(ν_s − ν_t)``.  1 NFE per step."""
 
-    cfg_pp = True
+    cfg_pp, uses = True, GUIDED

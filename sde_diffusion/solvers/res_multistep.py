@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .cfg_pp import scaled
+from .cfg_pp import GUIDED, scaled
 from .registry import register_solver
 from .stochastic import EtaSolver, ancestral_split
 
@@ -94,7 +94,7 @@ class ResMultistepCFGPP(ResMultistep):
     """RES 2-step CFG++: the step on the unconditional denoiser from ``y + x̂_0 − x̂_0^∅``
     (first step: ``x̂_0 + σ_down (y − x̂_0^∅)/ν_t``).  1 NFE per step."""
 
-    cfg_pp = True
+    cfg_pp, uses = True, GUIDED
 
 
 @register_solver(
@@ -108,4 +108,4 @@ class ResMultistepCFGPP(ResMultistep):
 class ResMultistepAncestralCFGPP(ResMultistepAncestral):
     """RES 2-step ancestral CFG++ (``eta = 1`` by default)."""
 
-    cfg_pp = True
+    cfg_pp, uses = True, GUIDED
