@@ -29,6 +29,13 @@ def scaled(process, t: float):
     return c.alpha, c.sigma / c.alpha, c.log_snr
 
 
+def ancestral_ends(process, t0: float, t1: float, eta: float):
+    """``(α_t, ν_t, α_s, σ_down, σ_up)`` of the step ``t0 → t1`` (``ancestral_split``)."""
+    a0, nu0, _ = scaled(process, t0)
+    a1, nu1, _ = scaled(process, t1)
+    return (a0, nu0, a1, *ancestral_split(nu0, nu1, eta))
+
+
 @register_solver(
     "euler_ancestral_cfg_pp",
     kind="sde",
@@ -48,9 +55,7 @@ class EulerAncestralCFGPP(EtaSolver):
         x0, x0_free = process.denoise_guided(x, t0)
         if t1 == 0.0:
             return x0, state
-        a0, nu0, _ = scaled(process, t0)
-        a1, nu1, _ = scaled(process, t1)
-        down, up = ancestral_split(nu0, nu1, self.eta)
+        a0, nu0, a1, down, up = ancestral_ends(process, t0, t1, self.eta)
         y = torch.add(x0, x / a0 - x0_free, alpha=down / nu0)
         return self.add_noise(y * a1, noise, t0, t1, a1 * up), state
 
@@ -127,9 +132,7 @@ class DPMSolverPP2SAncestralCFGPP(EtaSolver):
         x0, x0_free = process.denoise_guided(x, t0)
         if t1 == 0.0:
             return x0, state
-        a0, nu0, _ = scaled(process, t0)
-        a1, nu1, _ = scaled(process, t1)
-        down, up = ancestral_split(nu0, nu1, self.eta)
+        a0, nu0, a1, down, up = ancestral_ends(process, t0, t1, self.eta)
         h = math.log(nu0 / down)
         t_mid = state[t0]
         am, num, _ = scaled(process, t_mid)

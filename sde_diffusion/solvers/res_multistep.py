@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from .cfg_pp import GUIDED, scaled
+from .cfg_pp import GUIDED, ancestral_ends
 from .registry import register_solver
-from .stochastic import EtaSolver, ancestral_split
+from .stochastic import EtaSolver
 
 
 def phi_weights(h: float, c2: float) -> tuple[float, float]:
@@ -52,9 +52,7 @@ class ResMultistep(EtaSolver):
             x0, x0_free = process.denoise_guided(x, t0)
         else:
             x0 = x0_free = process.denoise(x, t0)
-        a0, nu0, _ = scaled(process, t0)
-        a1, nu1, _ = scaled(process, t1)
-        down, up = ancestral_split(nu0, nu1, self.eta)
+        a0, nu0, a1, down, up = ancestral_ends(process, t0, t1, self.eta)
         y = x / a0
         if down == 0.0 or state is None:
             y = torch.add(x0, y - x0_free, alpha=down / nu0)
