@@ -236,9 +236,10 @@ class ClassifierFreeGuidance:
         apg = self.apg
         if apg.momentum:
             previous = self._momentum
-            fresh = previous is None or bool((t > previous[0]).any())  # a new solve began
-            if not fresh and previous[1].shape == update.shape:
-                update = update + apg.momentum * previous[1]
+            if previous is not None and previous[1].shape == update.shape:
+                # a sample whose time went up began a new solve: nothing to carry (no host read)
+                fresh = append_dims(t > previous[0], update.ndim)
+                update = update + apg.momentum * torch.where(fresh, 0.0, previous[1])
             self._momentum = (t.detach(), update.detach())
         if apg.norm_threshold > 0:
             norm = update.flatten(1).norm(dim=1).clamp_min(1e-12)
