@@ -243,6 +243,24 @@ def solver_option_flags(command):
     return command
 
 
+def speed_options(command):
+    """``--compile`` and ``--precision``: how the network runs (``sd.accelerate``)."""
+    command = click.option(
+        "--precision",
+        type=click.Choice(list(sd.PRECISIONS)),
+        default="fp32",
+        show_default=True,
+        help="The network's arithmetic (autocast); the solver state keeps its dtype.",
+    )(command)
+    return click.option(
+        "--compile",
+        "compile_",
+        is_flag=True,
+        help="Compile the network with torch.compile (once per shape, reported apart from "
+        "the rate; a network that cannot compile runs eagerly after a warning).",
+    )(command)
+
+
 def build_solver(name: str, values: dict[str, object]) -> sd.Solver:
     """The solver with the options given on the command line; bad ones are usage errors."""
     options = {k: v for k, v in values.items() if v is not None}

@@ -28,7 +28,14 @@ from sde_diffusion.evaluation.likelihood import (
 )
 from sde_diffusion.training.data import load_data
 
-from .common import console, friendly_errors, library_default, parse_device, start_ranks
+from .common import (
+    console,
+    friendly_errors,
+    library_default,
+    parse_device,
+    speed_options,
+    start_ranks,
+)
 from .sample import device_option, model_option, open_problem, sde_option, seed_option
 
 Z95 = 1.959964
@@ -128,6 +135,7 @@ def _summary(values: torch.Tensor) -> tuple[float, float]:
 )
 @seed_option
 @device_option
+@speed_options
 def likelihood(
     model,
     sde,
@@ -144,6 +152,8 @@ def likelihood(
     probes,
     seed,
     device,
+    compile_,
+    precision,
 ):
     """Negative log-likelihood and bits/dim of data under a model.
 
@@ -156,7 +166,8 @@ def likelihood(
       sdediff likelihood --model digits -n 64 --estimator both
       sdediff likelihood --model gmm8 --sde vp -n 512
     """
-    problem, device = open_problem(model, sde, start_ranks(parse_device(device)), "float64")
+    device = start_ranks(parse_device(device))
+    problem, device = open_problem(model, sde, device, "float64", compile_, precision)
     x, info = _data(problem, data, num_samples, seed)
     x = x.to(device=device, dtype=torch.float64)
     dim = x[0].numel()

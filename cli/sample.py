@@ -39,6 +39,7 @@ from .common import (
     plural,
     solver_option_flags,
     solver_option_values,
+    speed_options,
     start_ranks,
     writable_output,
 )
@@ -79,8 +80,16 @@ dtype_option = click.option(
 )
 
 
-def open_problem(model: str, sde: str | None, device: str, dtype: str = "float32"):
-    """Resolve ``--model`` (and ``--sde``) on ``--device`` with usage errors for bad input."""
+def open_problem(
+    model: str,
+    sde: str | None,
+    device: str,
+    dtype: str = "float32",
+    compile: bool = False,
+    precision: str = "fp32",
+):
+    """Resolve ``--model`` (and ``--sde``) on ``--device`` with usage errors for bad input;
+    its network compiled and/or autocast as ``--compile`` and ``--precision`` ask."""
     device = parse_device(device)
     path = Path(model)
     if (path.suffix == ".safetensors" or "/" in model) and not path.exists():
@@ -89,6 +98,7 @@ def open_problem(model: str, sde: str | None, device: str, dtype: str = "float32
         problem = load_problem(model, sde=sde or "edm", device=device, dtype=DTYPES[dtype])
     if sde is not None and problem.mixture is None:
         raise click.UsageError("--sde applies to analytic problems only; a model has its own SDE")
+    problem.model = sd.accelerate(problem.model, compile, precision)
     return problem, device
 
 
@@ -161,6 +171,7 @@ def sample_with_progress(
 @seed_option
 @device_option
 @dtype_option
+@speed_options
 @sde_option
 @click.option(
     "--out",
@@ -233,6 +244,8 @@ def sample(
     seed,
     device,
     dtype,
+    compile_,
+    precision,
     sde,
     out,
     class_,
@@ -272,7 +285,8 @@ def sample(
     if steps is None:
         steps = default_steps(solver)
     interval = parse_interval(guidance_interval)
-    problem, device = open_problem(model, sde, start_ranks(parse_device(device)), dtype)
+    speed = {"compile": compile_, "precision": precision}
+    problem, device = open_problem(model, sde, start_ranks(parse_device(device)), dtype, **speed)
     if grid is not None and grid.sde != repr(problem.sde):
         raise click.UsageError(
             f"{grid_file} was tuned for {grid.sde}; {model} runs {problem.sde!r}"
@@ -308,7 +322,9 @@ def sample(
             rescale=guidance_rescale,
             apg=variants["apg"],
             zero_star=cfg_zero_star,
-            guide=None if guide_model is None else open_guide(guide_model, problem, device, dtype),
+            guide=None
+            if guide_model is None
+            else open_guide(guide_model, problem, device, dtype, speed),
         )
     console.print(
         f"sampling {num_samples} from {model} ({problem.sde!r}) with {solver.name}, "
@@ -337,7 +353,7 @@ def sample(
         )
         if rank_and_world()[0] != 0:  # another rank of a torchrun job: rank 0 writes
             return
-        nfe, wall = round(res.nfe_per_batch), res.wall_time
+        nfe, wall = round(res.nfe_per_batch), res.sampling_time
         passes = res.network_passes / res.batches
         settings = {
             "model": model,
@@ -348,6 +364,7 @@ def sample(
             "num_samples": num_samples,
             "seed": seed,
             "dtype": dtype,
+            "precision": precision,
             "sde": repr(problem.sde),
             "nfe": nfe,
             "network_passes_per_batch": passes,
@@ -367,10 +384,11 @@ def sample(
         else:
             save_picture(problem, res.x.float().cpu(), out, settings, columns)
     cost = f"NFE {nfe}" if passes == nfe else f"NFE {nfe} ({passes:g} network passes)"
+    compiling = f" (after {res.compile_time:.1f} s compiling)" if res.compile_time else ""
     console.print(
         f"[bold green]{num_samples}[/] samples from [bold]{model}[/] with {solver.name} "
         f"({steps} {plural(steps, 'step')}): {cost}, {wall:.2f} s, "
-        f"{num_samples / wall:,.0f} samples/s -> {out}"
+        f"{num_samples / wall:,.0f} samples/s{compiling} -> {out}"
     )
 
 
@@ -435,9 +453,9 @@ def parse_apg(value: str | None) -> sd.APG | None:
         raise click.BadParameter(str(err), param_hint="--apg") from None
 
 
-def open_guide(name: str, problem, device, dtype: str):
+def open_guide(name: str, problem, device, dtype: str, speed: dict):
     """The ``--guide`` model: a checkpoint of the same SDE, event shape and classes."""
-    guide, _ = open_problem(name, None, device, dtype)
+    guide, _ = open_problem(name, None, device, dtype, **speed)
     same = (
         repr(guide.sde) == repr(problem.sde)
         and tuple(guide.event_shape) == tuple(problem.event_shape)

@@ -39,6 +39,7 @@ from .common import (
     peer_failure,
     peer_story,
     rank_prefix,
+    speed_options,
     start_ranks,
     writable_output,
 )
@@ -136,6 +137,7 @@ def resume_defaults(ctx: click.Context, param: click.Parameter, path: Path | Non
         **{k: train[k] for k in ("steps", "batch_size", "lr", "checkpoint_every", "seed")},
         "sample_every": train["sample_every"],
         "keep_every": train.get("keep_every", 0),
+        "precision": train.get("precision", "fp32"),  # fp16 resumes its loss scale
     }
     ctx.default_map = {**values, **(ctx.default_map or {})}  # a --config file wins
     return path
@@ -237,6 +239,7 @@ def resume_defaults(ctx: click.Context, param: click.Parameter, path: Path | Non
 )
 @seed_option
 @device_option
+@speed_options
 def train(
     data,
     sde,
@@ -257,6 +260,8 @@ def train(
     resume,
     seed,
     device,
+    compile_,
+    precision,
 ):
     """Train a score model; checkpoints are atomic and resumable.
 
@@ -308,6 +313,8 @@ def train(
             keep_every=keep_every,
             sample_every=sample_every,
             device=str(device),
+            compile=compile_,
+            precision=precision,
             cond_drop_prob=cond_drop,
         )
         trainer = Trainer(model, dataset, config)

@@ -18,6 +18,7 @@ from .common import (
     SolverName,
     console,
     friendly_errors,
+    speed_options,
     writable_output,
 )
 from .sample import device_option, dtype_option, model_option, open_problem, sde_option, seed_option
@@ -73,6 +74,7 @@ from .sample import device_option, dtype_option, model_option, open_problem, sde
 )
 @seed_option
 @device_option
+@speed_options
 @dtype_option
 @click.option(
     "--out",
@@ -93,6 +95,8 @@ def tune(
     check,
     seed,
     device,
+    compile_,
+    precision,
     dtype,
     out,
 ):
@@ -112,7 +116,7 @@ def tune(
     writable_output(out, suffixes=(".json",))
     with friendly_errors("tuning"):  # before the model loads
         instance = check_request(solver, nfe, method, fit_weights)
-    problem, device = open_problem(model, sde, device, dtype)
+    problem, device = open_problem(model, sde, device, dtype, compile_, precision)
     shape, state = tuple(problem.event_shape), DTYPES[dtype]
     columns = (
         TextColumn("[bold]{task.description}"),

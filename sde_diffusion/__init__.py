@@ -7,6 +7,7 @@ res = sd.sample(gmm.score_fn(sde), sde, shape=(1024, 2), solver="heun", steps=32
 """
 
 from . import adapters
+from .acceleration import PRECISIONS, accelerate
 from .analytic import GaussianMixture, MixtureScore, eight_gaussians, high_dim_mixture
 from .controllers import PIDController
 from .editing import sdedit
@@ -47,6 +48,7 @@ __version__ = "0.1.0"
 __all__ = [
     "APG",
     "EDMSDE",
+    "PRECISIONS",
     "PREDICTIONS",
     "SCHEDULES",
     "SCHEDULE_ALIASES",
@@ -85,6 +87,7 @@ __all__ = [
     "TunedGrid",
     "UnknownSolverError",
     "__version__",
+    "accelerate",
     "adapters",
     "append_dims",
     "as_model",

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .acceleration import accelerate, compile_seconds
 from .devices import checked_device, checked_dtype
 from .distributed import map_batches, stream_batches, sum_over_ranks
 from .errors import ArgumentError, NonFiniteError
@@ -70,7 +71,10 @@ class SampleResult:
     ``nfe`` counts model calls, ``network_passes`` network forward passes (more
     than ``nfe`` for models that run their network twice a call, as guidance
     does), both totals over the ``batches`` solved (of every rank, under ``torchrun``);
-    ``nfe_per_batch`` is what one batch took on average.  ``trajectory`` (with
+    ``nfe_per_batch`` is what one batch took on average.  ``wall_time`` is the whole
+    run's; ``compile_time`` the part of it spent in network calls that compiled (see
+    :mod:`~sde_diffusion.acceleration`), so ``sampling_time`` is what the rate is made of.
+    ``trajectory`` (with
     ``return_trajectory=True``) holds the state at every time of ``times``: the grid,
     plus the denoising step's time again if one was appended.
     """
@@ -85,6 +89,12 @@ class SampleResult:
     times: list[float] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     batches: int = 1
+    compile_time: float = 0.0
+
+    @property
+    def sampling_time(self) -> float:
+        """Wall time less compile time: what a samples/s figure divides by."""
+        return self.wall_time - self.compile_time
 
     @property
     def nfe_per_batch(self) -> float:
@@ -137,6 +147,8 @@ def solve(
     denoise: bool = False,
     return_trajectory: bool = False,
     after_step: StepHook | None = None,
+    compile: bool | str = False,
+    precision: str = "fp32",
     **options: Any,
 ) -> SampleResult:
     """Integrate from ``x_T`` at ``ts[0]`` to ``ts[-1]``; returns a :class:`SampleResult`.
@@ -148,9 +160,12 @@ def solve(
     ``generator``.  ``denoise`` appends one Tweedie step ``x <- x̂_0(x, ts[-1])``.
     The state keeps ``x_T``'s dtype whatever the model computes in.  ``after_step(t0, t1,
     x)`` replaces the state after each step of a fixed-grid solver (see
-    :func:`~sde_diffusion.loop.integrate`).
+    :func:`~sde_diffusion.loop.integrate`).  ``compile`` and ``precision`` run the
+    network compiled and/or autocast (:func:`~sde_diffusion.acceleration.accelerate`);
+    the state keeps its dtype.
     """
     solver = _resolve(solver, options)
+    model = accelerate(model, compile, precision)
     if not isinstance(x_T, Tensor) or x_T.ndim < 1 or not x_T.is_floating_point():
         raise ArgumentError("x_T must be a floating-point tensor of shape (B, *event)")
     grid = validate_grid(sde, ts)
@@ -158,7 +173,7 @@ def solve(
         raise ArgumentError(
             "the grid already ends at t=0, whose last step is the denoising step; use denoise=False"
         )
-    start = time.perf_counter()
+    start, compiling = time.perf_counter(), compile_seconds()
     process = ReverseProcess(model, sde, x_T, cond=cond, grid=grid)
     noise = noise if noise is not None else GeneratorNoise(generator)
     recorder = _Recorder(process, callback, return_trajectory, x_T, grid[0])
@@ -180,6 +195,7 @@ def solve(
         trajectory=torch.stack(recorder.states) if return_trajectory else None,
         times=recorder.times,
         options=solver.options(),
+        compile_time=compile_seconds() - compiling,
     )
 
 
@@ -221,6 +237,8 @@ def sample(
     batch_size: int | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     sink: Callable[[int, int, Tensor], None] | None = None,
+    compile: bool | str = False,
+    precision: str = "fp32",
     **options: Any,
 ) -> SampleResult:
     """Draw ``x_T`` from the prior and solve down to the data side: in one batch, or in
@@ -249,7 +267,8 @@ def sample(
     ranks; other ranks get ``x = None``.  ``on_batch(start, stop)`` follows each finished
     batch of this rank.  With ``sink``, rank 0 hands each batch to ``sink(start, stop,
     rows)`` in global order as it arrives and keeps nothing (``x = None``): memory holds a
-    batch per rank, whatever ``shape[0]``.
+    batch per rank, whatever ``shape[0]``.  ``compile`` and ``precision``: see :func:`solve`
+    (the network compiles once, for the first batch; ``res.compile_time`` says how long).
     """
     device, dtype = checked_device(device), checked_dtype(dtype)
     shape = _sample_shape(shape)
@@ -257,6 +276,7 @@ def sample(
         isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63
     ):
         raise ArgumentError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    model = accelerate(model, compile, precision)
     solver = _resolve(solver, options)
     steps = default_steps(solver) if steps is None else steps
     ts = _grid(sde, steps, schedule, rho, to_zero, grid)
@@ -320,6 +340,7 @@ def _sample_in_batches(
     if batch_size < 1:
         raise ArgumentError(f"batch_size must be >= 1, got {batch_size}")
     start_time, counts = time.perf_counter(), [0, 0, 0]
+    compiling = compile_seconds()
 
     def one(start: int, stop: int) -> Tensor:
         rows = None if cond is None else slice_cond(cond, slice(start, stop))
@@ -345,6 +366,7 @@ def _sample_in_batches(
         wall_time=time.perf_counter() - start_time,
         options=solver.options(),
         batches=int(batches),
+        compile_time=compile_seconds() - compiling,
     )
 
 

@@ -238,7 +238,7 @@ def test_bad_training_config(bad):
 
 
 def test_periodic_evaluation_samples_and_bf16():
-    trainer = _trainer(steps=20, sample_every=10, sample_count=16, sample_steps=4, bf16=True)
+    trainer = _trainer(steps=20, sample_every=10, sample_count=16, sample_steps=4, precision="bf16")
     seen = {}
     history = trainer.train(progress=False, on_samples=lambda step, x: seen.update({step: x}))
     assert sorted(seen) == [10, 20]

@@ -75,7 +75,10 @@ def training_tensors(trainer: Trainer) -> dict[str, Tensor]:
 def save_training_state(trainer: Trainer, path: str | Path, tensors: dict[str, Tensor]) -> Path:
     """Write ``tensors`` (from :func:`training_tensors`) with the run's metadata."""
     groups = trainer.optimizer.state_dict()["param_groups"]
-    return save_checkpoint(path, tensors, model_config(trainer) | {"optimizer_groups": groups})
+    extra = {"optimizer_groups": groups}
+    if trainer.scaler.is_enabled():  # fp16's loss scale and its growth count
+        extra["grad_scaler"] = trainer.scaler.state_dict()
+    return save_checkpoint(path, tensors, model_config(trainer) | extra)
 
 
 def export_model(trainer: Trainer, path: str | Path) -> Path:
@@ -100,6 +103,8 @@ def load_training_state(trainer: Trainer, path: str | Path) -> None:
     )
     trainer.generator.set_state(tensors["rng/generator"].cpu())
     torch.set_rng_state(tensors["rng/torch"].cpu())
+    if "grad_scaler" in config and trainer.scaler.is_enabled():
+        trainer.scaler.load_state_dict(config["grad_scaler"])
     trainer.step = int(config["step"])
 
 

@@ -1,7 +1,8 @@
 """Training a score model by denoising score matching.
 
 ``Trainer`` runs AdamW with linear warm-up and gradient clipping, keeps an EMA of
-the weights through ``torch.optim.swa_utils``, optionally autocasts to bf16, shows
+the weights through ``torch.optim.swa_utils``, optionally compiles the network and
+autocasts it to bf16 or fp16 (loss-scaled; :mod:`~sde_diffusion.acceleration`), shows
 a rich progress bar, and writes checkpoints (model, EMA, optimiser, RNG states)
 that resume bit for bit on CPU.  Ctrl-C (``KeyboardInterrupt``) and a failed peer
 rank save a checkpoint before the error goes on; ``stop_requested`` (set by a
@@ -30,6 +31,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from ..acceleration import accelerate, check_precision
 from ..distributed import barrier, init_distributed, rank_and_world, sum_over_ranks
 from ..errors import ArgumentError
 from ..noise import seeded_generator
@@ -63,7 +65,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     loss_weighting: str = "edm"
-    bf16: bool = False
+    precision: str = "fp32"  # the network's autocast: fp32, bf16, or fp16 with loss scaling
+    compile: bool | str = False  # torch.compile the network (True or a mode name)
     seed: int = 0
     checkpoint_every: int = 500
     keep_every: int = 0  # N > 0: also export the EMA weights every N steps as NAME.stepN
@@ -78,6 +81,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "checkpoint_every", "sample_count", "sample_steps"):
             if getattr(self, name) < 1:
                 raise ArgumentError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_precision(self.precision)
         if self.keep_every < 0:
             raise ArgumentError(f"keep_every must be >= 0, got {self.keep_every}")
         if not 0 <= self.cond_drop_prob < 1:
@@ -94,6 +98,18 @@ def kept_path(checkpoint: str | Path, step: int) -> Path:
     beside the checkpoint (an early model of the run: autoguidance's guide)."""
     path = Path(checkpoint)
     return path.with_name(f"{path.stem}.step{step:06d}{path.suffix or '.safetensors'}")
+
+
+def _adamw(net: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; a compiled run also takes the fused kernel where the device has one (the same
+    update in one pass over the parameters)."""
+    settings = {"lr": config.lr, "weight_decay": config.weight_decay}
+    if config.compile:
+        try:
+            return torch.optim.AdamW(net.parameters(), fused=True, **settings)
+        except (RuntimeError, ValueError):  # no fused AdamW for this device or torch
+            pass
+    return torch.optim.AdamW(net.parameters(), **settings)
 
 
 class Trainer:
@@ -119,9 +135,11 @@ class Trainer:
         )
         if self.world > 1:  # the loss runs through the wrapper, which all-reduces gradients
             self.model.net = torch.nn.parallel.DistributedDataParallel(self.net)
-        self.optimizer = torch.optim.AdamW(
-            self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay
-        )
+        # what the loss runs: the same parameters, compiled and/or autocast if asked
+        self.forward_model = accelerate(self.model, config.compile, config.precision)
+        self.optimizer = _adamw(self.net, config)
+        # fp16 gradients underflow without a loss scale; it skips steps that overflow
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.step = 0
         self.stop_requested = False  # set from a signal handler: save and stop after this step
         # one stream, the same on every rank: the global batch is drawn alike everywhere
@@ -140,7 +158,8 @@ class Trainer:
         """One optimiser step on the global batch; returns its mean loss.
 
         The loss and the gradient norm are read before the step: if either is not
-        finite, :class:`NonFiniteLossError` is raised and the weights stay as they were.
+        finite, :class:`NonFiniteLossError` is raised and the weights stay as they were
+        (in fp16 an overflowing gradient only skips the step and lowers the loss scale).
         """
         size, gen, device = self.config.batch_size, self.generator, self.device
         idx = torch.randint(len(self._x), (size,), generator=gen, device=device)
@@ -152,19 +171,20 @@ class Trainer:
         mine = slice(self.rank * size // self.world, (self.rank + 1) * size // self.world)
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
-            x0, cond = self._x[idx[mine]], None if cond is None else cond[mine]
-            loss = self.loss.loss_at(self.model, x0, t[mine], eps[mine], cond)
-            loss = loss.mean()
+        x0, cond = self._x[idx[mine]], None if cond is None else cond[mine]
+        loss = self.loss.loss_at(self.forward_model, x0, t[mine], eps[mine], cond).mean()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # under DDP the gradients are averaged over ranks here
+        self.scaler.scale(loss).backward()  # under DDP the gradients are averaged over ranks
+        self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
         value, norm = torch.stack([loss.detach().float(), norm.float()]).tolist()  # one read
         if self.world > 1:
             value = sum_over_ranks([value])[0] / self.world
-        if not (math.isfinite(value) and math.isfinite(norm)):
+        overflow = self.scaler.is_enabled() and math.isfinite(value)  # the scaler skips it
+        if not (math.isfinite(value) and (math.isfinite(norm) or overflow)):
             raise NonFiniteLossError(self._non_finite_message(value, norm))
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.ema.update_parameters(self.model)
         self.step += 1
         return value
