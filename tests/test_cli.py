@@ -744,3 +744,37 @@ def test_resume_refuses_flags_that_change_the_model_and_runs_with_no_steps_left(
     res = run("train", "--resume", str(out), "--steps", "3")
     assert res.exit_code == 2 and "at step 3 already" in res.output
     assert run("train", "--resume", str(out), "--steps", "4", "--lr", "1e-4").exit_code == 0
+
+
+# -- compiled and autocast networks ------------------------------------------------------
+
+
+def test_compiled_sampling_reports_compile_time_apart_and_matches_eager(tmp_path):
+    outs = {}
+    for flags in ((), ("--compile",)):
+        out = tmp_path / f"s{len(flags)}.npz"
+        result = run("sample", "--model", "moons", "-n", "64", "--steps", "8", "--out", str(out),
+                     *flags)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        outs[flags] = np.load(out)["samples"]
+        assert ("compiling" in result.output) == bool(flags)
+    np.testing.assert_allclose(outs[("--compile",)], outs[()], rtol=1e-5, atol=1e-5)
+
+
+def test_precision_and_compile_reach_training_and_resume(tmp_path):
+    out = tmp_path / "m.safetensors"
+    common = ("--data", "moons", "--batch-size", "32", "--width", "32", "--out", str(out))
+    result = run("train", *common, "--steps", "4", "--compile", "--precision", "fp16")
+    assert result.exit_code == 0, result.output
+    train = load_checkpoint(out)[1]["train"]
+    assert train["precision"] == "fp16" and train["compile"] is True
+    result = run("train", "--resume", str(out), "--steps", "6")
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(out)[1]["train"]["precision"] == "fp16"  # the run's own precision
+
+
+@pytest.mark.parametrize("command", ["sample", "train", "likelihood", "tune"])
+def test_unknown_precision_is_a_usage_error(command):
+    result = run(command, "--precision", "fp64")
+    assert result.exit_code == 2
+    assert "'fp64' is not one of 'fp32', 'bf16', 'fp16'" in result.output
