@@ -7,8 +7,8 @@ and under ``torch.autocast`` in the chosen precision.  Only the network changes:
 time coefficients, preconditioning and the solver's state stay in the state's dtype
 (float32 or float64), so a bf16 network perturbs a step by its own rounding only.
 
-The network is compiled once per input shape (``dynamic=None``: a second shape, such as
-a last batch of another size, compiles once more with a dynamic batch dimension).  The
+The network is compiled once per input shape (``dynamic=False``: static shapes, the
+fastest kernels; a last batch of another size compiles once more).  The
 time reaches it as the tensor ``c_noise``, never a Python float, so steps do not
 recompile.  A network that cannot be compiled runs eagerly after one warning line; an
 error the eager network also raises is the network's own and goes on unchanged.
@@ -27,6 +27,7 @@ import warnings
 from typing import Any
 
 import torch
+import torch._functorch.config as functorch_config
 from torch import Tensor, nn
 
 from .errors import ArgumentError
@@ -75,12 +76,8 @@ def _allow_repeated_backward() -> None:
     """Let compiled graphs run their backward more than once (likelihoods take divergences
     with ``retain_graph``): Inductor's donated buffers, read when the backward compiles (at
     the first backward, outside any call of ours), forbid it; turned off for the process."""
-    try:
-        from torch._functorch import config
-    except ImportError:  # pragma: no cover - torch without functorch's config
-        return
-    if hasattr(config, "donated_buffer"):
-        config.donated_buffer = False
+    if hasattr(functorch_config, "donated_buffer"):
+        functorch_config.donated_buffer = False
 
 
 class FastNetwork(nn.Module):
@@ -95,18 +92,17 @@ class FastNetwork(nn.Module):
         super().__init__()
         self.net = net
         self.autocast = check_precision(precision)
-        self.precision, self.mode = precision, None
-        self._compiled = None  # not a submodule: the state dict stays the network's
+        self.precision, self.asked, self.mode = precision, compile, None
+        self._compiled = None  # built at the first call (the mode needs the device); not a
+        self._failed = False  # submodule, so the state dict stays the network's
         self._seen: set[tuple] = set()
         if compile:
-            self.mode = compile if isinstance(compile, str) else None
-            self._compiled = [torch.compile(net, mode=self.mode)]
             _allow_repeated_backward()
 
     @property
     def compiled(self) -> bool:
         """Whether calls go through the compiled network (``False`` after a fallback)."""
-        return self._compiled is not None
+        return bool(self.asked) and not self._failed
 
     @property
     def config(self) -> Any:
@@ -115,11 +111,15 @@ class FastNetwork(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
         with torch.autocast(device, dtype=self.autocast, enabled=self.autocast is not None):
-            if self._compiled is None:
+            if not self.compiled:
                 return self.net(*args, **kwargs)
             return self._compiled_call(args, kwargs, device)
 
     def _compiled_call(self, args: tuple, kwargs: dict, device: str) -> Any:
+        if self._compiled is None:
+            default = "reduce-overhead" if device == "cuda" else None
+            self.mode = self.asked if isinstance(self.asked, str) else default
+            self._compiled = [torch.compile(self.net, mode=self.mode, dynamic=False)]
         key = _signature(args, kwargs)
         first, start = key not in self._seen, time.perf_counter()
         try:
@@ -133,12 +133,12 @@ class FastNetwork(nn.Module):
                 RuntimeWarning,
                 stacklevel=4,
             )
-            self._compiled = None
+            self._failed = True
             return out
         if first:
             self._seen.add(key)
             _charge(time.perf_counter() - start)
-        if device == "cuda" and (self.mode or "reduce-overhead") == "reduce-overhead":
+        if device == "cuda" and self.mode == "reduce-overhead" and isinstance(out, Tensor):
             out = out.clone()  # a CUDA-graph output is overwritten by the next replay
         return out
 

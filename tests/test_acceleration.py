@@ -18,8 +18,6 @@ from sde_diffusion.pretrained import load_pretrained
 from sde_diffusion.training import TrainConfig, Trainer
 from sde_diffusion.training.data import load_data
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
 
 @pytest.fixture(scope="module")
 def moons():
@@ -167,7 +165,7 @@ def test_fp16_training_scales_the_loss_and_resumes_its_scale(tmp_path):
         assert torch.equal(a, b)
 
 
-@cuda
+@pytest.mark.cuda
 def test_cuda_graph_sampling_equals_eager():
     """On CUDA ``compile=True`` replays CUDA graphs (mode reduce-overhead); the samples and
     the multistep history (kept across replays) equal the eager run's."""
@@ -182,7 +180,7 @@ def test_cuda_graph_sampling_equals_eager():
         torch.testing.assert_close(res.x, runs[0].x, rtol=1e-4, atol=1e-4)
 
 
-@cuda
+@pytest.mark.cuda
 def test_cuda_compiled_bf16_training_runs():
     torch.manual_seed(0)
     model = ScoreModel(ResidualMLP(2, width=32, depth=2, emb_dim=16), sd.VPSDE())
