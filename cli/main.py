@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import click
 from rich.table import Table
 
@@ -32,6 +34,12 @@ def main(ctx: click.Context, debug: bool) -> None:
       sdediff bench --model gmm8         # solvers side by side at equal NFE
     """
     ctx.obj = {"debug": debug}
+    if not debug:  # a warning is one line, as errors are (the source line only with --debug)
+        warnings.formatwarning = _one_line
+
+
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    return f"Warning: {message}\n"
 
 
 @main.command()

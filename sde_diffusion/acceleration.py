@@ -152,7 +152,7 @@ def accelerate(model: Any, compile: bool | str = False, precision: str = "fp32")
     With ``compile=False`` and ``precision="fp32"`` it returns ``model`` itself.
     """
     check_precision(precision)
-    if not compile and precision == "fp32":
+    if (not compile and precision == "fp32") or isinstance(model, AcceleratedModel):
         return model
     if isinstance(model, ScoreModel):
         if isinstance(model.net, FastNetwork):

@@ -88,6 +88,22 @@ def test_a_network_that_cannot_compile_runs_eagerly_after_one_warning(tmp_path):
     assert run.stdout.splitlines()[1] == "True"
 
 
+def test_the_command_line_samples_eagerly_after_one_warning_line(tmp_path):
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-g++")}
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "cache")
+    out = tmp_path / "s.npz"
+    flags = ["--model", "moons", "-n", "32", "--steps", "4", "--compile"]
+    args = ["sample", *flags, "--out", str(out)]
+    run = subprocess.run(
+        [sys.executable, "-m", "sde_diffusion", *args], env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    ours = [line for line in run.stderr.splitlines() if "could not be compiled" in line]
+    assert len(ours) == 1 and ours[0].startswith("Warning: the network could not be compiled")
+    assert "return self._call_impl" not in run.stderr  # no source line after it
+    assert out.is_file()
+
+
 def test_the_networks_own_error_is_not_a_compile_failure():
     fast = FastNetwork(nn.Linear(3, 2), compile=True)
     with warnings.catch_warnings():

@@ -157,6 +157,21 @@ def test_two_processes_train_the_weights_of_one(runs):
 
 
 @pytest.mark.slow
+def test_compiled_training_under_torchrun_follows_the_eager_run(runs, tmp_path):
+    """``--compile`` on two processes (the DDP-wrapped network compiled): the weights of the
+    one-process eager run, to the float rounding of Inductor's kernels."""
+    where, _, _ = runs
+    run = sdediff(*TRAIN, "--steps", "12", "--compile", "--out", "c.safetensors",
+                  cwd=tmp_path, ranks=2)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "could not be compiled" not in run.stderr
+    compiled, one = weights(tmp_path / "c.safetensors"), weights(where / "one/m.safetensors")
+    assert compiled.keys() == one.keys()
+    for name in one:
+        torch.testing.assert_close(compiled[name], one[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+@pytest.mark.slow
 def test_only_rank_zero_reports_and_writes(runs):
     where, two, _ = runs
     assert two.stdout.count("training a ") == 1 and "on 2 processes" in two.stdout
