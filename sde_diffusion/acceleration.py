@@ -109,7 +109,8 @@ class FastNetwork(nn.Module):
         return getattr(self.net, "config", None)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+        tensors = (a for a in (*args, *kwargs.values()) if isinstance(a, Tensor))
+        device = next((a.device.type for a in tensors), "cpu")
         with torch.autocast(device, dtype=self.autocast, enabled=self.autocast is not None):
             if not self.compiled:
                 return self.net(*args, **kwargs)
