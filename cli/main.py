@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 from rich.table import Table
@@ -35,11 +37,18 @@ def main(ctx: click.Context, debug: bool) -> None:
     """
     ctx.obj = {"debug": debug}
     if not debug:  # a warning is one line, as errors are (the source line only with --debug)
-        warnings.formatwarning = _one_line
+        ctx.with_resource(_one_line_warnings())
 
 
-def _one_line(message, category, filename, lineno, line=None) -> str:
-    return f"Warning: {message}\n"
+@contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """``Warning: message`` for the command's duration; the format before it afterwards."""
+    before = warnings.formatwarning
+    warnings.formatwarning = lambda message, *rest, **kw: f"Warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = before
 
 
 @main.command()

@@ -117,15 +117,17 @@ class FastNetwork(nn.Module):
             return self._compiled_call(args, kwargs, device)
 
     def _compiled_call(self, args: tuple, kwargs: dict, device: str) -> Any:
+        start = time.perf_counter()  # compile time includes loading the compiler
         if self._compiled is None:
             default = "reduce-overhead" if device == "cuda" else None
             self.mode = self.asked if isinstance(self.asked, str) else default
             self._compiled = [torch.compile(self.net, mode=self.mode, dynamic=False)]
         key = _signature(args, kwargs)
-        first, start = key not in self._seen, time.perf_counter()
+        first = key not in self._seen
         try:
             out = self._compiled[0](*args, **kwargs)
         except Exception as err:
+            _charge(time.perf_counter() - start)  # the failed attempt was compile time too
             out = self.net(*args, **kwargs)  # the network's own error goes on from here
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             warnings.warn(
