@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 import torch._functorch.config as functorch_config
+import torch._inductor
 from torch import Tensor, nn
 
 from .errors import ArgumentError
@@ -96,6 +97,11 @@ class FastNetwork(nn.Module):
         self._compiled = None  # built at the first call (the mode needs the device); not a
         self._failed = False  # submodule, so the state dict stays the network's
         self._seen: set[tuple] = set()
+        modes = list(torch._inductor.list_mode_options())
+        if isinstance(compile, str) and compile not in modes:
+            raise ArgumentError(
+                f"unknown compile mode {compile!r}; choose True or one of {', '.join(modes)}"
+            )
         if compile:
             _allow_repeated_backward()
 

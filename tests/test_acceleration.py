@@ -142,6 +142,8 @@ def test_unknown_precision_is_refused_with_the_valid_names(moons):
         sd.accelerate(moons, precision="fp64")
     with pytest.raises(sd.ArgumentError, match="fp32, bf16, fp16"):
         TrainConfig(precision="half")
+    with pytest.raises(sd.ArgumentError, match=r"unknown compile mode 'fastest'.*max-autotune"):
+        sd.accelerate(moons, compile="fastest")
 
 
 def _trainer(**overrides):
