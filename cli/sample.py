@@ -353,7 +353,7 @@ def sample(
         )
         if rank_and_world()[0] != 0:  # another rank of a torchrun job: rank 0 writes
             return
-        nfe, wall = round(res.nfe_per_batch), res.sampling_time
+        nfe, wall = round(res.nfe_per_batch), max(res.sampling_time, 1e-9)
         passes = res.network_passes / res.batches
         settings = {
             "model": model,
