@@ -180,8 +180,8 @@ class Trainer:
         value, norm = torch.stack([loss.detach().float(), norm.float()]).tolist()  # one read
         if self.world > 1:
             value = sum_over_ranks([value])[0] / self.world
-        overflow = self.scaler.is_enabled() and math.isfinite(value)  # the scaler skips it
-        if not (math.isfinite(value) and (math.isfinite(norm) or overflow)):
+        # in fp16 a non-finite gradient norm is an overflow: the scaler skips that step
+        if not math.isfinite(value) or not (math.isfinite(norm) or self.scaler.is_enabled()):
             raise NonFiniteLossError(self._non_finite_message(value, norm))
         self.scaler.step(self.optimizer)
         self.scaler.update()
