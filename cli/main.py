@@ -14,6 +14,7 @@ from sde_diffusion.evaluation.benchmark import fixed_grid
 
 from .bench import bench
 from .common import console
+from .ema import ema
 from .info import info as info_command
 from .likelihood import likelihood
 from .restore import edit, restore
@@ -87,7 +88,7 @@ def solvers(kind: str | None) -> None:
     console.print(table)
 
 
-for command in (sample, restore, edit, train, tune, bench, likelihood, info_command):
+for command in (sample, restore, edit, train, ema, tune, bench, likelihood, info_command):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,9 +19,12 @@ from sde_diffusion.sdes import sde_names
 from sde_diffusion.training import NonFiniteLossError, TrainConfig, Trainer
 from sde_diffusion.training.building import NETWORKS, build_model
 from sde_diffusion.training.checkpoint import CheckpointError
-from sde_diffusion.training.data import load_data
+from sde_diffusion.training.data import load_data, split_held_out
+from sde_diffusion.training.log import curves_path, metrics_path
 from sde_diffusion.training.losses import WEIGHTINGS
+from sde_diffusion.training.quality import quality_metric
 from sde_diffusion.training.state import run_settings
+from sde_diffusion.training.trainer import LR_SCHEDULES
 
 from .common import (
     INTERRUPTED,
@@ -45,7 +49,13 @@ from .common import (
 )
 from .sample import device_option, seed_option
 
+HELD_OUT = 0.05  # the share of user data --eval-every sets aside
 TRAIN = TrainConfig()  # the library's defaults, which the flags show
+# the recipe's settings a resumed run keeps (named as TrainConfig and the flags name them)
+RECIPE = (
+    "min_snr_gamma", "immiscible", "lr_schedule", "lr_decay_steps", "snapshot_every",
+    "eval_every",
+)  # fmt: skip
 
 
 def model_default(name: str):
@@ -105,9 +115,31 @@ def check_resumed_model(path: Path, given: dict[str, object]) -> None:
         )
 
 
+class EmaSetting(click.ParamType):
+    """``--ema``: an EMA decay in [0, 1), or ``posthoc``."""
+
+    name = "DECAY|posthoc"
+
+    def convert(self, value, param, ctx):
+        if value == "posthoc":
+            return value
+        try:
+            decay = float(value)
+        except (TypeError, ValueError):
+            decay = math.nan
+        if not 0 <= decay < 1:
+            self.fail(f"expected a decay in [0, 1) or 'posthoc', got {value!r}", param, ctx)
+        return decay
+
+
 def toml_kind(param: click.Parameter) -> tuple[str, Callable[[object], bool]]:
     """What a config file's value for ``param`` must be: a name and a check (no coercion:
     ``steps = 10.5`` or ``true`` is an error, not 10 or 1)."""
+    if isinstance(param.type, EmaSetting):
+        return (
+            "a number or 'posthoc'",
+            lambda v: v == "posthoc" or (isinstance(v, int | float) and not isinstance(v, bool)),
+        )
     if param.is_flag or isinstance(param.type, click.types.BoolParamType):
         return "true or false", lambda v: isinstance(v, bool)
     if isinstance(param.type, click.types.IntParamType):
@@ -133,7 +165,8 @@ def resume_defaults(ctx: click.Context, param: click.Parameter, path: Path | Non
         **settings,
         "loss_weighting": train["loss_weighting"],
         "cond_drop": train.get("cond_drop_prob", TRAIN.cond_drop_prob),
-        "ema": train["ema_decay"],
+        "ema": "posthoc" if train.get("posthoc_ema") else train["ema_decay"],
+        **{k: train[k] for k in RECIPE if k in train},
         **{k: train[k] for k in ("steps", "batch_size", "lr", "checkpoint_every", "seed")},
         "sample_every": train["sample_every"],
         "keep_every": train.get("keep_every", 0),
@@ -201,7 +234,46 @@ def resume_defaults(ctx: click.Context, param: click.Parameter, path: Path | Non
     show_default=True,
 )
 @click.option(
-    "--ema", type=click.FloatRange(0, 1, max_open=True), default=TRAIN.ema_decay, show_default=True
+    "--min-snr-gamma",
+    type=click.FloatRange(min=0, min_open=True),
+    callback=finite,
+    default=TRAIN.min_snr_gamma,
+    show_default=True,
+    help="With --loss-weighting min-snr: the clamp of the signal-to-noise ratio.",
+)
+@click.option(
+    "--immiscible",
+    is_flag=True,
+    help="Pair each batch's noise with its data by linear assignment (immiscible diffusion).",
+)
+@click.option(
+    "--lr-schedule",
+    type=click.Choice(LR_SCHEDULES),
+    default=TRAIN.lr_schedule,
+    show_default=True,
+    help="edm2: after warm-up, lr / sqrt(max(step / --lr-decay-steps, 1)).",
+)
+@click.option(
+    "--lr-decay-steps",
+    type=click.IntRange(min=1),
+    default=TRAIN.lr_decay_steps,
+    show_default=True,
+    help="With --lr-schedule edm2: the step where the decay starts.",
+)
+@click.option(
+    "--ema",
+    type=EmaSetting(),
+    default=TRAIN.ema_decay,
+    show_default=True,
+    help="The EMA decay; 'posthoc' also keeps power-function EMAs and writes snapshots "
+    "(OUT.phema/) that sdediff ema turns into an EMA of any length.",
+)
+@click.option(
+    "--snapshot-every",
+    type=click.IntRange(min=1),
+    default=TRAIN.snapshot_every,
+    show_default=True,
+    help="With --ema posthoc: write a snapshot every N steps.",
 )
 @click.option(
     "--checkpoint-every",
@@ -221,6 +293,19 @@ def resume_defaults(ctx: click.Context, param: click.Parameter, path: Path | Non
     type=click.IntRange(min=0),
     default=TRAIN.sample_every,
     help="Save a sample picture every N steps.",
+)
+@click.option(
+    "--eval-every",
+    type=click.IntRange(min=0),
+    default=TRAIN.eval_every,
+    help="Log the EMA model's quality every N steps (sliced W2, digits-FID, or the loss on "
+    "5%% of user data held out).",
+)
+@click.option(
+    "--tensorboard",
+    type=SafePath(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write the metrics as TensorBoard scalars to this folder.",
 )
 @click.option(
     "--out",
@@ -252,10 +337,17 @@ def train(
     steps,
     batch_size,
     lr,
+    min_snr_gamma,
+    immiscible,
+    lr_schedule,
+    lr_decay_steps,
     ema,
+    snapshot_every,
     checkpoint_every,
     keep_every,
     sample_every,
+    eval_every,
+    tensorboard,
     out,
     resume,
     seed,
@@ -271,6 +363,9 @@ def train(
       sdediff train --config train.toml --steps 500      # flags override the file
       sdediff train --resume runs/moons.safetensors --steps 4000
       sdediff train --data digits --conditional --cond-drop 0.1 --out runs/digits.safetensors
+      sdediff train --data moons --ema posthoc --eval-every 500 --out runs/moons.safetensors
+
+    Every run logs OUT.metrics.jsonl and draws OUT.curves.png beside the checkpoint.
     """
     source = click.get_current_context().get_parameter_source("out")
     if resume is not None and source == click.core.ParameterSource.DEFAULT:
@@ -293,6 +388,9 @@ def train(
     with friendly_errors("training"):
         dataset = load_data(data, 20000, seed)
         dataset.info["source"] = data  # what --resume loads again
+        held_out = None
+        if eval_every and quality_metric(dataset) is None:  # user data: keep 5% unseen
+            dataset, held_out = split_held_out(dataset, HELD_OUT, seed)
         torch.manual_seed(seed)
         model = build_model(
             dataset,
@@ -306,8 +404,15 @@ def train(
             steps=steps,
             batch_size=batch_size,
             lr=lr,
-            ema_decay=ema,
+            ema_decay=TRAIN.ema_decay if ema == "posthoc" else ema,
+            posthoc_ema=ema == "posthoc",
+            snapshot_every=snapshot_every,
             loss_weighting=loss_weighting,
+            min_snr_gamma=min_snr_gamma,
+            immiscible=immiscible,
+            lr_schedule=lr_schedule,
+            lr_decay_steps=lr_decay_steps,
+            eval_every=eval_every,
             seed=seed,
             checkpoint_every=checkpoint_every,
             keep_every=keep_every,
@@ -317,7 +422,7 @@ def train(
             precision=precision,
             cond_drop_prob=cond_drop,
         )
-        trainer = Trainer(model, dataset, config)
+        trainer = Trainer(model, dataset, config, held_out)
         if resume is not None:
             trainer.resume(resume)
             if trainer.step >= steps:
@@ -347,7 +452,9 @@ def train(
         # between leaving training and saying why (so failures print here, not via click).
         with on_sigterm(lambda: setattr(trainer, "stop_requested", True)):
             try:
-                history = trainer.train(checkpoint=out, on_samples=on_samples)
+                history = trainer.train(
+                    checkpoint=out, on_samples=on_samples, tensorboard=tensorboard
+                )
             except KeyboardInterrupt:
                 err_console.print(
                     f"{rank_prefix()}[yellow]interrupted[/] at step {trainer.step}: {saved}",
@@ -379,6 +486,8 @@ def train(
                 raise SystemExit(TERMINATED)
     last = history[-1]["loss"] if history else float("nan")
     console.print(f"[bold green]done[/]: step {trainer.step}, last loss {last:.4f} -> {out}")
+    if trainer.rank == 0:
+        console.print(f"log: {metrics_path(out)}, curves: {curves_path(out)}")
 
 
 def _fail(message: str) -> NoReturn:

@@ -26,6 +26,7 @@ __all__ = [
     "digits",
     "labelled_8gaussians",
     "load_data",
+    "split_held_out",
     "toy_2d",
 ]
 
@@ -216,3 +217,20 @@ def load_data(spec: str, n: int = 10000, seed: int = 0) -> Dataset:
     if path.suffix not in (".npy", ".npz"):
         raise DataError(f"{path}: expected a .npy or .npz file or a folder of images")
     return Dataset(_load_array(path), name=path.stem)
+
+
+def split_held_out(data: Dataset, fraction: float = 0.05, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """``(train, held_out)``: a fixed random ``fraction`` of the rows (at least one) set
+    aside for the quality metric, the same for the same ``seed``; ``train.info`` records
+    the fraction so that the split can be made again."""
+    n = len(data.x)
+    if n < 2:
+        raise DataError(f"{data.name}: {n} sample(s) cannot be split into training and held out")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    cut = max(1, round(fraction * n))
+    parts = []
+    for rows in (order[cut:], order[:cut]):
+        labels = None if data.labels is None else data.labels[rows]
+        info = {**data.info, "held_out": fraction}
+        parts.append(Dataset(data.x[rows], labels, data.name, data.scale, data.shift, info))
+    return parts[0], parts[1]

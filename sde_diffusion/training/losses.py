@@ -20,6 +20,12 @@ summed over the event dimensions, one value per sample.  Weightings:
   velocity of the path ``x_t = alpha x_0 + sigma eps``; its conditional mean is the
   PF-ODE velocity, so for rectified flow (``alpha = 1 - t``, ``sigma = t``) this is
   ``|| v_theta - (eps - x_0) ||^2``, which is ``|| eps_theta - eps ||^2 / (1 - t)^2``.
+- ``min-snr``: Min-SNR-gamma (Hang et al. 2023), ``t ~ U[t_min, T]`` and
+  ``lambda = min(SNR, gamma)`` on the denoiser error ``|| D_theta - x_0 ||^2`` with
+  ``SNR = alpha^2 / sigma^2``.  The paper's three forms are this one loss:
+  ``min(SNR, gamma) / SNR`` on the eps error, ``min(SNR, gamma)`` on the x0 error and
+  ``min(SNR, gamma) / (SNR + 1)`` on the v error (``eps = SNR^(1/2) (x_0 - D)`` rescaled,
+  ``v`` likewise), whatever the network predicts.
 """
 
 from __future__ import annotations
@@ -33,9 +39,9 @@ from ..errors import ArgumentError
 from ..parametrization import ScoreModel, convert
 from ..sdes import SDE, append_dims
 
-__all__ = ["WEIGHTINGS", "DenoisingScoreMatching"]
+__all__ = ["WEIGHTINGS", "DenoisingScoreMatching", "immiscible_noise"]
 
-WEIGHTINGS = ("sigma2", "likelihood", "edm", "flow")
+WEIGHTINGS = ("sigma2", "likelihood", "edm", "flow", "min-snr")
 
 
 class DenoisingScoreMatching:
@@ -49,13 +55,16 @@ class DenoisingScoreMatching:
         p_mean: float = -1.2,
         p_std: float = 1.2,
         table_size: int = 4096,
+        min_snr_gamma: float = 5.0,
     ):
         if weighting not in WEIGHTINGS:
             raise ArgumentError(
                 f"unknown loss weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}"
             )
         self.sde, self.weighting = sde, weighting
-        self.p_mean, self.p_std = p_mean, p_std
+        if not 0 < min_snr_gamma < math.inf:
+            raise ArgumentError(f"min_snr_gamma must be a positive number, got {min_snr_gamma}")
+        self.p_mean, self.p_std, self.min_snr_gamma = p_mean, p_std, min_snr_gamma
         if weighting == "likelihood":
             self._times, self._cdf, self.normaliser = self._importance_table(table_size)
 
@@ -83,7 +92,7 @@ class DenoisingScoreMatching:
         """Training times of this weighting, float64, shape ``(n,)``."""
         u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
         t_min, t_max = self.sde.t_min, self.sde.T
-        if self.weighting in ("sigma2", "flow"):
+        if self.weighting in ("sigma2", "flow", "min-snr"):
             return t_min + (t_max - t_min) * u
         if self.weighting == "likelihood":
             cdf, times = self._cdf.to(u.device), self._times.to(u.device)
@@ -112,6 +121,10 @@ class DenoisingScoreMatching:
             weight = (nu**2 + model.sigma_data**2) / (nu * model.sigma_data) ** 2
             x0_hat = convert(value, x_t, t, self.sde, kind, "x0")
             return weight * (x0_hat - x0).flatten(1).pow(2).sum(1)
+        if self.weighting == "min-snr":
+            snr = (alpha / sigma).flatten(1)[:, 0] ** 2
+            x0_hat = convert(value, x_t, t, self.sde, kind, "x0")
+            return snr.clamp(max=self.min_snr_gamma) * (x0_hat - x0).flatten(1).pow(2).sum(1)
         if self.weighting == "flow":
             v_hat = convert(value, x_t, t, self.sde, kind, "velocity")
             target = convert(eps, x_t, t, self.sde, "eps", "velocity")  # alpha' x0 + sigma' eps
@@ -119,3 +132,16 @@ class DenoisingScoreMatching:
         eps_hat = convert(value, x_t, t, self.sde, kind, "eps")
         per_sample = (eps_hat - eps).flatten(1).pow(2).sum(1)
         return per_sample * self.normaliser if self.weighting == "likelihood" else per_sample
+
+
+def immiscible_noise(x0: Tensor, eps: Tensor) -> Tensor:
+    """``eps`` reordered so that the batch's total squared distance ``sum_i ||x0_i -
+    eps_pi(i)||^2`` is least: immiscible diffusion (Li et al. 2024), each image diffused
+    toward nearby noise.  The assignment is scipy's ``linear_sum_assignment`` on the
+    batch's cost matrix (one host round trip per training step).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    cost = torch.cdist(x0.flatten(1).double(), eps.flatten(1).double()).pow(2)
+    _, columns = linear_sum_assignment(cost.cpu().numpy())
+    return eps[torch.as_tensor(columns, device=eps.device)]

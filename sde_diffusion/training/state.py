@@ -2,10 +2,11 @@
 
 A checkpoint is a ``.safetensors`` file (written atomically by :mod:`.checkpoint`) whose
 tensors are ``model/*`` (the weights), ``ema/*`` (their EMA), ``ema_n_averaged``,
-``optim/<param>/<name>`` (AdamW's moments), ``rng/generator`` and ``rng/torch``, and whose
-JSON metadata holds the model config (``network``, ``sde``, ``parametrization``,
-``sigma_data``), the data's config, the :class:`~sde_diffusion.training.TrainConfig`
-(``train``), the ``step`` and AdamW's ``optimizer_groups``.  An exported model keeps only
+``phema/<i>/*`` (post-hoc EMA's power averages), ``optim/<param>/<name>`` (AdamW's
+moments), ``rng/generator`` and ``rng/torch``, and whose JSON metadata holds the model
+config (``network``, ``sde``, ``parametrization``, ``sigma_data``), the data's config,
+the :class:`~sde_diffusion.training.TrainConfig` (``train``), the ``step``, AdamW's
+``optimizer_groups`` and ``posthoc_ema``'s update count.  An exported model keeps only
 ``ema/*`` and the config.  This module alone writes and reads that layout.
 """
 
@@ -67,6 +68,9 @@ def training_tensors(trainer: Trainer) -> dict[str, Tensor]:
     tensors["ema_n_averaged"] = trainer.ema.n_averaged
     for index, state in trainer.optimizer.state_dict()["state"].items():
         tensors |= {f"optim/{index}/{k}": v for k, v in state.items()}
+    if trainer.phema is not None:
+        names = [name for name, _ in trainer.net.named_parameters()]
+        tensors |= {f"phema/{k}": v for k, v in trainer.phema.tensors(names).items()}
     tensors["rng/generator"] = trainer.generator.get_state()
     tensors["rng/torch"] = torch.get_rng_state()
     return tensors
@@ -78,6 +82,8 @@ def save_training_state(trainer: Trainer, path: str | Path, tensors: dict[str, T
     extra = {"optimizer_groups": groups}
     if trainer.scaler.is_enabled():  # fp16's loss scale and its growth count
         extra["grad_scaler"] = trainer.scaler.state_dict()
+    if trainer.phema is not None:
+        extra["posthoc_ema"] = trainer.phema.state()
     return save_checkpoint(path, tensors, model_config(trainer) | extra)
 
 
@@ -103,6 +109,15 @@ def load_training_state(trainer: Trainer, path: str | Path) -> None:
     )
     trainer.generator.set_state(tensors["rng/generator"].cpu())
     torch.set_rng_state(tensors["rng/torch"].cpu())
+    if trainer.phema is not None:
+        if "posthoc_ema" not in config:
+            raise CheckpointError(
+                f"{path} was trained without post-hoc EMA; its power-function averages "
+                "cannot start midway: resume it without --ema posthoc"
+            )
+        names = [name for name, _ in trainer.net.named_parameters()]
+        count = int(config["posthoc_ema"]["count"])
+        trainer.phema.load(prefixed(tensors, "phema"), names, count)
     if "grad_scaler" in config and trainer.scaler.is_enabled():
         trainer.scaler.load_state_dict(config["grad_scaler"])
     trainer.step = int(config["step"])

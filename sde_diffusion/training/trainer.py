@@ -38,7 +38,16 @@ from ..noise import seeded_generator
 from ..parametrization import ScoreModel
 from ..sampling import sample
 from .data import Dataset
-from .losses import DenoisingScoreMatching
+from .log import TrainingLog
+from .losses import DenoisingScoreMatching, immiscible_noise
+from .posthoc_ema import (
+    DEFAULT_SIGMA_RELS,
+    PowerEMA,
+    gamma_from_sigma_rel,
+    save_snapshot,
+    snapshot_dir,
+)
+from .quality import quality_metric
 from .state import (
     export_model,
     load_score_model,
@@ -64,12 +73,22 @@ class TrainConfig:
     warmup: int = 100
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    posthoc_ema: bool = False  # also keep power-function EMAs and write snapshots of them
+    posthoc_sigma_rels: tuple[float, ...] = DEFAULT_SIGMA_RELS
+    snapshot_every: int = 250
     loss_weighting: str = "edm"
+    min_snr_gamma: float = 5.0  # the min-snr weighting's clamp of the signal-to-noise ratio
+    immiscible: bool = False  # pair each batch's noise with its data by linear assignment
+    lr_schedule: str = "constant"  # or "edm2": lr / sqrt(max(step / lr_decay_steps, 1))
+    lr_decay_steps: int = 1000
     precision: str = "fp32"  # the network's autocast: fp32, bf16, or fp16 with loss scaling
     compile: bool | str = False  # torch.compile the network (True or a mode name)
     seed: int = 0
     checkpoint_every: int = 500
     keep_every: int = 0  # N > 0: also export the EMA weights every N steps as NAME.stepN
+    log_every: int = 10  # a row of NAME.metrics.jsonl every N steps
+    eval_every: int = 0  # N > 0: the quality metric of the EMA model every N steps
+    eval_samples: int = 1000
     sample_every: int = 0  # 0: no evaluation samples
     sample_count: int = 64
     sample_solver: str = "heun"
@@ -78,12 +97,23 @@ class TrainConfig:
     cond_drop_prob: float = 0.1  # conditional runs: share of labels replaced by the null label
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "checkpoint_every", "sample_count", "sample_steps"):
+        positive = ("steps", "batch_size", "checkpoint_every", "sample_count", "sample_steps")
+        positive += ("snapshot_every", "log_every", "eval_samples", "lr_decay_steps")
+        for name in positive:
             if getattr(self, name) < 1:
                 raise ArgumentError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_precision(self.precision)
-        if self.keep_every < 0:
-            raise ArgumentError(f"keep_every must be >= 0, got {self.keep_every}")
+        if self.keep_every < 0 or self.eval_every < 0:
+            raise ArgumentError(
+                f"keep_every and eval_every must be >= 0, got {self.keep_every}, {self.eval_every}"
+            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ArgumentError(
+                f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}"
+            )
+        self.posthoc_sigma_rels = tuple(float(s) for s in self.posthoc_sigma_rels)
+        for sigma_rel in self.posthoc_sigma_rels:
+            gamma_from_sigma_rel(sigma_rel)  # an ArgumentError outside (0, 0.2887)
         if not 0 <= self.cond_drop_prob < 1:
             raise ArgumentError(f"cond_drop_prob must lie in [0, 1), got {self.cond_drop_prob}")
         if not 0 < self.lr < math.inf or self.warmup < 0 or not 0 <= self.ema_decay < 1:
@@ -91,6 +121,9 @@ class TrainConfig:
                 f"need lr > 0, warmup >= 0 and 0 <= ema_decay < 1, got lr={self.lr}, "
                 f"warmup={self.warmup}, ema_decay={self.ema_decay}"
             )
+
+
+LR_SCHEDULES = ("constant", "edm2")
 
 
 def kept_path(checkpoint: str | Path, step: int) -> Path:
@@ -115,8 +148,15 @@ def _adamw(net: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
 class Trainer:
     """Trains ``model`` on ``data`` (a ``Dataset``) under ``config``."""
 
-    def __init__(self, model: ScoreModel, data: Dataset, config: TrainConfig):
+    def __init__(
+        self,
+        model: ScoreModel,
+        data: Dataset,
+        config: TrainConfig,
+        held_out: Dataset | None = None,
+    ):
         self.model, self.data, self.config = model, data, config
+        self.held_out = held_out  # what the quality metric scores against, for user data
         self.device = torch.device(config.device)
         self.model.to(self.device)
         self.rank, self.world = rank_and_world()
@@ -125,13 +165,21 @@ class Trainer:
                 f"the global batch size {config.batch_size} does not split evenly over "
                 f"{self.world} processes; use a multiple of {self.world}"
             )
-        self.loss = DenoisingScoreMatching(model.sde, config.loss_weighting)
+        self.loss = DenoisingScoreMatching(
+            model.sde, config.loss_weighting, min_snr_gamma=config.min_snr_gamma
+        )
         self.net = self.model.net  # the bare network: saved, averaged, exported
         if self.world > 1:  # every rank starts from rank 0's weights (EMA included)
             for tensor in self.net.state_dict().values():
                 dist.broadcast(tensor, 0)
         self.ema = AveragedModel(
             model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
+        )
+        # post-hoc EMA: power-function averages of the parameters (snapshots every K steps)
+        self.phema = (
+            PowerEMA(self.net.parameters(), config.posthoc_sigma_rels)
+            if config.posthoc_ema
+            else None
         )
         if self.world > 1:  # the loss runs through the wrapper, which all-reduces gradients
             self.model.net = torch.nn.parallel.DistributedDataParallel(self.net)
@@ -145,6 +193,7 @@ class Trainer:
         # one stream, the same on every rank: the global batch is drawn alike everywhere
         self.generator = seeded_generator(config.seed * 1000, self.device)
         self.history: list[dict[str, float]] = []
+        self.grad_norm = float("nan")  # the last step's (before clipping)
         # the data sets here are small: keep them on the device, index there (no host sync)
         self._x = data.x.to(self.device)
         self._labels = data.labels.to(self.device) if data.labels is not None else None
@@ -152,7 +201,14 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------
 
     def learning_rate(self, step: int) -> float:
-        return self.config.lr * min(1.0, (step + 1) / max(1, self.config.warmup))
+        """Linear warm-up over ``warmup`` steps; with ``lr_schedule="edm2"`` then the
+        inverse square-root decay ``lr / sqrt(max(step / lr_decay_steps, 1))`` (Karras et
+        al. 2024, eq. 7)."""
+        config = self.config
+        rate = config.lr * min(1.0, (step + 1) / max(1, config.warmup))
+        if config.lr_schedule == "edm2":
+            rate /= math.sqrt(max(step / config.lr_decay_steps, 1.0))
+        return rate
 
     def train_step(self) -> float:
         """One optimiser step on the global batch; returns its mean loss.
@@ -168,6 +224,8 @@ class Trainer:
         eps = torch.randn(
             (size, *self._x.shape[1:]), generator=gen, device=device, dtype=self._x.dtype
         )
+        if self.config.immiscible:  # the whole global batch, alike on every rank
+            eps = immiscible_noise(self._x[idx], eps)
         mine = slice(self.rank * size // self.world, (self.rank + 1) * size // self.world)
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step)
@@ -186,7 +244,10 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.ema.update_parameters(self.model)
+        if self.phema is not None:
+            self.phema.update()
         self.step += 1
+        self.grad_norm = norm
         return value
 
     def _non_finite_message(self, loss: float, norm: float) -> str:
@@ -242,15 +303,32 @@ class Trainer:
         checkpoint: str | Path | None = None,
         progress: bool = True,
         on_samples: Callable[[int, Tensor], None] | None = None,
+        tensorboard: str | Path | None = None,
     ) -> list[dict[str, float]]:
         """Run until ``steps`` (default ``config.steps``) total steps; returns the loss log.
 
+        With a ``checkpoint`` path, rank 0 also writes the run's log beside it
+        (:mod:`.log`: ``NAME.metrics.jsonl``, ``NAME.curves.png``, and TensorBoard scalars
+        in ``tensorboard``) and, with ``posthoc_ema``, the snapshots in ``NAME.phema/``.
         Every ``config.sample_every`` steps, ``on_samples(step, samples)`` receives
         :meth:`evaluation_samples` (rank 0 only).
         """
+        target = self.config.steps if steps is None else steps
+        writes = checkpoint is not None and self.rank == 0
+        log = TrainingLog(checkpoint, self.step, tensorboard) if writes else None
+        if writes and self.phema is not None:
+            self._drop_snapshots_after(checkpoint)
+        try:
+            self._loop(target, checkpoint, progress, on_samples, log)
+        finally:
+            if log is not None:
+                log.close()
+        return self.history
+
+    def _loop(self, target, checkpoint, progress, on_samples, log) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-        target = self.config.steps if steps is None else steps
+        config = self.config
         show = progress and self.rank == 0
         columns = (
             TextColumn("[bold]train"),
@@ -260,7 +338,13 @@ class Trainer:
             TextColumn("{task.fields[rate]:.1f} it/s"),
             TimeRemainingColumn(),
         )
-        start, first = time.perf_counter(), self.step
+        metric = None
+        if log is not None and config.eval_every:
+            metric = quality_metric(
+                self.data, self.held_out, samples=config.eval_samples, seed=config.seed
+            )
+        start, first, paused = time.perf_counter(), self.step, 0.0  # paused: evaluation time
+        window = {"loss": 0.0, "grad_norm": 0.0, "steps": 0, "since": start}
         try:
             with Progress(*columns, disable=not show, transient=False) as bar:
                 task = bar.add_task(
@@ -269,17 +353,46 @@ class Trainer:
                 while self.step < target and not self.stop_requested:
                     loss = self.train_step()
                     self.history.append({"step": self.step, "loss": loss})
-                    rate = (self.step - first) / (time.perf_counter() - start)
+                    now = time.perf_counter()
+                    rate = (self.step - first) / (now - start)
                     bar.update(task, completed=self.step, loss=loss, rate=rate)
-                    if checkpoint and self.step % self.config.checkpoint_every == 0:
+                    window["loss"] += loss
+                    window["grad_norm"] += self.grad_norm
+                    window["steps"] += 1
+                    if log is not None and self.step % config.log_every == 0:
+                        count, seconds = window["steps"], now - window["since"]
+                        log.write(
+                            {
+                                "step": self.step,
+                                "time": now - start - paused,
+                                "loss": window["loss"] / count,
+                                "grad_norm": window["grad_norm"] / count,
+                                "lr": self.learning_rate(self.step - 1),
+                                "samples_per_s": count * config.batch_size / seconds,
+                            }
+                        )
+                        window = {"loss": 0.0, "grad_norm": 0.0, "steps": 0}
+                    if metric is not None and self.step % config.eval_every == 0:
+                        began = time.perf_counter()
+                        value = metric.evaluate(self.ema.module)
+                        log.write({"step": self.step, "time": began - start - paused,
+                                   metric.name: value})  # fmt: skip
+                        paused += time.perf_counter() - began
+                    if checkpoint and self.step % config.checkpoint_every == 0:
                         self.save(checkpoint)
+                        if log is not None:
+                            log.flush()
                         barrier()  # no rank reads a checkpoint that is half written
-                    keep = self.config.keep_every
+                    keep = config.keep_every
                     if checkpoint and keep and self.step % keep == 0:
                         self.export(kept_path(checkpoint, self.step))
-                    every = self.config.sample_every
+                    every = config.snapshot_every
+                    if self.phema is not None and self.step % every == 0 and checkpoint:
+                        self._snapshot(checkpoint)
+                    every = config.sample_every
                     if on_samples and every and self.step % every == 0 and self.rank == 0:
                         on_samples(self.step, self.evaluation_samples())
+                    window.setdefault("since", time.perf_counter())
         except (KeyboardInterrupt, RuntimeError, NonFiniteLossError):
             # Ctrl-C, a failed peer rank, a non-finite loss (the weights are not updated)
             if checkpoint:
@@ -289,7 +402,18 @@ class Trainer:
             self.save(checkpoint)
             if not self.stop_requested:  # ranks may stop a step apart: no collective then
                 barrier()
-        return self.history
+
+    def _snapshot(self, checkpoint: str | Path) -> None:
+        if self.rank == 0:
+            names = [name for name, _ in self.net.named_parameters()]
+            save_snapshot(checkpoint, self.phema, names, self.step)
+
+    def _drop_snapshots_after(self, checkpoint: str | Path) -> None:
+        """A resumed run rewrites the snapshots past its step (a crashed run's, or an
+        earlier run's at the same path when starting afresh)."""
+        for path in snapshot_dir(checkpoint).glob("step*.safetensors"):
+            if path.stem[4:].isdigit() and int(path.stem[4:]) > self.step:
+                path.unlink()
 
     # -- checkpoints (the layout lives in training_state) ------------------------
 
