@@ -20,6 +20,7 @@ from sde_diffusion.atomic import atomic_path
 from sde_diffusion.distributed import local_batches, rank_and_world
 from sde_diffusion.evaluation.problems import load_problem
 from sde_diffusion.guidance import MAX_SCALE
+from sde_diffusion.lora import apply_lora
 from sde_diffusion.npz import NpzWriter
 from sde_diffusion.plotting import save_samples
 from sde_diffusion.sampling import DEFAULT_STEPS, default_steps
@@ -32,6 +33,7 @@ from .common import (
     SolverName,
     build_solver,
     console,
+    finite,
     friendly_errors,
     library_default,
     not_nan,
@@ -87,9 +89,12 @@ def open_problem(
     dtype: str = "float32",
     compile: bool = False,
     precision: str = "fp32",
+    lora: Path | None = None,
+    lora_scale: float = 1.0,
 ):
     """Resolve ``--model`` (and ``--sde``) on ``--device`` with usage errors for bad input;
-    its network compiled and/or autocast as ``--compile`` and ``--precision`` ask."""
+    its network compiled and/or autocast as ``--compile`` and ``--precision`` ask, with a
+    LoRA adapter merged in at ``lora_scale``."""
     device = parse_device(device)
     path = Path(model)
     if (path.suffix == ".safetensors" or "/" in model) and not path.exists():
@@ -98,6 +103,11 @@ def open_problem(
         problem = load_problem(model, sde=sde or "edm", device=device, dtype=DTYPES[dtype])
     if sde is not None and problem.mixture is None:
         raise click.UsageError("--sde applies to analytic problems only; a model has its own SDE")
+    if lora is not None:
+        if not hasattr(problem.model, "net"):
+            raise click.BadParameter(f"{model} has no network to adapt", param_hint="--lora")
+        with friendly_errors("applying the adapter"):
+            apply_lora(problem.model.net, lora, lora_scale)
     problem.model = sd.accelerate(problem.model, compile, precision)
     return problem, device
 
@@ -232,6 +242,20 @@ def sample_with_progress(
     help="Autoguidance (Karras et al. 2024): guide with this weaker model of the same "
     "condition (an early checkpoint of the run) instead of the unconditional branch.",
 )
+@click.option(
+    "--lora",
+    type=SafePath(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Apply this LoRA adapter (from sdediff train --lora-rank) to the model.",
+)
+@click.option(
+    "--lora-scale",
+    type=click.FloatRange(0, 4),
+    callback=finite,
+    default=1.0,
+    show_default=True,
+    help="The adapter's strength (0: the base model, 1: as trained).",
+)
 @solver_option_flags
 def sample(
     model,
@@ -255,6 +279,8 @@ def sample(
     apg,
     cfg_zero_star,
     guide_model,
+    lora,
+    lora_scale,
     **kwargs,
 ):
     """Draw samples with any registered solver and save them.
@@ -269,6 +295,7 @@ def sample(
       sdediff sample --model digits-cond --class 3 --guidance 4 --apg 0,2
       sdediff sample --model digits-cond --class 3 --solver euler_cfg_pp --guidance 0.8
       sdediff sample --model digits --grid grid.json      # a grid from sdediff tune
+      sdediff sample --model digits --lora runs/threes.lora.safetensors --lora-scale 0.8
     """
     writable_output(out, suffixes=OUT_SUFFIXES)
     options = solver_option_values(kwargs)
@@ -286,6 +313,7 @@ def sample(
         steps = default_steps(solver)
     interval = parse_interval(guidance_interval)
     speed = {"compile": compile_, "precision": precision}
+    speed |= {"lora": lora, "lora_scale": lora_scale}
     problem, device = open_problem(model, sde, start_ranks(parse_device(device)), dtype, **speed)
     if grid is not None and grid.sde != repr(problem.sde):
         raise click.UsageError(

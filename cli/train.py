@@ -13,8 +13,10 @@ import torch
 
 from sde_diffusion.atomic import read_small_text
 from sde_diffusion.distributed import rank_and_world
+from sde_diffusion.lora import LORA_TARGETS, add_lora, weights_hash
 from sde_diffusion.parametrization import PARAMETRIZATIONS
 from sde_diffusion.plotting import save_samples
+from sde_diffusion.pretrained import available, pretrained_path
 from sde_diffusion.sdes import sde_names
 from sde_diffusion.training import NonFiniteLossError, TrainConfig, Trainer
 from sde_diffusion.training.building import NETWORKS, build_model
@@ -23,13 +25,14 @@ from sde_diffusion.training.data import load_data, split_held_out
 from sde_diffusion.training.log import curves_path, metrics_path
 from sde_diffusion.training.losses import WEIGHTINGS
 from sde_diffusion.training.quality import quality_metric
-from sde_diffusion.training.state import run_settings
+from sde_diffusion.training.state import load_score_model, run_settings
 from sde_diffusion.training.trainer import LR_SCHEDULES
 
 from .common import (
     INTERRUPTED,
     TERMINATED,
     SafePath,
+    comma_list,
     console,
     debug_enabled,
     err_console,
@@ -322,6 +325,25 @@ def resume_defaults(ctx: click.Context, param: click.Parameter, path: Path | Non
     help="Continue from this checkpoint (weights, EMA, optimiser, RNG); its settings are "
     "the defaults, so --resume FILE alone runs on to the step it was started for.",
 )
+@click.option(
+    "--resume-weights",
+    default=None,
+    help="Fine-tune this trained model (a shipped name or a checkpoint) on --data instead "
+    "of training a new one.",
+)
+@click.option(
+    "--lora-rank",
+    type=click.IntRange(min=0),
+    default=0,
+    help="With --resume-weights: train only rank-R adapters (LoRA) and write them to "
+    "OUT.lora.safetensors (for sdediff sample --lora).",
+)
+@click.option(
+    "--lora-targets",
+    default="linear,conv1x1",
+    show_default=True,
+    help=f"The layers LoRA adapts, from {', '.join(LORA_TARGETS)} (conv: every kernel size).",
+)
 @seed_option
 @device_option
 @speed_options
@@ -350,6 +372,9 @@ def train(
     tensorboard,
     out,
     resume,
+    resume_weights,
+    lora_rank,
+    lora_targets,
     seed,
     device,
     compile_,
@@ -364,6 +389,7 @@ def train(
       sdediff train --resume runs/moons.safetensors --steps 4000
       sdediff train --data digits --conditional --cond-drop 0.1 --out runs/digits.safetensors
       sdediff train --data moons --ema posthoc --eval-every 500 --out runs/moons.safetensors
+      sdediff train --resume-weights digits --lora-rank 4 --data threes.npz --steps 800
 
     Every run logs OUT.metrics.jsonl and draws OUT.curves.png beside the checkpoint.
     """
@@ -371,6 +397,11 @@ def train(
     if resume is not None and source == click.core.ParameterSource.DEFAULT:
         out = resume  # continue in place unless --out says otherwise
     writable_output(out, suffixes=(".safetensors",))
+    if lora_rank and not resume_weights:
+        raise click.BadParameter(
+            "LoRA adapts a trained model: name it with --resume-weights MODEL",
+            param_hint="--lora-rank",
+        )
     if resume is not None:
         given = {
             "data": data, "sde": sde, "network": network, "width": width,
@@ -392,14 +423,20 @@ def train(
         if eval_every and quality_metric(dataset) is None:  # user data: keep 5% unseen
             dataset, held_out = split_held_out(dataset, HELD_OUT, seed)
         torch.manual_seed(seed)
-        model = build_model(
-            dataset,
-            sde=sde,
-            network=network,
-            width=width,
-            parametrization=parametrization,
-            conditional=conditional,
-        )
+        targets = tuple(comma_list(lora_targets, str, "LoRA target"))
+        if resume is not None and resume_weights:  # a fine-tune: its own network, adapter
+            model, _ = load_score_model(resume, ema=False, merge=False, device=device)
+        elif resume_weights:
+            model = fine_tuned(resume_weights, dataset, lora_rank, targets)
+        else:
+            model = build_model(
+                dataset,
+                sde=sde,
+                network=network,
+                width=width,
+                parametrization=parametrization,
+                conditional=conditional,
+            )
         config = TrainConfig(
             steps=steps,
             batch_size=batch_size,
@@ -484,10 +521,44 @@ def train(
                     soft_wrap=True,
                 )
                 raise SystemExit(TERMINATED)
+    if lora_rank and trainer.rank == 0:
+        adapter = trainer.export_lora(lora_path(out))
+        size = adapter.stat().st_size
+        console.print(f"LoRA adapter ({size / 1024:.0f} KiB) -> {adapter}")
     last = history[-1]["loss"] if history else float("nan")
     console.print(f"[bold green]done[/]: step {trainer.step}, last loss {last:.4f} -> {out}")
     if trainer.rank == 0:
         console.print(f"log: {metrics_path(out)}, curves: {curves_path(out)}")
+
+
+def lora_path(out: Path) -> Path:
+    """Where a LoRA run writes its adapter: ``OUT.lora.safetensors``."""
+    return out.with_name(f"{out.stem}.lora.safetensors")
+
+
+def fine_tuned(name: str, dataset, lora_rank: int, targets: tuple[str, ...]):
+    """The model ``--resume-weights`` names, ready to fine-tune on ``dataset`` (with LoRA
+    adapters when ``lora_rank``); a model of other data shapes is a usage error."""
+    path = pretrained_path(name) if name in available() else Path(name)
+    if not path.is_file():
+        raise click.BadParameter(
+            f"no model {name!r}: not a checkpoint nor one of {', '.join(available())}",
+            param_hint="--resume-weights",
+        )
+    model, config = load_score_model(path)
+    shape = list(config.get("data", {}).get("event_shape", []))
+    if shape != list(dataset.x.shape[1:]):
+        raise click.BadParameter(
+            f"{name} models data of shape {tuple(shape)}, but {dataset.name} holds "
+            f"{tuple(dataset.x.shape[1:])}",
+            param_hint="--data",
+        )
+    dataset.info["base"] = name
+    if lora_rank:
+        digest = weights_hash(model.net.state_dict())
+        add_lora(model.net, lora_rank, targets=targets)
+        model.net.lora_config |= {"base": name, "base_hash": digest}
+    return model
 
 
 def _fail(message: str) -> NoReturn:

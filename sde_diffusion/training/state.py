@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ema_weights",
+    "export_lora",
     "export_model",
     "load_score_model",
     "load_training_state",
@@ -52,7 +53,7 @@ def model_config(trainer: Trainer) -> dict[str, Any]:
         "data": trainer.data.config(),
         "train": asdict(trainer.config),
         "step": trainer.step,
-    }
+    } | ({"lora": trainer.net.lora_config} if hasattr(trainer.net, "lora_config") else {})
 
 
 def ema_weights(trainer: Trainer) -> dict[str, Tensor]:
@@ -91,6 +92,16 @@ def export_model(trainer: Trainer, path: str | Path) -> Path:
     """Write the EMA weights and the model config only (a small file to ship)."""
     tensors = {f"ema/{k}": v for k, v in ema_weights(trainer).items()}
     return save_checkpoint(path, tensors, model_config(trainer))
+
+
+def export_lora(trainer: Trainer, path: str | Path) -> Path:
+    """Write a LoRA run's adapter: the EMA of the low-rank weights, the base's identity."""
+    from ..lora import save_lora
+
+    config = dict(trainer.net.lora_config)
+    base, digest = config.pop("base"), config.pop("base_hash")
+    tensors = {k: v for k, v in ema_weights(trainer).items() if ".lora_" in k}
+    return save_lora(path, tensors, config, base, digest)
 
 
 def load_training_state(trainer: Trainer, path: str | Path) -> None:
@@ -144,6 +155,8 @@ def run_settings(path: str | Path) -> dict[str, Any]:
             "width": net.get("width", net.get("channels")),
             "parametrization": config["parametrization"],
             "conditional": net.get("num_classes") is not None,
+            "resume_weights": data.get("base"),
+            "lora_rank": config.get("lora", {}).get("rank", 0),
             "train": dict(config["train"]),
         }
     except (KeyError, TypeError, AttributeError) as err:
@@ -151,16 +164,27 @@ def run_settings(path: str | Path) -> dict[str, Any]:
 
 
 def load_score_model(
-    path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"
+    path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu", merge: bool = True
 ) -> tuple[ScoreModel, dict[str, Any]]:
-    """Rebuild the ``ScoreModel`` a checkpoint describes (EMA weights by default)."""
+    """Rebuild the ``ScoreModel`` a checkpoint describes (EMA weights by default); a LoRA
+    run's adapter is merged into its base weights unless ``merge=False``."""
     tensors, config = load_checkpoint(path, device)
     try:
         net = build_network(config["network"])
+        if "lora" in config:  # a LoRA run's checkpoint: the base with its adapter
+            from ..lora import add_lora
+
+            lora = config["lora"]
+            add_lora(net, int(lora["rank"]), float(lora["alpha"]), tuple(lora["targets"]))
+            net.lora_config = lora
         model = ScoreModel(
             net, sde_from_config(config["sde"]), config["parametrization"], config["sigma_data"]
         )
         net.load_state_dict(prefixed(tensors, "ema" if ema else "model"))
+        if "lora" in config and merge:
+            from ..lora import merge_lora
+
+            merge_lora(net)
     except (KeyError, TypeError, RuntimeError, ValueError) as err:
         hint = ""
         if "emb.weight" in str(err) and "size mismatch" in str(err):

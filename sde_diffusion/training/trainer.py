@@ -49,6 +49,7 @@ from .posthoc_ema import (
 )
 from .quality import quality_metric
 from .state import (
+    export_lora,
     export_model,
     load_score_model,
     load_training_state,
@@ -137,12 +138,13 @@ def _adamw(net: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW; a compiled run also takes the fused kernel where the device has one (the same
     update in one pass over the parameters)."""
     settings = {"lr": config.lr, "weight_decay": config.weight_decay}
+    params = [p for p in net.parameters() if p.requires_grad]  # a LoRA run: the adapter's
     if config.compile:
         try:
-            return torch.optim.AdamW(net.parameters(), fused=True, **settings)
+            return torch.optim.AdamW(params, fused=True, **settings)
         except (RuntimeError, ValueError):  # no fused AdamW for this device or torch
             pass
-    return torch.optim.AdamW(net.parameters(), **settings)
+    return torch.optim.AdamW(params, **settings)
 
 
 class Trainer:
@@ -234,7 +236,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # under DDP the gradients are averaged over ranks
         self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
+        trained = [p for p in self.net.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(trained, self.config.grad_clip)
         value, norm = torch.stack([loss.detach().float(), norm.float()]).tolist()  # one read
         if self.world > 1:
             value = sum_over_ranks([value])[0] / self.world
@@ -441,6 +444,10 @@ class Trainer:
     def export(self, path: str | Path) -> Path | None:
         """Write the EMA weights and the model config only (a small file to ship)."""
         return export_model(self, path) if self.rank == 0 else None
+
+    def export_lora(self, path: str | Path) -> Path | None:
+        """A LoRA run: write the adapter (the EMA of its low-rank weights, kilobytes)."""
+        return export_lora(self, path) if self.rank == 0 else None
 
     def resume(self, path: str | Path) -> None:
         """Restore everything :meth:`save` wrote; training continues exactly."""
