@@ -6,18 +6,18 @@
 Recipes: ``baseline`` (the shipped digits recipe: EDM weighting, AdamW 2e-3 with 200
 warm-up steps, EMA 0.999), ``min-snr`` (Min-SNR-5 weighting, Hang et al. 2023),
 ``immiscible`` (the baseline with batch-assigned noise, Li et al. 2024), ``edm2-lr``
-(the baseline with EDM2's inverse-sqrt decay after 1000 steps), and ``posthoc`` (the
-baseline run's snapshots rebuilt into the best EMA of several lengths, Karras et al.
-2024).  Digits: the shipped U-Net, batch 128, digits-FID of 1000 samples (Heun, 25
-steps on the Karras grid) to the test split every ``--eval-every`` steps; moons: the
-``sdediff train`` MLP, batch 256, sliced W2 to a fresh draw.  Wall time is training time
+(the baseline with EDM2's inverse-sqrt decay after 1000 steps), each scored with the
+run's EMA 0.999 and with the best of the EMAs of relative lengths 0.05 to 0.2 rebuilt
+from its snapshots (post-hoc EMA, Karras et al. 2024; ``+ posthoc`` rows).  Digits: the
+shipped U-Net, batch 128, digits-FID of 1000 samples (Heun, 25 steps on the Karras grid)
+to the test split every ``--eval-every`` steps; moons: the ``sdediff train`` MLP, batch
+256, sliced W2 to a fresh draw.  Wall time is training time
 (evaluations excluded).  Runs go ``--jobs`` at a time, one torch thread each.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -36,7 +36,7 @@ from sde_diffusion.training.quality import quality_metric
 
 SHIPPED_FID = 10.43  # sde_diffusion/pretrained/digits.json, 5000 steps
 RECIPES = {
-    "baseline": {"posthoc_ema": True, "snapshot_every": 100},
+    "baseline": {},
     "min-snr": {"loss_weighting": "min-snr", "min_snr_gamma": 5.0},
     "immiscible": {"immiscible": True},
     "edm2-lr": {"lr_schedule": "edm2", "lr_decay_steps": 1000},
@@ -58,7 +58,7 @@ def build(data_name: str, seed: int):
 
 
 def run(job: tuple[str, str, int, int, int, str]) -> dict:
-    """One training run; its metrics log, and for ``baseline`` the post-hoc EMA scores."""
+    """One training run: its metrics log, and its best post-hoc EMA every other evaluation."""
     data_name, recipe, seed, steps, eval_every, folder = job
     torch.set_num_threads(1)
     data, model, batch, warmup = build(data_name, seed)
@@ -66,13 +66,13 @@ def run(job: tuple[str, str, int, int, int, str]) -> dict:
     config = TrainConfig(
         steps=steps, batch_size=batch, lr=2e-3, warmup=warmup, ema_decay=0.999,
         seed=seed, eval_every=eval_every, eval_samples=1000, checkpoint_every=steps,
-        **{**RECIPES[recipe], "loss_weighting": weighting},
+        posthoc_ema=True, snapshot_every=100, **{**RECIPES[recipe], "loss_weighting": weighting},
     )  # fmt: skip
     path = Path(folder) / f"{data_name}-{recipe}-{seed}.safetensors"
     Trainer(model, data, config).train(checkpoint=path, progress=False)
     rows = read_metrics(path.with_name(f"{path.stem}.metrics.jsonl"))
     result = {"data": data_name, "recipe": recipe, "seed": seed, "rows": rows}
-    if config.posthoc_ema:  # the best rebuilt EMA at every other evaluation step
+    if config.posthoc_ema:
         metric = quality_metric(data, samples=1000, seed=seed)
         found, best = snapshots(path), []
         times = {r["step"]: r["time"] for r in rows if "loss" in r}
@@ -119,45 +119,62 @@ def main() -> None:
     report(results, args)
 
 
+def mean_at(runs: list, step: int, index: int) -> float:
+    """The seed mean of entry ``index`` (1: time, 2: value) of the points at ``step``."""
+    return sum(p[index] for pts in runs for p in pts if p[0] == step) / len(runs)
+
+
+def series(results: list[dict], data: str, key: str):
+    """``(label, recipe, seed, points)`` for every run's EMA curve and post-hoc curve."""
+    for recipe in RECIPES:
+        for source, label in (("rows", recipe), ("posthoc", f"{recipe} + posthoc")):
+            for r in results:
+                if r["data"] == data and r["recipe"] == recipe and curve(r, key, source):
+                    yield label, recipe, r["seed"], curve(r, key, source)
+
+
 def report(results: list[dict], args) -> None:
-    """The tables (markdown, JSON) and the curves (PNG)."""
+    """The tables (markdown, JSON) and the curves (PNG: seed means)."""
     from sde_diffusion.plotting import _pyplot, _save
 
     plt = _pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
-    lines, payload = [], {"args": vars(args), "runs": results}
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), constrained_layout=True)
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    colours = dict(zip([*RECIPES, "posthoc"], palette, strict=False))
+    colours = dict(zip(RECIPES, palette, strict=False))
+    lines, payload = [], {"args": vars(args), "runs": results, "steps_to_shipped_fid": []}
     for row, (data, key) in enumerate((("digits", "digits_fid"), ("moons", "sliced_w2"))):
-        mine = [r for r in results if r["data"] == data]
-        header = ["recipe", "seed", *(f"step {s}" for s in sorted({p[0] for r in mine
-                  for p in curve(r, key)}) if s % (2 * args.eval_every) == 0)]  # fmt: skip
-        body = []
-        for recipe in [*RECIPES, "posthoc"]:
-            for result in mine:
-                source = "posthoc" if recipe == "posthoc" else "rows"
-                if result["recipe"] != ("baseline" if recipe == "posthoc" else recipe):
-                    continue
-                points = curve(result, key, source)
-                if not points:
-                    continue
-                by_step = {s: v for s, _, v in points}
-                steps = [int(h.split()[1]) for h in header[2:]]
-                body.append(
-                    [recipe, result["seed"], *(by_step.get(s, float("nan")) for s in steps)]
-                )
-                label = recipe if result["seed"] == min(r["seed"] for r in mine) else None
-                style = "-" if result["seed"] == min(r["seed"] for r in mine) else "--"
-                for col, index in ((0, 0), (1, 1)):
-                    axes[row, col].plot([p[index] for p in points], [p[2] for p in points],
-                                        style, marker="o", markersize=3, color=colours[recipe],
-                                        label=label)  # fmt: skip
-                if data == "digits":
-                    reached = first_reaching(points, SHIPPED_FID)
-                    payload.setdefault("steps_to_shipped_fid", []).append(
-                        {"recipe": recipe, "seed": result["seed"], "step": reached}
-                    )
-        lines.append(f"### {data}: {key} (lower is better)\n\n" + table(header, body))
+        found = list(series(results, data, key))
+        shown = sorted(
+            {s for *_, pts in found for s, _, _ in pts if s % (2 * args.eval_every) == 0}
+        )
+        body = [
+            [label, seed, *({s: v for s, _, v in pts}.get(step, float("nan")) for step in shown)]
+            for label, _, seed, pts in found
+        ]
+        lines.append(
+            f"### {data}: {key} (lower is better)\n\n"
+            + table(["recipe", "seed", *(f"step {s}" for s in shown)], body)
+        )
+        for label in dict.fromkeys(f[0] for f in found):
+            runs = [pts for name, _, _, pts in found if name == label]
+            steps = sorted(set.intersection(*({s for s, _, _ in pts} for pts in runs)))
+            mean = [mean_at(runs, s, 2) for s in steps]
+            seconds = [mean_at(runs, s, 1) for s in steps]
+            recipe = label.split(" + ")[0]
+            style = "--" if "posthoc" in label else "-"
+            for col, xs in ((0, steps), (1, seconds)):
+                axes[row, col].plot(xs, mean, style, marker="o", markersize=3,
+                                    color=colours[recipe], label=label)  # fmt: skip
+            if data == "digits":
+                for name, _, seed, pts in found:
+                    if name == label:
+                        payload["steps_to_shipped_fid"].append(
+                            {
+                                "recipe": label,
+                                "seed": seed,
+                                "step": first_reaching(pts, SHIPPED_FID),
+                            }
+                        )
         for col, xlabel in ((0, "training step"), (1, "training seconds (1 thread)")):
             ax = axes[row, col]
             ax.set_xlabel(xlabel)
@@ -166,30 +183,36 @@ def report(results: list[dict], args) -> None:
             ax.grid(alpha=0.3)
             if data == "digits":
                 ax.axhline(SHIPPED_FID, color="grey", linewidth=0.8, linestyle=":")
-            ax.legend(fontsize=8, title="solid: seed 0, dashed: seed 1", title_fontsize=8)
-        axes[row, 0].set_title(f"{data}: {key} against steps")
-        axes[row, 1].set_title(f"{data}: {key} against wall time")
-    reach = payload.get("steps_to_shipped_fid", [])
+            ax.legend(fontsize=7, ncols=2)
+        seeds = len({r["seed"] for r in results})
+        axes[row, 0].set_title(f"{data}: {key} against steps (mean of {seeds} seeds)")
+        axes[row, 1].set_title(f"{data}: {key} against training time")
     lines.append(
-        f"### Steps to the shipped digits model's digits-FID ({SHIPPED_FID}, 5000 steps)\n\n"
+        f"### Steps to the shipped digits model's digits-FID ({SHIPPED_FID}, reached at 5000 "
+        "steps)\n\n"
         + table(
             ["recipe", "seed", "first evaluated step at or below"],
-            [[r["recipe"], r["seed"], r["step"] or f"not within {args.steps}"] for r in reach],
+            [
+                [r["recipe"], r["seed"], r["step"] or f"not within {args.steps}"]
+                for r in payload["steps_to_shipped_fid"]
+            ],
         )
     )
-    posthoc = [
-        [r["seed"], p["step"], p["sigma_rel"], p["digits_fid"] if "digits_fid" in p else
-         p.get("sliced_w2"), r["data"]]
-        for r in results for p in r.get("posthoc", [])
-    ]  # fmt: skip
     lines.append(
-        "### Post-hoc EMA: the best rebuilt length at each step\n\n"
-        + table(["seed", "step", "best sigma_rel", "metric", "data"], posthoc)
+        "### The best rebuilt EMA length\n\n"
+        + table(
+            ["data", "recipe", "seed", "step", "best sigma_rel"],
+            [
+                [r["data"], r["recipe"], r["seed"], p["step"], p["sigma_rel"]]
+                for r in results
+                for p in r.get("posthoc", [])
+                if p["step"] == max(q["step"] for q in r["posthoc"])
+            ],
+        )
     )
     _save(fig, RESULTS / "training_methods.png", dpi=110)
     write_results("training_methods", payload, "\n".join(lines))
     print("\n".join(lines))
-    print(json.dumps(reach))
 
 
 if __name__ == "__main__":

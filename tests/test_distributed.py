@@ -5,6 +5,7 @@ would, and compare them with one process given the same seed, global batch and t
 """
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -177,7 +178,10 @@ def test_only_rank_zero_reports_and_writes(runs):
     assert two.stdout.count("training a ") == 1 and "on 2 processes" in two.stdout
     assert two.stdout.count("done") == 1
     assert len(re.findall(r"^train .*12/12", two.stdout, re.M)) == 1  # one progress bar
-    assert sorted(p.name for p in (where / "two").iterdir()) == ["m.safetensors"]
+    written = sorted(p.name for p in (where / "two").iterdir())
+    assert written == ["m.curves.png", "m.metrics.jsonl", "m.safetensors"]
+    rows = [json.loads(line) for line in (where / "two/m.metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10]  # one writer: each row once
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ A *power-function EMA* with exponent ``gamma`` updates, at its ``t``-th update,
 so that ``t^(gamma+1) theta_hat_t = sum_{tau <= t} (tau^(gamma+1) - (tau-1)^(gamma+1)) theta_tau``
 exactly: its weights over the training trajectory form the profile
 ``w_t(tau) = (tau^(gamma+1) - (tau-1)^(gamma+1)) / t^(gamma+1)``, a power function whose
-relative standard deviation (the EMA's length as a share of training) is
+standard deviation in units of the training length ``t`` (the EMA's relative length) is
 ``sigma_rel = ((gamma+1) / ((gamma+2)^2 (gamma+3)))^(1/2)``.
 
 Training keeps two such averages (``sigma_rel`` 0.05 and 0.10 by default) and writes
@@ -52,12 +52,12 @@ DEFAULT_SIGMA_RELS = (0.05, 0.10)
 
 
 def sigma_rel_from_gamma(gamma: float) -> float:
-    """The relative standard deviation of the power profile ``tau^gamma`` on ``[0, 1]``."""
+    """The standard deviation of the power profile ``(gamma+1) tau^gamma`` on ``[0, 1]``."""
     return math.sqrt((gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3)))
 
 
 def gamma_from_sigma_rel(sigma_rel: float) -> float:
-    """The exponent whose profile has relative standard deviation ``sigma_rel``: the real
+    """The exponent whose profile has standard deviation ``sigma_rel``: the real
     root of ``gamma^3 + 7 gamma^2 + (16 - 1/s^2) gamma + (12 - 1/s^2) = 0`` (EDM2, eq. 3)."""
     if not 0 < sigma_rel < sigma_rel_from_gamma(0.0):
         raise ArgumentError(
