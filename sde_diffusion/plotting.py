@@ -6,6 +6,7 @@ backend, so it works without a display.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,10 +37,13 @@ def _pyplot():
 
 
 def _save(fig, path: str | Path, **kwargs: Any) -> Path:
+    """Render in memory, then write the bytes atomically (the file is open only briefly)."""
     plt = _pyplot()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
     plt.close(fig)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
     return Path(path)
 
 

@@ -13,6 +13,7 @@ only then).
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,31 +59,53 @@ class TrainingLog:
         with atomic_path(self.path) as tmp:  # a fresh run starts a fresh log
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.time_offset = max((r.get("time", 0.0) for r in kept), default=0.0)
-        self.file = self.path.open("a")
         self.writer = _tensorboard(tensorboard) if tensorboard else None
+        self.failed = False  # a write failed (a full disk): warned once, the run goes on
+        self.drawn = 0  # rows in the picture
 
     def write(self, row: dict[str, Any]) -> None:
+        """Append one row (the file is not held open between rows)."""
         row = {**row, "time": round(row["time"] + self.time_offset, 3)}
-        self.file.write(json.dumps(row) + "\n")
+        self._guard(lambda: self._append(json.dumps(row) + "\n"))
         if self.writer is not None:
             for key, value in row.items():
                 if key not in ("step", "time"):
                     self.writer.add_scalar(key, value, row["step"])
 
+    def _append(self, line: str) -> None:
+        with self.path.open("a") as f:
+            f.write(line)
+
     def flush(self) -> None:
-        """Make the log durable and redraw the curves (at each checkpoint)."""
-        self.file.flush()
+        """Redraw the curves (at each checkpoint)."""
         if self.writer is not None:
             self.writer.flush()
-        rows = read_metrics(self.path)
-        if rows:
-            save_curves(rows, self.picture, title=self.path.name.removesuffix(".metrics.jsonl"))
+        rows = read_metrics(self.path) if self.path.exists() else []
+        if len(rows) > self.drawn:  # only when rows came since the last picture
+            self.drawn = len(rows)
+            title = self.path.name.removesuffix(".metrics.jsonl")
+            self._guard(lambda: save_curves(rows, self.picture, title=f"{title}: training log"))
 
     def close(self) -> None:
         self.flush()
-        self.file.close()
         if self.writer is not None:
             self.writer.close()
+
+    def _guard(self, action) -> None:
+        """Run a write; an ``OSError`` (a full disk, a folder made read-only) warns once and
+        stops the log, never the training."""
+        if self.failed:
+            return
+        try:
+            action()
+        except OSError as err:
+            self.failed = True
+            warnings.warn(
+                f"the training log stopped: could not write beside {self.path.name} "
+                f"({err.strerror or err}); training goes on",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
 
 def _tensorboard(folder: str | Path):

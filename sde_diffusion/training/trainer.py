@@ -323,6 +323,10 @@ class Trainer:
             self._drop_snapshots_after(checkpoint)
         try:
             self._loop(target, checkpoint, progress, on_samples, log)
+        except BaseException:
+            if log is not None:  # the error is the message: no second one about the log
+                log.failed = True
+            raise
         finally:
             if log is not None:
                 log.close()
