@@ -69,6 +69,8 @@ QUICK = {
     "--checkpoint-every": 2,
     "--samples": 16,
     "--max-evaluations": 10,
+    "--snapshot-every": 2,
+    "--eval-every": 2,
 }
 
 
@@ -119,6 +121,10 @@ def example_files(folder: Path) -> None:
             pixels = np.random.default_rng(k).integers(0, 255, (8, 8), dtype=np.uint8)
             Image.fromarray(pixels).save(folder / name / f"{k}.png")
     (folder / "t.toml").write_text("[train]\nsteps = 6\n")
+    from sde_diffusion.training.data import digits
+
+    data = digits("all")  # one class of digits, in the shipped model's units
+    np.savez(folder / "threes.npz", x=data.x[data.labels == 3].numpy())
 
 
 @pytest.mark.slow
