@@ -1,6 +1,6 @@
 """LoRA fine-tuning of the shipped digits model on one class: the class share it reaches.
 
-    python benchmarks/lora_finetune.py                 # rank 4, 1500 steps, the 3s
+    python benchmarks/lora_finetune.py                 # rank 4, 2500 steps, the 3s
     python benchmarks/lora_finetune.py --digit 7 --rank 2
 
 Writes the digit's training images as an .npz, runs the documented command
@@ -39,7 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--digit", type=int, default=3)
     parser.add_argument("--rank", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=2500)
     args = parser.parse_args()
     judge = load_digits_classifier()
     rows, pictures = [], []
