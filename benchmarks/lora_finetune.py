@@ -29,10 +29,10 @@ from common import RESULTS, table, write_results
 
 import sde_diffusion as sd
 from sde_diffusion.evaluation.digits_eval import confident_fraction, load_digits_classifier
-from sde_diffusion.lora import apply_lora, load_lora
 from sde_diffusion.plotting import save_image_grid
 from sde_diffusion.pretrained import load_pretrained, pretrained_path
 from sde_diffusion.training.data import digits
+from sde_diffusion.training.lora import apply_lora, load_lora
 
 
 def main() -> None:

@@ -27,13 +27,13 @@ import torch
 from common import RESULTS, table, write_results
 
 import sde_diffusion as sd
+from sde_diffusion.evaluation.quality import quality_metric
 from sde_diffusion.networks import UNet
 from sde_diffusion.parametrization import ScoreModel
 from sde_diffusion.training import TrainConfig, Trainer, build_model
 from sde_diffusion.training.data import digits, load_data
 from sde_diffusion.training.log import read_metrics
 from sde_diffusion.training.posthoc_ema import posthoc_model, snapshots
-from sde_diffusion.training.quality import quality_metric
 
 SHIPPED_FID = 10.43  # sde_diffusion/pretrained/digits.json, 5000 steps
 RECIPES = {
@@ -66,11 +66,12 @@ def run(job: tuple[str, str, int, int, int, str]) -> dict:
     weighting = RECIPES[recipe].get("loss_weighting", "edm")
     config = TrainConfig(
         steps=steps, batch_size=batch, lr=2e-3, warmup=warmup, ema_decay=0.999,
-        seed=seed, eval_every=eval_every, eval_samples=1000, checkpoint_every=steps,
+        seed=seed, eval_every=eval_every, checkpoint_every=steps,
         posthoc_ema=True, snapshot_every=100, **{**RECIPES[recipe], "loss_weighting": weighting},
     )  # fmt: skip
     path = Path(folder) / f"{data_name}-{recipe}-{seed}.safetensors"
-    Trainer(model, data, config).train(checkpoint=path, progress=False)
+    metric = quality_metric(data, samples=1000, seed=seed)
+    Trainer(model, data, config, metric).train(checkpoint=path, progress=False)
     if (data_name, recipe, seed, steps) == ("digits", "baseline", 0, 2500):  # the docs' picture
         shutil.copy(
             path.with_name(f"{path.stem}.curves.png"), RESULTS / "training_curves_digits.png"
@@ -78,7 +79,6 @@ def run(job: tuple[str, str, int, int, int, str]) -> dict:
     rows = read_metrics(path.with_name(f"{path.stem}.metrics.jsonl"))
     result = {"data": data_name, "recipe": recipe, "seed": seed, "rows": rows}
     if config.posthoc_ema:
-        metric = quality_metric(data, samples=1000, seed=seed)
         found, best = snapshots(path), []
         times = {r["step"]: r["time"] for r in rows if "loss" in r}
         for step in range(2 * eval_every, steps + 1, 2 * eval_every):

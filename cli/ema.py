@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from sde_diffusion.evaluation.quality import quality_metric
 from sde_diffusion.training.checkpoint import CheckpointError
 from sde_diffusion.training.data import load_data, split_held_out
 from sde_diffusion.training.posthoc_ema import export_posthoc, posthoc_model, snapshots
-from sde_diffusion.training.quality import quality_metric
 from sde_diffusion.training.state import load_score_model
 
 from .common import SafePath, comma_list, console, friendly_errors, writable_output

@@ -20,11 +20,11 @@ from sde_diffusion.atomic import atomic_path
 from sde_diffusion.distributed import local_batches, rank_and_world
 from sde_diffusion.evaluation.problems import load_problem
 from sde_diffusion.guidance import MAX_SCALE
-from sde_diffusion.lora import apply_lora
 from sde_diffusion.npz import NpzWriter
 from sde_diffusion.plotting import save_samples
 from sde_diffusion.sampling import DEFAULT_STEPS, default_steps
 from sde_diffusion.sdes import sde_names
+from sde_diffusion.training.lora import apply_lora
 
 from .common import (
     DTYPES,

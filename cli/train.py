@@ -13,7 +13,7 @@ import torch
 
 from sde_diffusion.atomic import read_small_text
 from sde_diffusion.distributed import rank_and_world
-from sde_diffusion.lora import LORA_TARGETS, add_lora, weights_hash
+from sde_diffusion.evaluation.quality import quality_metric
 from sde_diffusion.parametrization import PARAMETRIZATIONS
 from sde_diffusion.plotting import save_samples
 from sde_diffusion.pretrained import available, pretrained_path
@@ -23,8 +23,8 @@ from sde_diffusion.training.building import NETWORKS, build_model
 from sde_diffusion.training.checkpoint import CheckpointError
 from sde_diffusion.training.data import load_data, split_held_out
 from sde_diffusion.training.log import curves_path, metrics_path
+from sde_diffusion.training.lora import LORA_TARGETS, add_lora, weights_hash
 from sde_diffusion.training.losses import WEIGHTINGS
-from sde_diffusion.training.quality import quality_metric
 from sde_diffusion.training.state import load_score_model, run_settings
 from sde_diffusion.training.trainer import LR_SCHEDULES
 
@@ -459,7 +459,8 @@ def train(
             precision=precision,
             cond_drop_prob=cond_drop,
         )
-        trainer = Trainer(model, dataset, config, held_out)
+        metric = quality_metric(dataset, held_out, seed=seed) if eval_every else None
+        trainer = Trainer(model, dataset, config, metric)
         if resume is not None:
             trainer.resume(resume)
             if trainer.step >= steps:

@@ -14,13 +14,14 @@ from sdediff_cli.main import main
 
 import sde_diffusion as sd
 from sde_diffusion.errors import ArgumentError
-from sde_diffusion.lora import add_lora, apply_lora, lora_tensors, merge_lora, weights_hash
+from sde_diffusion.evaluation.quality import quality_metric
 from sde_diffusion.parametrization import ScoreModel
 from sde_diffusion.pretrained import load_pretrained
 from sde_diffusion.training import TrainConfig, Trainer, build_model, load_data
 from sde_diffusion.training.checkpoint import load_checkpoint
 from sde_diffusion.training.data import digits
 from sde_diffusion.training.log import read_metrics
+from sde_diffusion.training.lora import add_lora, apply_lora, lora_tensors, merge_lora, weights_hash
 from sde_diffusion.training.losses import DenoisingScoreMatching, immiscible_noise
 from sde_diffusion.training.posthoc_ema import (
     PowerEMA,
@@ -32,7 +33,6 @@ from sde_diffusion.training.posthoc_ema import (
     snapshots,
     solve_coefficients,
 )
-from sde_diffusion.training.quality import quality_metric
 
 
 def run(*args, cwd):
@@ -51,7 +51,8 @@ def moons_trainer(**options) -> Trainer:
     torch.manual_seed(0)
     model = build_model(data, width=32)
     config = TrainConfig(**{"steps": 20, "batch_size": 32, "warmup": 5, **options})
-    return Trainer(model, data, config)
+    metric = quality_metric(data, samples=300) if config.eval_every else None
+    return Trainer(model, data, config, metric)
 
 
 # -- Min-SNR, immiscible, EDM2 learning rate --------------------------------------------
@@ -125,9 +126,7 @@ def test_immiscible_and_min_snr_runs_train(tmp_path):
 
 
 def test_the_log_has_its_keys_and_monotone_steps_and_a_curves_picture(tmp_path):
-    trainer = moons_trainer(
-        steps=40, log_every=5, eval_every=20, eval_samples=300, checkpoint_every=20, warmup=10
-    )
+    trainer = moons_trainer(steps=40, log_every=5, eval_every=20, checkpoint_every=20, warmup=10)
     trainer.train(checkpoint=tmp_path / "m.safetensors", progress=False)
     rows = read_metrics(tmp_path / "m.metrics.jsonl")
     train = [r for r in rows if "loss" in r]

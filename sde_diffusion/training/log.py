@@ -14,13 +14,32 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_path
 from ..errors import ArgumentError
+from ..plotting import _pyplot, _save
 
-__all__ = ["TrainingLog", "curves_path", "metrics_path", "read_metrics", "save_curves"]
+__all__ = [
+    "QualityMetric",
+    "TrainingLog",
+    "curves_path",
+    "metrics_path",
+    "read_metrics",
+    "save_curves",
+]
+
+
+@dataclass
+class QualityMetric:
+    """What ``eval_every`` logs: ``evaluate(model)`` scores a score model, lower is better
+    (built for a data set by :func:`sde_diffusion.evaluation.quality.quality_metric`)."""
+
+    name: str  # the key in the log: sliced_w2, digits_fid or heldout_loss
+    evaluate: Callable[[Any], float]
 
 
 def metrics_path(checkpoint: str | Path) -> Path:
@@ -134,8 +153,6 @@ EVAL_NAMES = {
 def save_curves(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """A 2×3 figure: loss, gradient norm, learning rate, throughput and the eval metric
     against the step."""
-    from ..plotting import _pyplot, _save
-
     plt = _pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.5), constrained_layout=True)
     evals = [k for k in EVAL_NAMES if any(k in r for r in rows)]

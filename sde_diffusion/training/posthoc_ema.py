@@ -33,6 +33,7 @@ from torch import Tensor
 from ..errors import ArgumentError
 from ..parametrization import ScoreModel
 from .checkpoint import CheckpointError, load_checkpoint, prefixed, save_checkpoint
+from .state import load_score_model
 
 __all__ = [
     "PowerEMA",
@@ -199,8 +200,6 @@ def posthoc_model(
     """The score model of run ``run`` (its training checkpoint) with the post-hoc EMA of
     length ``sigma_rel`` as weights: ``(model, config, residual)``.  The network's
     buffers come from the checkpoint's own EMA."""
-    from .state import load_score_model
-
     model, config = load_score_model(run)
     weights, residual = reconstruct(found or snapshots(run), sigma_rel, at)
     state = model.net.state_dict()

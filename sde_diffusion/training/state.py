@@ -23,6 +23,7 @@ from ..networks import build_network
 from ..parametrization import ScoreModel
 from ..sdes import sde_config, sde_from_config
 from .checkpoint import CheckpointError, load_checkpoint, prefixed, save_checkpoint
+from .lora import add_lora, merge_lora, save_lora
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -96,8 +97,6 @@ def export_model(trainer: Trainer, path: str | Path) -> Path:
 
 def export_lora(trainer: Trainer, path: str | Path) -> Path:
     """Write a LoRA run's adapter: the EMA of the low-rank weights, the base's identity."""
-    from ..lora import save_lora
-
     config = dict(trainer.net.lora_config)
     base, digest = config.pop("base"), config.pop("base_hash")
     tensors = {k: v for k, v in ema_weights(trainer).items() if ".lora_" in k}
@@ -172,8 +171,6 @@ def load_score_model(
     try:
         net = build_network(config["network"])
         if "lora" in config:  # a LoRA run's checkpoint: the base with its adapter
-            from ..lora import add_lora
-
             lora = config["lora"]
             add_lora(net, int(lora["rank"]), float(lora["alpha"]), tuple(lora["targets"]))
             net.lora_config = lora
@@ -182,8 +179,6 @@ def load_score_model(
         )
         net.load_state_dict(prefixed(tensors, "ema" if ema else "model"))
         if "lora" in config and merge:
-            from ..lora import merge_lora
-
             merge_lora(net)
     except (KeyError, TypeError, RuntimeError, ValueError) as err:
         hint = ""

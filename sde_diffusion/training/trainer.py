@@ -38,7 +38,7 @@ from ..noise import seeded_generator
 from ..parametrization import ScoreModel
 from ..sampling import sample
 from .data import Dataset
-from .log import TrainingLog
+from .log import QualityMetric, TrainingLog
 from .losses import DenoisingScoreMatching, immiscible_noise
 from .posthoc_ema import (
     DEFAULT_SIGMA_RELS,
@@ -47,7 +47,6 @@ from .posthoc_ema import (
     save_snapshot,
     snapshot_dir,
 )
-from .quality import quality_metric
 from .state import (
     export_lora,
     export_model,
@@ -89,7 +88,6 @@ class TrainConfig:
     keep_every: int = 0  # N > 0: also export the EMA weights every N steps as NAME.stepN
     log_every: int = 10  # a row of NAME.metrics.jsonl every N steps
     eval_every: int = 0  # N > 0: the quality metric of the EMA model every N steps
-    eval_samples: int = 1000
     sample_every: int = 0  # 0: no evaluation samples
     sample_count: int = 64
     sample_solver: str = "heun"
@@ -99,7 +97,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "checkpoint_every", "sample_count", "sample_steps")
-        positive += ("snapshot_every", "log_every", "eval_samples", "lr_decay_steps")
+        positive += ("snapshot_every", "log_every", "lr_decay_steps")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ArgumentError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -155,10 +153,16 @@ class Trainer:
         model: ScoreModel,
         data: Dataset,
         config: TrainConfig,
-        held_out: Dataset | None = None,
+        metric: QualityMetric | None = None,
     ):
         self.model, self.data, self.config = model, data, config
-        self.held_out = held_out  # what the quality metric scores against, for user data
+        # what eval_every logs: sde_diffusion.evaluation.quality.quality_metric(data)
+        self.metric = metric
+        if config.eval_every and metric is None:
+            raise ArgumentError(
+                "eval_every needs a metric: pass metric=quality_metric(data) "
+                "(sde_diffusion.evaluation.quality)"
+            )
         self.device = torch.device(config.device)
         self.model.to(self.device)
         self.rank, self.world = rank_and_world()
@@ -345,11 +349,7 @@ class Trainer:
             TextColumn("{task.fields[rate]:.1f} it/s"),
             TimeRemainingColumn(),
         )
-        metric = None
-        if log is not None and config.eval_every:
-            metric = quality_metric(
-                self.data, self.held_out, samples=config.eval_samples, seed=config.seed
-            )
+        metric = self.metric if log is not None and config.eval_every else None
         start, first, paused = time.perf_counter(), self.step, 0.0  # paused: evaluation time
         window = {"loss": 0.0, "grad_norm": 0.0, "steps": 0, "since": start}
         try:

@@ -13,28 +13,19 @@ the model only.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from ..evaluation.metrics import sliced_wasserstein
 from ..noise import seeded_generator
 from ..parametrization import ScoreModel
 from ..sampling import sample
-from .data import TOY_DATASETS, Dataset, digits, labelled_8gaussians, toy_2d
-from .losses import DenoisingScoreMatching
+from ..training.data import TOY_DATASETS, Dataset, digits, labelled_8gaussians, toy_2d
+from ..training.log import QualityMetric
+from ..training.losses import DenoisingScoreMatching
+from .digits_eval import digits_fid, load_digits_classifier
+from .metrics import sliced_wasserstein
 
 __all__ = ["QualityMetric", "quality_metric"]
-
-
-@dataclass
-class QualityMetric:
-    """``evaluate(model)`` scores a score model; lower is better."""
-
-    name: str  # the key in the metrics log: sliced_w2, digits_fid or heldout_loss
-    evaluate: Callable[[ScoreModel], float]
 
 
 def _labels(model: ScoreModel, n: int, device) -> Tensor | None:
@@ -80,8 +71,6 @@ def quality_metric(
         return None
     event = tuple(data.x.shape[1:])
     if data.name == "digits":
-        from ..evaluation.digits_eval import digits_fid, load_digits_classifier
-
         judge = load_digits_classifier()
 
         def fid(model: ScoreModel) -> float:

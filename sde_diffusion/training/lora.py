@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import ArgumentError
-from .training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..errors import ArgumentError
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 __all__ = [
     "LORA_TARGETS",
