@@ -18,6 +18,7 @@ to the test split every ``--eval-every`` steps; moons: the ``sdediff train`` MLP
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -110,10 +111,19 @@ def main() -> None:
     parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated")
     parser.add_argument("--data", default="digits,moons", help="digits and/or moons")
     parser.add_argument("--name", default="training_methods", help="the results files' name")
+    parser.add_argument(
+        "--replot", action="store_true", help="redraw the tables and picture from --name's JSON"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny runs: check the script")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.moons_steps, args.eval_every, args.seeds = 200, 200, 50, "0"
+    if args.replot:
+        saved = json.loads((RESULTS / f"{args.name}.json").read_text())
+        report(
+            saved["runs"], argparse.Namespace(**{**vars(args), **saved["args"], "name": args.name})
+        )
+        return
     seeds = [int(s) for s in args.seeds.split(",")]
     with tempfile.TemporaryDirectory() as folder:
         jobs = [
@@ -147,16 +157,15 @@ def report(results: list[dict], args) -> None:
     from sde_diffusion.plotting import _pyplot, _save
 
     plt = _pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), constrained_layout=True)
+    sets = [(d, k) for d, k in (("digits", "digits_fid"), ("moons", "sliced_w2"))
+            if d in args.data.split(",")]  # fmt: skip
+    fig, axes = plt.subplots(len(sets), 2, figsize=(12, 4.25 * len(sets)), squeeze=False,
+                             constrained_layout=True)  # fmt: skip
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colours = dict(zip(RECIPES, palette, strict=False))
     lines, payload = [], {"args": vars(args), "runs": results, "steps_to_shipped_fid": []}
-    for row, (data, key) in enumerate((("digits", "digits_fid"), ("moons", "sliced_w2"))):
+    for row, (data, key) in enumerate(sets):
         found = list(series(results, data, key))
-        if not found:
-            for ax in axes[row]:
-                ax.axis("off")
-            continue
         shown = sorted(
             {s for *_, pts in found for s, _, _ in pts if s % (2 * args.eval_every) == 0}
         )
