@@ -35,6 +35,7 @@ from sde_diffusion.training import TrainConfig, Trainer, build_model
 from sde_diffusion.training.data import digits, load_data
 from sde_diffusion.training.log import read_metrics
 from sde_diffusion.training.posthoc_ema import posthoc_model, snapshots
+from sde_diffusion.training.state import load_score_model
 
 SHIPPED_FID = 10.43  # sde_diffusion/pretrained/digits.json, 5000 steps
 RECIPES = {
@@ -81,10 +82,11 @@ def run(job: tuple[str, str, int, int, int, str]) -> dict:
     result = {"data": data_name, "recipe": recipe, "seed": seed, "rows": rows}
     if config.posthoc_ema:
         found, best = snapshots(path), []
+        base, _ = load_score_model(path)
         times = {r["step"]: r["time"] for r in rows if "loss" in r}
         for step in range(2 * eval_every, steps + 1, 2 * eval_every):
             scores = {
-                s: metric.evaluate(posthoc_model(path, s, step, found)[0]) for s in SIGMA_RELS
+                s: metric.evaluate(posthoc_model(base, found, s, step)[0]) for s in SIGMA_RELS
             }
             length = min(scores, key=scores.get)
             best.append({"step": step, "time": times[step], "sigma_rel": length,

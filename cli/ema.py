@@ -7,10 +7,16 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from sde_diffusion.errors import ArgumentError
 from sde_diffusion.evaluation.quality import quality_metric
 from sde_diffusion.training.checkpoint import CheckpointError
 from sde_diffusion.training.data import load_data, split_held_out
-from sde_diffusion.training.posthoc_ema import export_posthoc, posthoc_model, snapshots
+from sde_diffusion.training.posthoc_ema import (
+    export_posthoc,
+    gamma_from_sigma_rel,
+    posthoc_model,
+    snapshots,
+)
 from sde_diffusion.training.state import load_score_model
 
 from .common import SafePath, comma_list, console, friendly_errors, writable_output
@@ -18,11 +24,11 @@ from .common import SafePath, comma_list, console, friendly_errors, writable_out
 
 def sigma_rel_list(ctx, param, value: str) -> list[float]:
     values = comma_list(value, float, "number")
-    bad = [v for v in values if not 0 < v < 0.2887]
-    if bad:
-        raise click.BadParameter(
-            f"each length must lie in (0, 0.2887) (the flat profile's), got {bad[0]}"
-        )
+    try:
+        for length in values:
+            gamma_from_sigma_rel(length)  # the library's range check
+    except ArgumentError as err:
+        raise click.BadParameter(str(err)) from None
     return values
 
 
@@ -100,7 +106,7 @@ def ema(run: Path, sigma_rel: list[float], at_step: int | None, samples: int, ou
         table.add_row("checkpoint's EMA", "", f"{metric.evaluate(base):.4g}")
         scored = []
         for length in sigma_rel:
-            model, _, residual = posthoc_model(run, length, at, found)
+            model, residual = posthoc_model(base, found, length, at)
             value = metric.evaluate(model)
             scored.append((value, length, model))
             table.add_row(f"sigma_rel {length:g}", f"{residual:.2%}", f"{value:.4g}")

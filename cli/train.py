@@ -402,6 +402,12 @@ def train(
             "LoRA adapts a trained model: name it with --resume-weights MODEL",
             param_hint="--lora-rank",
         )
+    if lora_rank and ema == "posthoc":
+        raise click.BadParameter(
+            "post-hoc EMA rebuilds whole networks, not adapters: give a LoRA run a decay "
+            "(--ema 0.99)",
+            param_hint="--ema",
+        )
     if resume is not None:
         given = {
             "data": data, "sde": sde, "network": network, "width": width,
@@ -419,9 +425,10 @@ def train(
     with friendly_errors("training"):
         dataset = load_data(data, 20000, seed)
         dataset.info["source"] = data  # what --resume loads again
-        held_out = None
-        if eval_every and quality_metric(dataset) is None:  # user data: keep 5% unseen
+        metric = quality_metric(dataset, seed=seed) if eval_every else None
+        if eval_every and metric is None:  # user data: keep 5% unseen to score against
             dataset, held_out = split_held_out(dataset, HELD_OUT, seed)
+            metric = quality_metric(dataset, held_out, seed=seed)
         torch.manual_seed(seed)
         targets = tuple(comma_list(lora_targets, str, "LoRA target"))
         if resume is not None and resume_weights:  # a fine-tune: its own network, adapter
@@ -459,7 +466,6 @@ def train(
             precision=precision,
             cond_drop_prob=cond_drop,
         )
-        metric = quality_metric(dataset, held_out, seed=seed) if eval_every else None
         trainer = Trainer(model, dataset, config, metric)
         if resume is not None:
             trainer.resume(resume)

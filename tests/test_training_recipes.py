@@ -394,6 +394,7 @@ def test_sampling_with_an_adapter_and_a_mismatched_base_is_refused(threes):
     ("args", "message"),
     [
         (["--lora-rank", "4"], "name it with --resume-weights"),
+        (["--resume-weights", "digits", "--lora-rank", "2", "--ema", "posthoc"], "not adapters"),
         (["--resume-weights", "digits", "--data", "moons"], "models data of shape (1, 8, 8)"),
         (["--resume-weights", "nope.safetensors"], "no model 'nope.safetensors'"),
         (

@@ -4,10 +4,10 @@ One JSON object per line.  Every ``log_every`` steps a training row
 ``{"step", "time", "loss", "grad_norm", "lr", "samples_per_s"}`` (loss and gradient
 norm averaged over the steps since the last row, ``time`` the run's training seconds
 so far); every ``eval_every`` steps an evaluation row ``{"step", "time", <metric>}``
-(:mod:`.quality`).  A resumed run keeps the rows up to the step it resumes from and
-appends, so steps never go back.  The picture is redrawn at each checkpoint.  With a
-TensorBoard folder the same scalars go there too (the ``tensorboard`` package, imported
-only then).
+(:mod:`sde_diffusion.evaluation.quality`).  A resumed run keeps the rows up to the step
+it resumes from and appends, so steps never go back.  The picture is redrawn at each
+checkpoint.  With a TensorBoard folder the same scalars go there too (the ``tensorboard``
+package, imported only then).
 """
 
 from __future__ import annotations
@@ -80,12 +80,13 @@ class TrainingLog:
         self.time_offset = max((r.get("time", 0.0) for r in kept), default=0.0)
         self.writer = _tensorboard(tensorboard) if tensorboard else None
         self.failed = False  # a write failed (a full disk): warned once, the run goes on
-        self.drawn = 0  # rows in the picture
+        self.written, self.drawn = len(kept), 0  # rows in the file, rows in the picture
 
     def write(self, row: dict[str, Any]) -> None:
         """Append one row (the file is not held open between rows)."""
         row = {**row, "time": round(row["time"] + self.time_offset, 3)}
         self._guard(lambda: self._append(json.dumps(row) + "\n"))
+        self.written += 1
         if self.writer is not None:
             for key, value in row.items():
                 if key not in ("step", "time"):
@@ -99,9 +100,9 @@ class TrainingLog:
         """Redraw the curves (at each checkpoint)."""
         if self.writer is not None:
             self.writer.flush()
-        rows = read_metrics(self.path) if self.path.exists() else []
-        if len(rows) > self.drawn:  # only when rows came since the last picture
-            self.drawn = len(rows)
+        if self.written > self.drawn and not self.failed:  # rows came since the last picture
+            self.drawn = self.written
+            rows = read_metrics(self.path)
             title = self.path.name.removesuffix(".metrics.jsonl")
             self._guard(lambda: save_curves(rows, self.picture, title=f"{title}: training log"))
 

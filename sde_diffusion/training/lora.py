@@ -132,16 +132,11 @@ def weights_hash(state: dict[str, Tensor]) -> str:
     """SHA-256 of a network's weights (names and bytes, LoRA weights and the base
     layers' new names left out), the base model's identity for an adapter."""
     digest = hashlib.sha256()
-    for name in sorted(k.replace(".base.", ".") for k in state if ".lora_" not in k):
-        key = name if name in state else _based(name, state)
+    base = {k.replace(".base.", "."): v for k, v in state.items() if ".lora_" not in k}
+    for name in sorted(base):
         digest.update(name.encode())
-        digest.update(state[key].detach().float().cpu().contiguous().numpy().tobytes())
+        digest.update(base[name].detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def _based(name: str, state: dict[str, Tensor]) -> str:
-    layer, _, leaf = name.rpartition(".")
-    return f"{layer}.base.{leaf}"
 
 
 def save_lora(

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from ..errors import ArgumentError
@@ -140,8 +141,6 @@ def immiscible_noise(x0: Tensor, eps: Tensor) -> Tensor:
     toward nearby noise.  The assignment is scipy's ``linear_sum_assignment`` on the
     batch's cost matrix (one host round trip per training step).
     """
-    from scipy.optimize import linear_sum_assignment
-
     cost = torch.cdist(x0.flatten(1).double(), eps.flatten(1).double()).pow(2)
     _, columns = linear_sum_assignment(cost.cpu().numpy())
     return eps[torch.as_tensor(columns, device=eps.device)]

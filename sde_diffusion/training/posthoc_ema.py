@@ -21,6 +21,7 @@ combination of the snapshots' weights.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -33,7 +34,6 @@ from torch import Tensor
 from ..errors import ArgumentError
 from ..parametrization import ScoreModel
 from .checkpoint import CheckpointError, load_checkpoint, prefixed, save_checkpoint
-from .state import load_score_model
 
 __all__ = [
     "PowerEMA",
@@ -195,21 +195,21 @@ def reconstruct(
 
 
 def posthoc_model(
-    run: str | Path, sigma_rel: float, at: int | None = None, found: Sequence[Snapshot] = ()
-) -> tuple[ScoreModel, dict, float]:
-    """The score model of run ``run`` (its training checkpoint) with the post-hoc EMA of
-    length ``sigma_rel`` as weights: ``(model, config, residual)``.  The network's
-    buffers come from the checkpoint's own EMA."""
-    model, config = load_score_model(run)
-    weights, residual = reconstruct(found or snapshots(run), sigma_rel, at)
-    state = model.net.state_dict()
-    missing = set(weights) ^ {name for name, _ in model.net.named_parameters()}
-    if missing:
+    base: ScoreModel, found: Sequence[Snapshot], sigma_rel: float, at: int | None = None
+) -> tuple[ScoreModel, float]:
+    """A copy of ``base`` (the run's model, ``load_score_model(run)``) with the post-hoc
+    EMA of length ``sigma_rel`` rebuilt from ``found`` as weights: ``(model, residual)``.
+    The network's buffers stay ``base``'s."""
+    weights, residual = reconstruct(found, sigma_rel, at)
+    unmatched = set(weights) ^ {name for name, _ in base.net.named_parameters()}
+    if unmatched:
         raise CheckpointError(
-            f"the snapshots of {run} do not fit its network (e.g. {sorted(missing)[0]})"
+            f"the snapshots in {found[0].path.parent} do not fit the run's network (e.g. "
+            f"{sorted(unmatched)[0]})"
         )
-    model.net.load_state_dict({**state, **weights})
-    return model, config, residual
+    model = copy.deepcopy(base)
+    model.net.load_state_dict({**model.net.state_dict(), **weights})
+    return model, residual
 
 
 def export_posthoc(model: ScoreModel, config: dict, path: str | Path, sigma_rel: float) -> Path:

@@ -132,11 +132,10 @@ def kept_path(checkpoint: str | Path, step: int) -> Path:
     return path.with_name(f"{path.stem}.step{step:06d}{path.suffix or '.safetensors'}")
 
 
-def _adamw(net: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+def _adamw(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.AdamW:
     """AdamW; a compiled run also takes the fused kernel where the device has one (the same
     update in one pass over the parameters)."""
     settings = {"lr": config.lr, "weight_decay": config.weight_decay}
-    params = [p for p in net.parameters() if p.requires_grad]  # a LoRA run: the adapter's
     if config.compile:
         try:
             return torch.optim.AdamW(params, fused=True, **settings)
@@ -191,7 +190,9 @@ class Trainer:
             self.model.net = torch.nn.parallel.DistributedDataParallel(self.net)
         # what the loss runs: the same parameters, compiled and/or autocast if asked
         self.forward_model = accelerate(self.model, config.compile, config.precision)
-        self.optimizer = _adamw(self.net, config)
+        # what the optimiser moves (a LoRA run: the adapter's weights only)
+        self.trained = [p for p in self.net.parameters() if p.requires_grad]
+        self.optimizer = _adamw(self.trained, config)
         # fp16 gradients underflow without a loss scale; it skips steps that overflow
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.step = 0
@@ -240,8 +241,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # under DDP the gradients are averaged over ranks
         self.scaler.unscale_(self.optimizer)
-        trained = [p for p in self.net.parameters() if p.requires_grad]
-        norm = torch.nn.utils.clip_grad_norm_(trained, self.config.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.trained, self.config.grad_clip)
         value, norm = torch.stack([loss.detach().float(), norm.float()]).tolist()  # one read
         if self.world > 1:
             value = sum_over_ranks([value])[0] / self.world
