@@ -14,6 +14,7 @@ from sde_diffusion.evaluation.benchmark import fixed_grid
 
 from .bench import bench
 from .common import console
+from .distill import distill
 from .ema import ema
 from .info import info as info_command
 from .likelihood import likelihood
@@ -88,7 +89,7 @@ def solvers(kind: str | None) -> None:
     console.print(table)
 
 
-for command in (sample, restore, edit, train, ema, tune, bench, likelihood, info_command):
+for command in (sample, restore, edit, train, distill, ema, tune, bench, likelihood, info_command):
     main.add_command(command)
 
 if __name__ == "__main__":

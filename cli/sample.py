@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import shutil
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ from sde_diffusion.npz import NpzWriter
 from sde_diffusion.plotting import save_samples
 from sde_diffusion.sampling import DEFAULT_STEPS, default_steps
 from sde_diffusion.sdes import sde_names
+from sde_diffusion.training.distillation import GuidedStudent
 from sde_diffusion.training.lora import apply_lora
 
 from .common import (
@@ -315,6 +317,12 @@ def sample(
     speed = {"compile": compile_, "precision": precision}
     speed |= {"lora": lora, "lora_scale": lora_scale}
     problem, device = open_problem(model, sde, start_ranks(parse_device(device)), dtype, **speed)
+    student = student_grid(problem, grid)
+    if student is not None:
+        given = {k: v for k, v in options.items() if v is not None}
+        grid = student
+        solver = build_solver(grid.solver, {**grid.solver_options, **given})
+        steps, schedule = len(grid.times) - 1, "student"
     if grid is not None and grid.sde != repr(problem.sde):
         raise click.UsageError(
             f"{grid_file} was tuned for {grid.sde}; {model} runs {problem.sde!r}"
@@ -340,7 +348,16 @@ def sample(
         )
     num_samples = num_samples if labels is None else len(labels)
     guided = problem.model
-    if labels is not None and (asked or "cfg_pp" in solver.name):  # CFG++ reads the null branch
+    w_range = problem.config.get("objective", {}).get("guidance")
+    if labels is not None and w_range is not None:  # a guided student: w is an input
+        if not w_range[0] <= guidance <= w_range[1] or interval or any(variants.values()):
+            raise click.BadParameter(
+                f"{model} is a guided student: it takes --guidance W in [{w_range[0]:g}, "
+                f"{w_range[1]:g}] as an input, in one pass (no interval, rescale, APG or guide)",
+                param_hint="--guidance",
+            )
+        guided = GuidedStudent(problem.model, guidance, w_range[1])
+    elif labels is not None and (asked or "cfg_pp" in solver.name):  # CFG++ reads the null branch
         guided = sd.ClassifierFreeGuidance(
             problem.model,
             guidance,
@@ -418,6 +435,31 @@ def sample(
         f"({steps} {plural(steps, 'step')}): {cost}, {wall:.2f} s, "
         f"{num_samples / wall:,.0f} samples/s{compiling} -> {out}"
     )
+
+
+def student_grid(problem, grid: sd.TunedGrid | None) -> sd.TunedGrid | None:
+    """A student's own solver and times (its checkpoint's ``sampling``) when no --solver,
+    --steps, --schedule or --grid says otherwise; a warning when they do."""
+    sampling = problem.config.get("sampling")
+    if sampling is None:
+        return None
+    ctx = click.get_current_context()
+    flags = ("solver", "steps", "schedule", "grid_file")
+    chosen = [
+        f"--{k.split('_')[0]}" for k in flags if ctx.get_parameter_source(k).name != "DEFAULT"
+    ]
+    if not chosen and grid is None:
+        times = sampling["times"]
+        return sd.TunedGrid(times, sampling["solver"], sampling["solver_options"],
+                            len(times) - 1, repr(problem.sde))  # fmt: skip
+    method = problem.config.get("objective", {}).get("method", "a student")
+    warnings.warn(
+        f"this model is a {method} student trained to sample with {sampling['solver']} at "
+        f"{len(sampling['times']) - 1} steps on its own times; {' and '.join(chosen)} "
+        "change that and may sample poorly",
+        stacklevel=1,
+    )
+    return None
 
 
 def read_grid(path: Path, steps: int | None, schedule: str) -> sd.TunedGrid:

@@ -21,6 +21,7 @@ from sde_diffusion.sdes import sde_names
 from sde_diffusion.training import NonFiniteLossError, TrainConfig, Trainer
 from sde_diffusion.training.building import NETWORKS, build_model
 from sde_diffusion.training.checkpoint import CheckpointError
+from sde_diffusion.training.consistency import ConsistencyObjective
 from sde_diffusion.training.data import load_data, split_held_out
 from sde_diffusion.training.log import curves_path, metrics_path
 from sde_diffusion.training.lora import LORA_TARGETS, add_lora, weights_hash
@@ -52,6 +53,7 @@ from .common import (
 )
 from .sample import device_option, seed_option
 
+TRAIN_METHODS = ("dsm", "consistency-training")
 HELD_OUT = 0.05  # the share of user data --eval-every sets aside
 TRAIN = TrainConfig()  # the library's defaults, which the flags show
 # the recipe's settings a resumed run keeps (named as TrainConfig and the flags name them)
@@ -164,6 +166,19 @@ def resume_defaults(ctx: click.Context, param: click.Parameter, path: Path | Non
     except CheckpointError as err:
         raise click.BadParameter(str(err), ctx, param) from None
     train = settings.pop("train")
+    objective = settings.pop("objective")
+    if objective is not None and objective.get("method") != "consistency-training":
+        raise click.BadParameter(
+            f"{path} is a {objective.get('method')} student: continue it with sdediff distill "
+            "--resume",
+            ctx,
+            param,
+        )
+    if objective is not None:
+        settings |= {
+            "method": objective["method"],
+            "levels": f"{objective['s0']},{objective['s1']}",
+        }
     values = {
         **settings,
         "loss_weighting": train["loss_weighting"],
@@ -211,6 +226,21 @@ def resume_defaults(ctx: click.Context, param: click.Parameter, path: Path | Non
     type=click.Choice(WEIGHTINGS),
     default=TRAIN.loss_weighting,
     show_default=True,
+)
+@click.option(
+    "--method",
+    type=click.Choice(TRAIN_METHODS),
+    default="dsm",
+    show_default=True,
+    help="dsm: denoising score matching; consistency-training: a consistency model without a "
+    "teacher (improved consistency training; its parametrisation becomes 'consistency').",
+)
+@click.option(
+    "--levels",
+    default="10,1280",
+    show_default=True,
+    help="consistency-training: the discretisation's intervals S0,S1, doubling from S0 to S1 "
+    "over the run.",
 )
 @click.option(
     "--conditional",
@@ -354,6 +384,8 @@ def train(
     width,
     parametrization,
     loss_weighting,
+    method,
+    levels,
     conditional,
     cond_drop,
     steps,
@@ -407,6 +439,17 @@ def train(
             "post-hoc EMA rebuilds whole networks, not adapters: give a LoRA run a decay "
             "(--ema 0.99)",
             param_hint="--ema",
+        )
+    ctx = click.get_current_context()
+    if method == "consistency-training" and ctx.get_parameter_source("parametrization").name in (
+        "DEFAULT",
+    ):  # fmt: skip
+        parametrization = "consistency"  # the boundary condition f(x, t_min) = x, exactly
+    if method == "consistency-training" and (resume_weights or immiscible):
+        raise click.BadParameter(
+            "consistency training starts a new model from its own loss; drop --resume-weights "
+            "and --immiscible",
+            param_hint="--method",
         )
     if resume is not None:
         given = {
@@ -466,7 +509,11 @@ def train(
             precision=precision,
             cond_drop_prob=cond_drop,
         )
-        trainer = Trainer(model, dataset, config, metric)
+        objective = None
+        if method == "consistency-training":
+            s0, s1 = parse_levels(levels)
+            objective = ConsistencyObjective(model, steps, s0=s0, s1=s1)
+        trainer = Trainer(model, dataset, config, metric, objective)
         if resume is not None:
             trainer.resume(resume)
             if trainer.step >= steps:
@@ -488,46 +535,7 @@ def train(
             data_units = x if x.ndim == 4 else dataset.to_data_units(x)
             save_samples(data_units.float().cpu(), picture, f"step {step}")
 
-        saved = f"checkpoint saved to {out}; continue with --resume {out}"
-        if trainer.rank != 0:
-            saved = "rank 0 writes the checkpoints"
-        # SIGTERM stays handled until the outcome is reported: torchrun sends it to the
-        # ranks that survive a failed one, and its default action would end a rank
-        # between leaving training and saying why (so failures print here, not via click).
-        with on_sigterm(lambda: setattr(trainer, "stop_requested", True)):
-            try:
-                history = trainer.train(
-                    checkpoint=out, on_samples=on_samples, tensorboard=tensorboard
-                )
-            except KeyboardInterrupt:
-                err_console.print(
-                    f"{rank_prefix()}[yellow]interrupted[/] at step {trainer.step}: {saved}",
-                    soft_wrap=True,  # one line, whatever the terminal's width
-                )
-                raise SystemExit(INTERRUPTED) from None
-            except NonFiniteLossError as err:
-                if debug_enabled():
-                    raise
-                kept = f"{out} holds step {trainer.step}" if trainer.rank == 0 else "rank 0 saved"
-                _fail(
-                    f"{rank_prefix()}training stopped: {err}; {kept} (finite): lower --lr and "
-                    f"continue with --resume {out}, or rescale the data"
-                )
-            except RuntimeError as err:
-                if not peer_failure(err) or debug_enabled():
-                    raise
-                _fail(
-                    f"{rank_prefix()}training stopped at step {trainer.step}: "
-                    f"{peer_story(err)}; {saved}"
-                )
-            if trainer.stop_requested:
-                why = failed_ranks()
-                err_console.print(
-                    f"{rank_prefix()}[yellow]stopped[/] by SIGTERM at step {trainer.step}"
-                    f"{f' after {why}' if why else ''}: {saved}",
-                    soft_wrap=True,
-                )
-                raise SystemExit(TERMINATED)
+        history = run_trainer(trainer, out, on_samples=on_samples, tensorboard=tensorboard)
     if lora_rank and trainer.rank == 0:
         adapter = trainer.export_lora(lora_path(out))
         size = adapter.stat().st_size
@@ -536,6 +544,65 @@ def train(
     console.print(f"[bold green]done[/]: step {trainer.step}, last loss {last:.4f} -> {out}")
     if trainer.rank == 0:
         console.print(f"log: {metrics_path(out)}, curves: {curves_path(out)}")
+
+
+def run_trainer(trainer: Trainer, out: Path, **options) -> list[dict[str, float]]:
+    """``trainer.train(checkpoint=out, **options)`` with the command line's outcomes: Ctrl-C,
+    SIGTERM, a non-finite loss or a failed peer rank end the run with its checkpoint saved
+    and one line that says how to continue (``--resume OUT``)."""
+    saved = f"checkpoint saved to {out}; continue with --resume {out}"
+    if trainer.rank != 0:
+        saved = "rank 0 writes the checkpoints"
+    # SIGTERM stays handled until the outcome is reported: torchrun sends it to the
+    # ranks that survive a failed one, and its default action would end a rank
+    # between leaving training and saying why (so failures print here, not via click).
+    with on_sigterm(lambda: setattr(trainer, "stop_requested", True)):
+        try:
+            history = trainer.train(checkpoint=out, **options)
+        except KeyboardInterrupt:
+            err_console.print(
+                f"{rank_prefix()}[yellow]interrupted[/] at step {trainer.step}: {saved}",
+                soft_wrap=True,  # one line, whatever the terminal's width
+            )
+            raise SystemExit(INTERRUPTED) from None
+        except NonFiniteLossError as err:
+            if debug_enabled():
+                raise
+            kept = f"{out} holds step {trainer.step}" if trainer.rank == 0 else "rank 0 saved"
+            _fail(
+                f"{rank_prefix()}training stopped: {err}; {kept} (finite): lower --lr and "
+                f"continue with --resume {out}, or rescale the data"
+            )
+        except RuntimeError as err:
+            if not peer_failure(err) or debug_enabled():
+                raise
+            _fail(
+                f"{rank_prefix()}training stopped at step {trainer.step}: "
+                f"{peer_story(err)}; {saved}"
+            )
+        if trainer.stop_requested:
+            why = failed_ranks()
+            err_console.print(
+                f"{rank_prefix()}[yellow]stopped[/] by SIGTERM at step {trainer.step}"
+                f"{f' after {why}' if why else ''}: {saved}",
+                soft_wrap=True,
+            )
+            raise SystemExit(TERMINATED)
+    return history
+
+
+def parse_levels(value: str) -> tuple[int, int]:
+    """``--levels S0,S1`` with ``1 <= S0 <= S1``."""
+    try:
+        s0, s1 = (int(v) for v in value.split(","))
+    except ValueError:
+        s0 = s1 = 0
+    if not 1 <= s0 <= s1 <= 100_000:
+        raise click.BadParameter(
+            f"expected S0,S1: two integers with 1 <= S0 <= S1 <= 100000, got {value!r}",
+            param_hint="--levels",
+        )
+    return s0, s1
 
 
 def lora_path(out: Path) -> Path:

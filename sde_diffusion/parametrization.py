@@ -22,6 +22,10 @@ conditions it on ``c_noise = log(sigma / alpha) / 4`` (EDM's, for any SDE), so a
 network never sees raw time ranges.  ``"edm"`` is EDM's preconditioning
 (Karras et al. 2022, table 1) in the scaled variables ``x / alpha`` and
 ``nu = sigma / alpha``: ``D = c_skip x~ + c_out F(c_in x~, c_noise)``; it predicts ``x0``.
+``"consistency"`` is the same with the boundary moved to the SDE's ``nu_min = nu(t_min)``:
+``c_skip = sigma_data^2 / ((nu - nu_min)^2 + sigma_data^2)``, ``c_out = (nu - nu_min)
+sigma_data / sqrt(nu^2 + sigma_data^2)``, so ``D(x, t_min) = x / alpha`` exactly: the
+boundary condition of a consistency model (Song et al. 2023, eq. 5 and appendix C).
 """
 
 from __future__ import annotations
@@ -45,10 +49,11 @@ __all__ = [
     "edm_coefficients",
 ]
 
-Parametrization = Literal["eps", "x0", "v", "score", "edm"]
+Parametrization = Literal["eps", "x0", "v", "score", "edm", "consistency"]
 Prediction = Literal["eps", "x0", "v", "score", "velocity"]
-PARAMETRIZATIONS = ("eps", "x0", "v", "score", "velocity", "edm")
+PARAMETRIZATIONS = ("eps", "x0", "v", "score", "velocity", "edm", "consistency")
 PREDICTIONS = ("eps", "x0", "v", "score", "velocity")
+SKIP_PARAMETRIZATIONS = ("edm", "consistency")  # c_skip x + c_out F: they predict x0
 """What a model may declare it predicts (its ``prediction`` attribute)."""
 
 
@@ -139,7 +144,7 @@ class ScoreModel(nn.Module):
     ``net(x_in, c_noise)`` (or ``net(x_in, c_noise, cond)`` when a condition is
     given) takes the preconditioned input and noise conditioning of shape ``(B,)``;
     its output means ``parametrization``.  ``prediction`` says what ``forward``
-    returns (``"edm"`` yields ``"x0"``).
+    returns (``"edm"`` and ``"consistency"`` yield ``"x0"``).
     """
 
     def __init__(
@@ -162,8 +167,9 @@ class ScoreModel(nn.Module):
 
     @property
     def prediction(self) -> str:
-        """What ``forward`` returns: the parametrisation, ``x0`` for ``edm``."""
-        return "x0" if self.parametrization == "edm" else self.parametrization
+        """What ``forward`` returns: the parametrisation, ``x0`` for ``edm`` and
+        ``consistency``."""
+        return "x0" if self.parametrization in SKIP_PARAMETRIZATIONS else self.parametrization
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -187,14 +193,22 @@ class ScoreModel(nn.Module):
         nu = sigma_b / alpha_b
         c_noise = nu.log() / 4
         alpha, sigma = append_dims(alpha_b, x.ndim), append_dims(sigma_b, x.ndim)
-        if self.parametrization == "edm":
-            c_skip, c_out, c_in, _ = (
-                append_dims(c, x.ndim) for c in edm_coefficients(nu, self.sigma_data)
-            )
+        if self.parametrization in SKIP_PARAMETRIZATIONS:
+            c_skip, c_out, c_in, _ = edm_coefficients(nu, self.sigma_data)
+            if self.parametrization == "consistency":
+                c_skip, c_out = self._boundary(nu)
+            c_skip, c_out, c_in = (append_dims(c, x.ndim) for c in (c_skip, c_out, c_in))
             x_scaled = x / alpha
             return c_skip * x_scaled + c_out * self._net(c_in * x_scaled, c_noise, extra)
         c_in = 1 / (alpha**2 * self.sigma_data**2 + sigma**2).sqrt()
         return self._net(c_in * x, c_noise, extra)
+
+    def _boundary(self, nu: Tensor) -> tuple[Tensor, Tensor]:
+        """The consistency parametrisation's ``c_skip, c_out``: 1 and 0 at ``t_min``."""
+        nu_min = (-self.sde.log_snr(self.sde.t_min)).exp().to(nu)
+        shifted = (nu - nu_min).clamp(min=0)
+        c_skip = self.sigma_data**2 / (shifted**2 + self.sigma_data**2)
+        return c_skip, shifted * self.sigma_data / (nu**2 + self.sigma_data**2).sqrt()
 
     def score(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         """The score ``grad_x log p_t(x)`` as the network sees it."""

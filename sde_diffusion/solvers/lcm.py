@@ -1,4 +1,5 @@
-"""LCM sampling: denoise, then re-noise to the next level with fresh noise."""
+"""LCM sampling, which is multistep consistency sampling: denoise, then re-noise to the next
+level with fresh noise (also registered as ``consistency``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from .registry import register_solver
 @register_solver(
     "lcm",
     kind="sde",
+    aliases=("consistency",),
     order=0.0,
     nfe_per_step=1,
     stochastic=True,
@@ -21,7 +23,8 @@ class LCM(Solver):
     """``x_s = α_s x̂_0(x, t) + σ_s z``: each step forgets ``x`` but for its denoised
     estimate, so it samples well only from a model whose x̂_0 is already a sample (a
     consistency or LCM student); on a score model it converges to nothing (order 0), it
-    lands on the posterior means.  1 NFE per step; a step to t = 0 returns x̂_0."""
+    lands on the posterior means.  1 NFE per step; a step to t = 0 returns x̂_0, so the grid
+    ``[T, 0]`` is one-step consistency sampling."""
 
     uses = frozenset({"denoise"})
 

@@ -6,7 +6,9 @@ tensors are ``model/*`` (the weights), ``ema/*`` (their EMA), ``ema_n_averaged``
 moments), ``rng/generator`` and ``rng/torch``, and whose JSON metadata holds the model
 config (``network``, ``sde``, ``parametrization``, ``sigma_data``), the data's config,
 the :class:`~sde_diffusion.training.TrainConfig` (``train``), the ``step``, AdamW's
-``optimizer_groups`` and ``posthoc_ema``'s update count.  An exported model keeps only
+``optimizer_groups`` and ``posthoc_ema``'s update count; a student's checkpoint also holds
+``objective/*`` tensors (a consistency target network) and the ``objective`` and
+``sampling`` entries (:mod:`.objectives`).  An exported model keeps only
 ``ema/*`` and the config.  This module alone writes and reads that layout.
 """
 
@@ -46,15 +48,26 @@ _EMA_PREFIX = "module.net."  # where AveragedModel keeps the averaged network's 
 def model_config(trainer: Trainer) -> dict[str, Any]:
     """The metadata of a checkpoint: what rebuilds the model, the data and the run."""
     model = trainer.model
-    return {
-        "network": trainer.net.config,
-        "sde": sde_config(model.sde),
-        "parametrization": model.parametrization,
-        "sigma_data": model.sigma_data,
-        "data": trainer.data.config(),
-        "train": asdict(trainer.config),
-        "step": trainer.step,
-    } | ({"lora": trainer.net.lora_config} if hasattr(trainer.net, "lora_config") else {})
+    return (
+        {
+            "network": trainer.net.config,
+            "sde": sde_config(model.sde),
+            "parametrization": model.parametrization,
+            "sigma_data": model.sigma_data,
+            "data": trainer.data.config(),
+            "train": asdict(trainer.config),
+            "step": trainer.step,
+        }
+        | ({"lora": trainer.net.lora_config} if hasattr(trainer.net, "lora_config") else {})
+        | (student_config(trainer.objective))
+    )
+
+
+def student_config(objective) -> dict[str, Any]:
+    """A student's entries: ``objective`` (its method and teacher) and ``sampling`` (the
+    solver and times it samples with, which ``sdediff sample`` takes by default)."""
+    found = {"objective": objective.config(), "sampling": objective.sampling()}
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def ema_weights(trainer: Trainer) -> dict[str, Tensor]:
@@ -73,6 +86,7 @@ def training_tensors(trainer: Trainer) -> dict[str, Tensor]:
     if trainer.phema is not None:
         names = [name for name, _ in trainer.net.named_parameters()]
         tensors |= {f"phema/{k}": v for k, v in trainer.phema.tensors(names).items()}
+    tensors |= {f"objective/{k}": v for k, v in trainer.objective.state_tensors().items()}
     tensors["rng/generator"] = trainer.generator.get_state()
     tensors["rng/torch"] = torch.get_rng_state()
     return tensors
@@ -117,6 +131,7 @@ def load_training_state(trainer: Trainer, path: str | Path) -> None:
     trainer.optimizer.load_state_dict(
         {"state": optim_state, "param_groups": config["optimizer_groups"]}
     )
+    trainer.objective.load_state(prefixed(tensors, "objective"))
     trainer.generator.set_state(tensors["rng/generator"].cpu())
     torch.set_rng_state(tensors["rng/torch"].cpu())
     if trainer.phema is not None:
@@ -157,6 +172,7 @@ def run_settings(path: str | Path) -> dict[str, Any]:
             "resume_weights": data.get("base"),
             "lora_rank": config.get("lora", {}).get("rank", 0),
             "train": dict(config["train"]),
+            "objective": config.get("objective"),
         }
     except (KeyError, TypeError, AttributeError) as err:
         raise CheckpointError(f"{path} is not a training checkpoint: {err!r}") from None

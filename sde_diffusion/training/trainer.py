@@ -40,6 +40,7 @@ from ..sampling import sample
 from .data import Dataset
 from .log import QualityMetric, TrainingLog
 from .losses import DenoisingScoreMatching, immiscible_noise
+from .objectives import DenoisingObjective, Objective
 from .posthoc_ema import (
     DEFAULT_SIGMA_RELS,
     PowerEMA,
@@ -145,7 +146,9 @@ def _adamw(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim
 
 
 class Trainer:
-    """Trains ``model`` on ``data`` (a ``Dataset``) under ``config``."""
+    """Trains ``model`` on ``data`` (a ``Dataset``) under ``config``: denoising score
+    matching, or another ``objective`` (:mod:`.objectives`: a student's distillation or
+    consistency loss)."""
 
     def __init__(
         self,
@@ -153,6 +156,7 @@ class Trainer:
         data: Dataset,
         config: TrainConfig,
         metric: QualityMetric | None = None,
+        objective: Objective | None = None,
     ):
         self.model, self.data, self.config = model, data, config
         # what eval_every logs: sde_diffusion.evaluation.quality.quality_metric(data)
@@ -173,6 +177,9 @@ class Trainer:
         self.loss = DenoisingScoreMatching(
             model.sde, config.loss_weighting, min_snr_gamma=config.min_snr_gamma
         )
+        self.objective = objective if objective is not None else DenoisingObjective(self.loss)
+        if config.immiscible and not isinstance(self.objective, DenoisingObjective):
+            raise ArgumentError("immiscible noise pairs denoising score matching's noise only")
         self.net = self.model.net  # the bare network: saved, averaged, exported
         if self.world > 1:  # every rank starts from rank 0's weights (EMA included)
             for tensor in self.net.state_dict().values():
@@ -227,17 +234,15 @@ class Trainer:
         size, gen, device = self.config.batch_size, self.generator, self.device
         idx = torch.randint(len(self._x), (size,), generator=gen, device=device)
         cond = self._condition(idx)
-        t = self.loss.sample_times(size, generator=gen, device=device)
-        eps = torch.randn(
-            (size, *self._x.shape[1:]), generator=gen, device=device, dtype=self._x.dtype
-        )
+        draws = self.objective.draw(size, gen, self.step, self._x)
         if self.config.immiscible:  # the whole global batch, alike on every rank
-            eps = immiscible_noise(self._x[idx], eps)
+            draws["eps"] = immiscible_noise(self._x[idx], draws["eps"])
         mine = slice(self.rank * size // self.world, (self.rank + 1) * size // self.world)
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step)
         x0, cond = self._x[idx[mine]], None if cond is None else cond[mine]
-        loss = self.loss.loss_at(self.forward_model, x0, t[mine], eps[mine], cond).mean()
+        draws = {k: v[mine] for k, v in draws.items()}
+        loss = self.objective.loss(self.forward_model, x0, draws, cond).mean()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # under DDP the gradients are averaged over ranks
         self.scaler.unscale_(self.optimizer)
@@ -251,6 +256,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.ema.update_parameters(self.model)
+        self.objective.after_step(self.net)
         if self.phema is not None:
             self.phema.update()
         self.step += 1

@@ -1,0 +1,467 @@
+"""Few-step students against their teacher at equal NFE.
+
+    python benchmarks/distillation.py --train     # the students (sdediff commands below)
+    python benchmarks/distillation.py             # score them: results/distillation.md
+    python benchmarks/distillation.py --quick     # a short check of the script
+
+Students of the shipped ``digits`` and ``moons`` models: progressive distillation (64
+DDIM steps of the teacher halved round by round down to 1: the rounds' students sample in
+32 ... 1 steps), consistency distillation (Heun as the teacher's ODE step) and consistency
+training (no teacher), and a guided student of ``digits-cond``.  Each is scored at NFE 1,
+2, 4 and 8 (digits-FID of 1000 samples to the test split; moons: sliced W2 of 4096 samples
+to a fresh draw) beside the teacher with its best deterministic solver at the same NFE, on
+the Karras or log-SNR grid or a grid tuned for it (``sd.tune_timesteps``, method
+``search``), and beside the teacher at 50 NFE (Heun, 25 Karras steps).  Training cost:
+steps, wall time (from each run's metrics log) and teacher evaluations per sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from common import RESULTS, table, write_results
+
+import sde_diffusion as sd
+from sde_diffusion.evaluation.benchmark import steps_for_nfe
+from sde_diffusion.evaluation.digits_eval import class_accuracy
+from sde_diffusion.evaluation.problems import load_problem
+from sde_diffusion.plotting import save_image_grid
+from sde_diffusion.training import load_score_model
+from sde_diffusion.training.checkpoint import load_checkpoint
+from sde_diffusion.training.consistency import consistency_times
+from sde_diffusion.training.distillation import GuidedStudent
+from sde_diffusion.training.log import metrics_path, read_metrics
+
+STUDENTS = RESULTS / "tmp" / "students"
+NFES = (1, 2, 4, 8)
+SAMPLES = {"digits": 1000, "moons": 4096}
+TEACHER_SOLVERS = ("ddim", "euler", "heun", "dpmpp_2m", "deis", "unipc", "lms", "ipndm", "dpmpp_3m")
+TUNED = ("deis", "dpmpp_2m", "unipc")
+GUIDANCE = (1.0, 2.0, 4.0)
+
+
+def commands(name: str, quick: bool) -> dict[str, list[str]]:
+    """The commands that make the students of shipped model ``name`` (one per method)."""
+    small = name == "moons"
+    rounds = "200" if quick else ("1500" if small else "3000")
+    out = {
+        "progressive": [
+            "distill",
+            "--teacher",
+            name,
+            "--method",
+            "progressive",
+            "--steps",
+            "1",
+            "--teacher-steps",
+            "64",
+            "--train-steps",
+            rounds,
+            "--lr",
+            "1e-4",
+        ],
+        "consistency distillation": [
+            "distill",
+            "--teacher",
+            name,
+            "--method",
+            "consistency",
+            "--teacher-solver",
+            "heun",
+            "--teacher-steps",
+            "80",
+            "--train-steps",
+            "200" if quick else "4000",
+            "--lr",
+            "1e-4",
+        ],
+        "consistency training": [
+            "train",
+            "--data",
+            name,
+            "--method",
+            "consistency-training",
+            "--levels",
+            "10,320",
+            "--steps",
+            "300" if quick else ("5000" if small else "8000"),
+            "--batch-size",
+            "256" if small else "128",
+            "--checkpoint-every",
+            "1000",
+        ]
+        + ([] if small else ["--lr", "1e-3"]),
+    }
+    if name == "digits":
+        out["guided"] = [
+            "distill",
+            "--teacher",
+            "digits-cond",
+            "--method",
+            "guided",
+            "--steps",
+            "4",
+            "--teacher-steps",
+            "64",
+            "--guidance",
+            "1,5",
+            "--train-steps",
+            "200" if quick else "1500",
+            "--lr",
+            "1e-4",
+        ]
+    return out
+
+
+def student_path(name: str, method: str) -> Path:
+    return STUDENTS / f"{name}-{method.replace(' ', '-')}.safetensors"
+
+
+def train(quick: bool) -> None:
+    """Run each command whose student is missing or unfinished (a run resumes)."""
+    STUDENTS.mkdir(parents=True, exist_ok=True)
+    for name in ("digits", "moons"):
+        for method, args in commands(name, quick).items():
+            out = student_path(name, method)
+            if finished(out):
+                continue
+            resume = ["--resume", str(out)] if out.exists() else []
+            run = args[:2] + resume if resume and args[0] == "distill" else args + resume
+            print(" ".join(["sdediff", *run, "--out", str(out)]), flush=True)
+            subprocess.run(["sdediff", *run, "--out", str(out)], check=True)
+
+
+def finished(path: Path) -> bool:
+    if not path.exists():
+        return False
+    config = load_checkpoint(path)[1]
+    record = config.get("objective", {})
+    done = config["step"] >= config["train"]["steps"]
+    return done and record.get("round", 0) == record.get("rounds", 0)
+
+
+# -- scoring --------------------------------------------------------------------------------
+
+
+def score(problem, x: torch.Tensor) -> float:
+    return problem.quality(x.float(), 0)
+
+
+@torch.no_grad()
+def run_grid(model, problem, n: int, solver, grid, cond=None) -> tuple[torch.Tensor, int, int]:
+    shape = (n, *problem.event_shape)
+    res = sd.sample(model, problem.sde, shape, solver, grid=grid, seed=0, cond=cond)
+    return res.x, res.nfe_per_batch, res.network_passes / res.batches
+
+
+def teacher_rows(problem, name: str, n: int, quick: bool) -> list[dict]:
+    """The teacher's best deterministic solver and grid at each NFE, tuned grids included,
+    and the teacher at 50 NFE."""
+    rows, sde = [], problem.sde
+    for nfe in NFES:
+        for solver in TEACHER_SOLVERS[:3] if quick else TEACHER_SOLVERS:
+            steps = steps_for_nfe(solver, nfe, to_zero=True) if nfe > 1 else 1
+            if steps is None or (nfe == 1 and sd.get_solver(solver).nfe_per_step > 1):
+                continue
+            grids = (
+                {"karras": [float(sde.T), 0.0]}
+                if steps == 1
+                else {g: sd.timesteps(sde, steps, g, to_zero=True) for g in ("karras", "logsnr")}
+            )
+            if solver in TUNED and nfe >= 2 and not quick:
+                tuned = sd.tune_timesteps(
+                    problem.model,
+                    sde,
+                    nfe=nfe,
+                    solver=solver,
+                    shape=tuple(problem.event_shape),
+                    samples=64,
+                    seed=1,
+                    method="search",
+                    max_evaluations=150,
+                )
+                grids["tuned"] = tuned.tensor()
+            for grid_name, grid in grids.items():
+                x, used, _ = run_grid(problem.model, problem, n, solver, torch.as_tensor(grid))
+                rows.append(
+                    {
+                        "problem": name,
+                        "who": "teacher",
+                        "method": solver,
+                        "grid": grid_name,
+                        "nfe": used,
+                        "quality": score(problem, x),
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
+    grid = sd.timesteps(sde, 25, "karras")
+    x, used, _ = run_grid(problem.model, problem, n, "heun", grid)
+    rows.append(
+        {
+            "problem": name,
+            "who": "teacher",
+            "method": "heun",
+            "grid": "karras",
+            "nfe": used,
+            "quality": score(problem, x),
+            "reference": True,
+        }
+    )
+    return rows
+
+
+def student_rows(problem, name: str, n: int) -> list[dict]:
+    """Each student at each NFE it serves: a progressive round's own DDIM grid, consistency
+    sampling on :func:`consistency_times`."""
+    rows = []
+    prog = student_path(name, "progressive")
+    for k in range(1, 7):
+        path = prog.with_name(f"{prog.stem}.round{k}{prog.suffix}")
+        if not path.exists():
+            continue
+        model, config = load_score_model(path)
+        grid = torch.tensor(config["sampling"]["times"], dtype=torch.float64)
+        if len(grid) - 1 not in NFES:
+            continue
+        x, used, _ = run_grid(model, problem, n, "ddim", grid)
+        rows.append(
+            {
+                "problem": name,
+                "who": "student",
+                "method": "progressive",
+                "grid": f"round {k}",
+                "nfe": used,
+                "quality": score(problem, x),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    for method in ("consistency distillation", "consistency training"):
+        path = student_path(name, method)
+        if not path.exists():
+            continue
+        model, _ = load_score_model(path)
+        for nfe in NFES:
+            grid = torch.tensor(consistency_times(problem.sde, nfe), dtype=torch.float64)
+            x, used, _ = run_grid(model, problem, n, "consistency", grid)
+            rows.append(
+                {
+                    "problem": name,
+                    "who": "student",
+                    "method": method,
+                    "grid": "consistency times",
+                    "nfe": used,
+                    "quality": score(problem, x),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def costs(name: str, quick: bool) -> list[dict]:
+    """Training steps, wall time and teacher evaluations per training sample of each run."""
+    rows = []
+    for method in commands(name, quick):
+        path = student_path(name, method)
+        if not path.exists():
+            continue
+        config = load_checkpoint(path)[1]
+        record, steps = config.get("objective", {}), config["train"]["steps"]
+        logs = [path]
+        if method in ("progressive", "guided"):
+            first = 0 if method == "guided" else 1
+            logs = [
+                path.with_name(f"{path.stem}.round{k}{path.suffix}")
+                for k in range(first, record["rounds"] + 1)
+            ]
+        seconds = sum(_wall(p) for p in logs)
+        total = steps * len(logs)
+        per_step = {"progressive": 2, "guided": 2, "consistency distillation": 2}.get(method, 0)
+        rows.append(
+            {
+                "problem": name,
+                "method": method,
+                "runs": len(logs),
+                "steps": total,
+                "seconds": seconds,
+                "teacher_evaluations_per_sample": per_step,
+                "teacher_evaluations": per_step * total * config["train"]["batch_size"],
+            }
+        )
+    return rows
+
+
+def _wall(path: Path) -> float:
+    """A run's training time from its metrics log (each round keeps a copy of its own)."""
+    rows = [r for r in read_metrics(metrics_path(path)) if "loss" in r]
+    return rows[-1]["time"] if rows else float("nan")
+
+
+@torch.no_grad()
+def guided_rows(n: int) -> list[dict]:
+    """The guided student (4 steps, one pass each) against the teacher's CFG (two passes a
+    step) at w = 1, 2, 4: digits-FID to the test split and the judge's class accuracy."""
+    path = student_path("digits", "guided")
+    if not path.exists():
+        return []
+    problem = load_problem("digits-cond")
+    student, config = load_score_model(path)
+    w_max = config["objective"]["guidance"][1]
+    grid = torch.tensor(config["sampling"]["times"], dtype=torch.float64)
+    labels = torch.arange(10).repeat_interleave(-(-n // 10))[:n]
+    rows = []
+    for w in GUIDANCE:
+        cfg = sd.ClassifierFreeGuidance(problem.model, w, 10)
+        runs = {
+            "guided student, ddim": (GuidedStudent(student, w, w_max), "ddim", grid),
+            "teacher CFG, heun 25": (cfg, "heun", sd.timesteps(problem.sde, 25, "karras")),
+            "teacher CFG, dpmpp_2m 4": (
+                cfg,
+                "dpmpp_2m",
+                sd.timesteps(problem.sde, 4, "logsnr", to_zero=True),
+            ),
+        }
+        for who, (model, solver, times) in runs.items():
+            x, nfe, passes = run_grid(model, problem, n, solver, times, cond=labels)
+            rows.append(
+                {
+                    "w": w,
+                    "who": who,
+                    "nfe": nfe,
+                    "passes": passes,
+                    "quality": score(problem, x),
+                    "accuracy": class_accuracy(x.clamp(-1, 1), labels),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def picture() -> None:
+    """A row of digits per student at its fewest steps (and the teacher at 50 NFE)."""
+    problem = load_problem("digits")
+    rows = []
+    with torch.no_grad():
+        rows.append(
+            run_grid(problem.model, problem, 12, "heun", sd.timesteps(problem.sde, 25, "karras"))[0]
+        )
+        prog = student_path("digits", "progressive")
+        for k in (4, 5, 6):
+            model, config = load_score_model(prog.with_name(f"{prog.stem}.round{k}{prog.suffix}"))
+            rows.append(
+                run_grid(model, problem, 12, "ddim", torch.tensor(config["sampling"]["times"]))[0]
+            )
+        for method in ("consistency distillation", "consistency training"):
+            model, _ = load_score_model(student_path("digits", method))
+            grid = torch.tensor(consistency_times(problem.sde, 1))
+            rows.append(run_grid(model, problem, 12, "consistency", grid)[0])
+    save_image_grid(torch.cat(rows), RESULTS / "distillation_samples.png", columns=12)
+
+
+def markdown(payload: dict) -> str:
+    text = ""
+    for name in ("digits", "moons"):
+        rows = [r for r in payload["rows"] if r["problem"] == name]
+        if not rows:
+            continue
+        metric = "digits-FID" if name == "digits" else "sliced W2"
+        ref = next(r for r in rows if r.get("reference"))
+        text += f"### {name}: {metric} at equal NFE (teacher at {ref['nfe']} NFE: "
+        text += f"{ref['quality']:.3g})\n\n"
+        header = ["who", *(f"NFE {n}" for n in NFES)]
+        lines = []
+        for method in ("progressive", "consistency distillation", "consistency training"):
+            found = {r["nfe"]: r["quality"] for r in rows if r["method"] == method}
+            if found:
+                lines.append([f"student: {method}", *(found.get(n, float("nan")) for n in NFES)])
+        best = []
+        for n in NFES:
+            teacher = [
+                r
+                for r in rows
+                if r["who"] == "teacher" and r["nfe"] == n and not r.get("reference")
+            ]
+            best.append(min(teacher, key=lambda r: r["quality"]) if teacher else None)
+        lines.append(
+            ["teacher, best solver and grid", *(b["quality"] if b else float("nan") for b in best)]
+        )
+        lines.append(
+            ["(that solver, grid)", *(f"{b['method']}, {b['grid']}" if b else "–" for b in best)]
+        )
+        text += table(header, lines) + "\n"
+    cost = payload["costs"]
+    if cost:
+        text += "### Training cost\n\n"
+        text += (
+            table(
+                [
+                    "problem",
+                    "method",
+                    "runs",
+                    "steps",
+                    "seconds",
+                    "teacher evals / sample",
+                    "teacher evals",
+                ],
+                [
+                    [
+                        c["problem"],
+                        c["method"],
+                        c["runs"],
+                        c["steps"],
+                        c["seconds"],
+                        c["teacher_evaluations_per_sample"],
+                        c["teacher_evaluations"],
+                    ]
+                    for c in cost
+                ],
+            )
+            + "\n"
+        )
+    guided = payload["guided"]
+    if guided:
+        text += "### Guided student (digits-cond, 1000 samples, 100 of each class)\n\n"
+        text += table(
+            ["w", "who", "NFE", "network passes", "digits-FID", "class accuracy"],
+            [
+                [r["w"], r["who"], r["nfe"], r["passes"], r["quality"], r["accuracy"]]
+                for r in guided
+            ],
+        )
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--train", action="store_true", help="train the missing students")
+    parser.add_argument("--quick", action="store_true", help="small runs, few samples")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    if args.train:
+        train(args.quick)
+        return
+    rows = []
+    for name in ("moons", "digits"):
+        problem = load_problem(name)
+        n = 256 if args.quick else SAMPLES[name]
+        rows += student_rows(problem, name, n)
+        rows += teacher_rows(problem, name, n, args.quick)
+    payload = {
+        "rows": rows,
+        "costs": costs("moons", args.quick) + costs("digits", args.quick),
+        "guided": guided_rows(200 if args.quick else 1000),
+    }
+    write_results(
+        "distillation_quick" if args.quick else "distillation", payload, markdown(payload)
+    )
+    if not args.quick:
+        picture()
+    print((RESULTS / "distillation.md").read_text())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
