@@ -40,6 +40,12 @@ from .train import run_trainer
 METHODS = ("progressive", "guided", "consistency")
 DEFAULT_STEPS = {"progressive": 4, "guided": 4, "consistency": 1}
 DEFAULT_TEACHER_STEPS = {"progressive": 64, "guided": 64, "consistency": 80}
+METHOD_OPTIONS = {  # options that mean something to some methods only
+    "schedule": ("progressive", "guided"),
+    "guidance": ("guided",),
+    "metric": ("consistency",),
+    "target_ema": ("consistency",),
+}
 
 
 def round_path(out: Path, index: int) -> Path:
@@ -225,6 +231,14 @@ def distill(
             out = resume
     if teacher is None:
         raise click.UsageError("name the model to distil with --teacher (or --resume a run)")
+    ctx = click.get_current_context()
+    for option, methods in METHOD_OPTIONS.items():
+        given = ctx.get_parameter_source(option).name not in ("DEFAULT", "DEFAULT_MAP")
+        if given and method not in methods:
+            raise click.BadParameter(
+                f"applies to --method {' or '.join(methods)}, not {method}",
+                param_hint="--" + option.replace("_", "-"),
+            )
     writable_output(out, suffixes=(".safetensors",))
     steps = steps or DEFAULT_STEPS[method]
     teacher_steps = teacher_steps or DEFAULT_TEACHER_STEPS[method]

@@ -12,7 +12,7 @@ from sde_diffusion.pretrained import available, pretrained_path
 from sde_diffusion.training import load_score_model
 from sde_diffusion.training.checkpoint import load_checkpoint, prefixed
 
-from .common import console, friendly_errors
+from .common import console, friendly_errors, plural
 
 
 @click.command()
@@ -58,6 +58,14 @@ def info(checkpoint: str, as_json: bool) -> None:
         f"{train.get('ema_decay')}",
         "resumable": "yes" if prefixed(tensors, "optim") else "no (weights only)",
     }
+    objective, sampling = config.get("objective"), config.get("sampling")
+    if objective and sampling:  # a student: what it learned from, how it samples
+        steps = len(sampling["times"]) - 1
+        teacher = f" of {objective['teacher']}" if "teacher" in objective else " (no teacher)"
+        rows["student"] = (
+            f"{objective['method']}{teacher}; samples with {sampling['solver']}, "
+            f"{steps} {plural(steps, 'step')} on its own times"
+        )
     for key, value in rows.items():
         table.add_row(key, value)
     console.print(table)

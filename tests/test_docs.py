@@ -71,6 +71,8 @@ QUICK = {
     "--max-evaluations": 10,
     "--snapshot-every": 2,
     "--eval-every": 2,
+    "--train-steps": 2,
+    "--teacher-steps": 8,
 }
 
 
@@ -98,6 +100,9 @@ def quick(args: list[str]) -> list[str]:
     out = list(args)
     if out[0] == "train" and "--steps" not in out and "--resume" not in out:
         out += ["--steps", str(QUICK["--steps"])]  # instead of the default 2000
+    if out[0] == "distill" and "--resume" not in out:  # instead of 2000 steps a round
+        out += [f for flag in ("--train-steps", "--teacher-steps") if flag not in out
+                for f in (flag, str(QUICK[flag]))]  # fmt: skip
     if out[0] == "tune":  # instead of 256 draws and 300 solves
         out += [f for flag in ("--samples", "--max-evaluations") if flag not in out
                 for f in (flag, str(QUICK[flag]))]  # fmt: skip

@@ -137,6 +137,8 @@ BASE = {
     "bench": "--model gmm8 --solvers euler --nfe 4 -n 8 --out b.json",
     "likelihood": "--model gmm8 -n 4 --batch-size 4 --estimator ode --solver euler --steps 4",
     "solvers": "",
+    "distill": "--teacher moons --steps 2 --teacher-steps 4 --train-steps 2 --batch-size 8 "
+    "--checkpoint-every 1 --out s.safetensors",
 }
 OPTIONS = {
     name: [p for p in main.commands[name].params if isinstance(p, click.Option)] for name in BASE

@@ -13,6 +13,7 @@ from sdediff_cli.main import main
 import sde_diffusion as sd
 from sde_diffusion.networks import ResidualMLP
 from sde_diffusion.parametrization import ScoreModel
+from sde_diffusion.pretrained import load_pretrained
 from sde_diffusion.training import TrainConfig, Trainer, load_data, load_score_model
 from sde_diffusion.training.checkpoint import load_checkpoint
 from sde_diffusion.training.consistency import (
@@ -210,7 +211,7 @@ def test_curriculum_levels_and_their_weights():
 @pytest.mark.parametrize("kind", ["progressive", "consistency-ema"])
 def test_a_student_run_resumes_as_if_uninterrupted(tmp_path, kind):
     data = load_data("moons", 2000)
-    teacher, _ = sd.pretrained.load_pretrained("moons")
+    teacher, _ = load_pretrained("moons")
     teacher.requires_grad_(False)
 
     def trainer():
@@ -424,6 +425,7 @@ def test_distill_guided_student_takes_w_in_one_pass(tmp_path):
         (("--teacher", "moons", "--steps", "4", "--teacher-steps", "12"), "power of two"),
         (("--teacher", "moons", "--method", "guided"), "unconditional"),
         (("--teacher", "moons", "--teacher-solver", "heun"), "DDIM"),
+        (("--teacher", "moons", "--metric", "l2"), "applies to --method consistency"),
         (
             (
                 "--teacher",
