@@ -3,6 +3,7 @@
     python benchmarks/distillation.py --train     # the students (sdediff commands below)
     python benchmarks/distillation.py             # score them: results/distillation.md
     python benchmarks/distillation.py --quick     # a short check of the script
+    python benchmarks/distillation.py --ship 4    # the 4-step student becomes digits-fast
 
 Students of the shipped ``digits`` and ``moons`` models: progressive distillation (64
 DDIM steps of the teacher halved round by round down to 1: the rounds' students sample in
@@ -24,7 +25,7 @@ import sys
 from pathlib import Path
 
 import torch
-from common import RESULTS, table, write_results
+from common import RESULTS, machine, table, write_results
 
 import sde_diffusion as sd
 from sde_diffusion.evaluation.benchmark import steps_for_nfe
@@ -362,6 +363,46 @@ def picture() -> None:
     save_image_grid(torch.cat(rows), RESULTS / "distillation_samples.png", columns=12)
 
 
+def ship(steps: int) -> None:
+    """Copy the progressive run's ``steps``-step digits student into the package as
+    ``digits-fast``, with its figures (digits-FID of 1000 samples, seed 0) in its .json."""
+    import shutil
+
+    from sde_diffusion.pretrained import __file__ as package
+
+    prog = student_path("digits", "progressive")
+    rounds = {
+        len(load_score_model(p)[1]["sampling"]["times"]) - 1: p
+        for p in sorted(prog.parent.glob(f"{prog.stem}.round*{prog.suffix}"))
+    }
+    path = rounds[steps]
+    model, config = load_score_model(path)
+    problem = load_problem("digits")
+    grid = torch.tensor(config["sampling"]["times"], dtype=torch.float64)
+    x, nfe, _ = run_grid(model, problem, SAMPLES["digits"], "ddim", grid)
+    k = int(config["objective"]["round"])
+    seconds = sum(
+        _wall(prog.with_name(f"{prog.stem}.round{i}{prog.suffix}")) for i in range(1, k + 1)
+    )
+    target = Path(package).parent / "digits-fast.safetensors"
+    shutil.copyfile(path, target)
+    figures = {
+        "teacher": "digits",
+        "method": "progressive",
+        "rounds": k,
+        "solver": "ddim",
+        "solver_steps": steps,
+        "nfe": nfe,
+        "fid_samples_test": score(problem, x),
+        "train_seconds": seconds,
+        "train_steps": k * config["train"]["steps"],
+        "command": " ".join(["sdediff", *commands("digits", False)["progressive"]]),
+        "machine": machine(),
+    }
+    target.with_suffix(".json").write_text(json.dumps(figures, indent=1))
+    print(json.dumps(figures, indent=1))
+
+
 def markdown(payload: dict) -> str:
     text = ""
     for name in ("digits", "moons"):
@@ -439,8 +480,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--train", action="store_true", help="train the missing students")
     parser.add_argument("--quick", action="store_true", help="small runs, few samples")
+    parser.add_argument("--ship", type=int, default=None, help="ship this student as digits-fast")
     args = parser.parse_args()
+    if args.quick:  # small students of their own, beside the real ones
+        global STUDENTS
+        STUDENTS = STUDENTS.with_name("students-quick")
     torch.set_num_threads(2)
+    if args.ship:
+        ship(args.ship)
+        return
     if args.train:
         train(args.quick)
         return

@@ -163,6 +163,27 @@ def test_two_processes_train_the_weights_of_one(runs):
 
 
 @pytest.mark.slow
+def test_two_processes_distil_the_student_of_one(tmp_path):
+    """Consistency distillation under torchrun: each rank solves the teacher's ODE steps of
+    its slice of the global batch; the student equals the one-process student to rounding."""
+    args = ["distill", "--teacher", "moons", "--method", "consistency", "--teacher-steps", "8",
+            "--train-steps", "6", "--batch-size", "64", "--target-ema", "0.9"]  # fmt: skip
+    two = sdediff(*args, "--out", "two/c.safetensors", cwd=tmp_path, ranks=2)
+    one = sdediff(*args, "--out", "one/c.safetensors", cwd=tmp_path)
+    for run in (two, one):
+        assert run.returncode == 0, run.stderr[-3000:]
+    kept = ("model/", "ema/", "objective/target/")  # the target network too
+    a, b = (
+        {k: v for k, v in load_checkpoint(tmp_path / f"{n}/c.safetensors")[0].items()
+         if k.startswith(kept)}
+        for n in ("two", "one")
+    )  # fmt: skip
+    assert a.keys() == b.keys() and any(k.startswith(kept[2]) for k in a)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
 def test_compiled_training_under_torchrun_follows_the_eager_run(runs, tmp_path):
     """``--compile`` on two processes (the DDP-wrapped network compiled): the weights of the
     one-process eager run, to the float rounding of Inductor's kernels."""
