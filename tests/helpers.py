@@ -73,3 +73,18 @@ def wait_until(proc: subprocess.Popen, ready: Callable[[], bool]) -> None:
     while not ready():
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.02)
+
+
+def run_in(folder, *args):
+    """``sdediff ARGS`` through click's test runner, in ``folder`` (relative paths there)."""
+    import os
+
+    from click.testing import CliRunner
+    from sdediff_cli.main import main
+
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        return CliRunner().invoke(main, [str(a) for a in args])
+    finally:
+        os.chdir(old)

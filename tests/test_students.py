@@ -3,12 +3,10 @@ training, checked against a Gaussian mixture's exact denoiser and PF-ODE; the co
 (`sdediff distill`, `train --method consistency-training`, sampling a student)."""
 
 import json
-import os
 
 import pytest
 import torch
-from click.testing import CliRunner
-from sdediff_cli.main import main
+from helpers import run_in
 
 import sde_diffusion as sd
 from sde_diffusion.networks import ResidualMLP
@@ -36,12 +34,7 @@ SDE = sd.VPSDE()
 
 
 def run(*args, cwd):
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        return CliRunner().invoke(main, [str(a) for a in args])
-    finally:
-        os.chdir(old)
+    return run_in(cwd, *args)
 
 
 def mixture_teacher():

@@ -8,9 +8,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import run_in
 from PIL import Image
-from sdediff_cli.main import main
 
 import sde_diffusion as sd
 from sde_diffusion.errors import ArgumentError
@@ -36,14 +35,7 @@ from sde_diffusion.training.posthoc_ema import (
 
 
 def run(*args, cwd):
-    import os
-
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        return CliRunner().invoke(main, [str(a) for a in args])
-    finally:
-        os.chdir(old)
+    return run_in(cwd, *args)
 
 
 def moons_trainer(**options) -> Trainer:
