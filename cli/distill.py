@@ -213,7 +213,16 @@ def distill(
     Progressive rounds leave their students as OUT.roundK.safetensors (with their logs).
     """
     settings = None
-    if resume is not None:  # the run's own settings, whatever the flags say
+    ctx = click.get_current_context()
+    if resume is not None:  # the run's own settings: a flag that would change them is an error
+        chosen = [p.name for p in ctx.command.params if p.name not in ("resume", "out", "device")
+                  and ctx.get_parameter_source(p.name).name == "COMMANDLINE"]  # fmt: skip
+        if chosen:
+            raise click.BadParameter(
+                f"--resume continues a run with its own settings; drop "
+                f"--{chosen[0].replace('_', '-')} (only --out and --device may change)",
+                param_hint="--resume",
+            )
         settings = resumed_settings(resume)
         record, train = settings["record"], settings["train"]
         teacher, method = record["teacher"], record["method"]
@@ -227,11 +236,10 @@ def distill(
             schedule, guidance = record["schedule"], ",".join(map(str, record.get("guidance", [])))
         train_steps, batch_size, lr = train["steps"], train["batch_size"], train["lr"]
         ema, seed, checkpoint_every = train["ema_decay"], train["seed"], train["checkpoint_every"]
-        if click.get_current_context().get_parameter_source("out").name == "DEFAULT":
+        if ctx.get_parameter_source("out").name == "DEFAULT":
             out = resume
     if teacher is None:
         raise click.UsageError("name the model to distil with --teacher (or --resume a run)")
-    ctx = click.get_current_context()
     for option, methods in METHOD_OPTIONS.items():
         given = ctx.get_parameter_source(option).name not in ("DEFAULT", "DEFAULT_MAP")
         if given and method not in methods:

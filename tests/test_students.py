@@ -321,6 +321,8 @@ def test_distill_resumes_an_interrupted_round(tmp_path, monkeypatch):
     assert res.exit_code != 0 and "continue with --resume" in res.output
     config = load_checkpoint(tmp_path / "b" / "s.safetensors")[1]
     assert (config["objective"]["round"], config["step"]) == (2, 2)
+    res = run("distill", "--resume", "s.safetensors", "--lr", "1", cwd=tmp_path / "b")
+    assert res.exit_code == 2 and "drop --lr" in res.output
     res = run("distill", "--resume", "s.safetensors", cwd=tmp_path / "b")
     assert res.exit_code == 0, res.output
     assert "resumed round 2/2" in res.output
