@@ -196,6 +196,7 @@ def teacher_rows(problem, name: str, n: int, quick: bool) -> list[dict]:
                         "method": solver,
                         "grid": grid_name,
                         "nfe": used,
+                        "budget": nfe,
                         "quality": score(problem, x),
                     }
                 )
@@ -424,7 +425,7 @@ def markdown(payload: dict) -> str:
             teacher = [
                 r
                 for r in rows
-                if r["who"] == "teacher" and r["nfe"] == n and not r.get("reference")
+                if r["who"] == "teacher" and r.get("budget") == n and not r.get("reference")
             ]
             best.append(min(teacher, key=lambda r: r["quality"]) if teacher else None)
         lines.append(

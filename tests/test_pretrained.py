@@ -113,6 +113,23 @@ def test_shipped_digits_model_meets_its_quality_bar():
     assert config["metrics"]["nfe"] == res.nfe == 50
 
 
+def test_shipped_fast_student_samples_in_its_few_steps_to_the_digits_bar():
+    """digits-fast: its own solver and times from its metadata, NFE = its steps, and the
+    digits model's bar (digits-FID within 3x the train/test FID) in those few steps."""
+    from sde_diffusion.evaluation.digits_eval import digits_fid
+    from sde_diffusion.training.data import digits
+
+    model, config = load_pretrained("digits-fast")
+    sampling = config["sampling"]
+    grid = torch.tensor(sampling["times"], dtype=torch.float64)
+    with torch.no_grad():
+        res = sd.sample(model, model.sde, (1000, 1, 8, 8), sampling["solver"], grid=grid, seed=1)
+    assert res.nfe == len(grid) - 1 == config["metrics"]["nfe"] <= 4
+    floor = digits_fid(digits("train").x, digits("test").x)
+    assert digits_fid(res.x.clamp(-1, 1), digits("test").x) < 3 * floor
+    assert config["objective"]["teacher"] == "digits"
+
+
 @pytest.mark.parametrize(("name", "event"), [("moons", (2,)), ("digits", (1, 8, 8))])
 def test_trained_networks_repeat_bit_for_bit_and_agree_across_batch_sizes(name, event):
     """What the README claims: the same seed and batch size give identical samples;
