@@ -21,7 +21,8 @@ from .common import console, friendly_errors, plural
 def info(checkpoint: str, as_json: bool) -> None:
     """Show a checkpoint's config, SDE, parameter count and training steps.
 
-    CHECKPOINT is a .safetensors path or a shipped model name (digits, digits-cond, moons).
+    CHECKPOINT is a .safetensors path or a shipped model name (digits, digits-fast,
+    digits-cond, moons).
 
     \b
     Example:

@@ -59,8 +59,8 @@ def model_option(default: str | None = "digits"):
         default=default,
         show_default=default is not None,
         required=default is None,
-        help="A checkpoint path, a shipped model (digits, digits-cond, moons) or an analytic "
-        "problem (gmm8: the 2-D eight-Gaussians ring, gmm64: a 64-D mixture).",
+        help="A checkpoint path, a shipped model (digits, digits-fast, digits-cond, moons) or "
+        "an analytic problem (gmm8: the 2-D eight-Gaussians ring, gmm64: a 64-D mixture).",
     )
 
 

@@ -4,7 +4,10 @@
 ``python benchmarks/train_toy_model.py``.  ``digits``: a small U-Net on sklearn's 8x8
 digits, trained by ``python benchmarks/train_digits_model.py --steps 5000``.
 ``digits-cond``: the same U-Net, class-conditional with a null label (condition dropout
-0.1), trained by ``python benchmarks/train_digits_model.py --conditional``.  Their metrics are in
+0.1), trained by ``python benchmarks/train_digits_model.py --conditional``.
+``digits-fast``: a few-step student of ``digits`` (progressive distillation; its metadata
+names the DDIM grid it samples on), made by ``python benchmarks/distillation.py --train``
+then ``--ship STEPS``.  Their metrics are in
 ``<name>.json`` and ``docs/benchmarks.md``.  ``digits_classifier.safetensors`` is the
 evaluator behind digits-FID (``python benchmarks/train_digits_classifier.py``).
 """
