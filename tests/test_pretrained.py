@@ -113,20 +113,27 @@ def test_shipped_digits_model_meets_its_quality_bar():
     assert config["metrics"]["nfe"] == res.nfe == 50
 
 
-def test_shipped_fast_student_samples_in_its_few_steps_to_the_digits_bar():
-    """digits-fast: its own solver and times from its metadata, NFE = its steps, and the
-    digits model's bar (digits-FID within 3x the train/test FID) in those few steps."""
-    from sde_diffusion.evaluation.digits_eval import digits_fid
+def test_shipped_fast_student_beats_its_teacher_at_its_nfe():
+    """digits-fast: its own solver and times from its metadata, NFE = its steps; its
+    digits are legible (>= 85 % judged with confidence) and its digits-FID is under half the
+    teacher's at the same NFE (DPM-Solver++(2M), log-SNR grid: the teacher's best standard
+    configuration at 2 NFE in benchmarks/distillation.py), from the same seed."""
+    from sde_diffusion.evaluation.digits_eval import confident_fraction, digits_fid
     from sde_diffusion.training.data import digits
 
     model, config = load_pretrained("digits-fast")
+    teacher, _ = load_pretrained("digits")
     sampling = config["sampling"]
     grid = torch.tensor(sampling["times"], dtype=torch.float64)
+    shape, test = (1000, 1, 8, 8), digits("test").x
     with torch.no_grad():
-        res = sd.sample(model, model.sde, (1000, 1, 8, 8), sampling["solver"], grid=grid, seed=1)
-    assert res.nfe == len(grid) - 1 == config["metrics"]["nfe"] <= 4
-    floor = digits_fid(digits("train").x, digits("test").x)
-    assert digits_fid(res.x.clamp(-1, 1), digits("test").x) < 3 * floor
+        res = sd.sample(model, model.sde, shape, sampling["solver"], grid=grid, seed=1)
+        nfe = res.nfe
+        base = sd.sample(teacher, teacher.sde, shape, "dpmpp_2m", nfe, schedule="logsnr", seed=1)
+    assert nfe == len(grid) - 1 == config["metrics"]["nfe"] == base.nfe <= 4
+    student = res.x.clamp(-1, 1)
+    assert confident_fraction(student) >= 0.85
+    assert digits_fid(student, test) < 0.5 * digits_fid(base.x.clamp(-1, 1), test)
     assert config["objective"]["teacher"] == "digits"
 
 
