@@ -15,7 +15,7 @@ from sde_diffusion.solvers.registry import get_solver
 from sde_diffusion.timesteps import SCHEDULES
 from sde_diffusion.training import TrainConfig, Trainer, load_data, load_score_model
 from sde_diffusion.training.checkpoint import CheckpointError, load_checkpoint
-from sde_diffusion.training.consistency import METRICS, ConsistencyObjective
+from sde_diffusion.training.consistency import LEVEL_WEIGHTS, METRICS, ConsistencyObjective
 from sde_diffusion.training.distillation import (
     GuidanceDistillation,
     ProgressiveDistillation,
@@ -45,6 +45,7 @@ METHOD_OPTIONS = {  # options that mean something to some methods only
     "guidance": ("guided",),
     "metric": ("consistency",),
     "target_ema": ("consistency",),
+    "level_weights": ("consistency",),
 }
 
 
@@ -150,6 +151,14 @@ def resumed_settings(path: Path) -> dict:
     help="consistency: the distance between the two predictions.",
 )
 @click.option(
+    "--level-weights",
+    type=click.Choice(LEVEL_WEIGHTS),
+    default="lognormal",
+    show_default=True,
+    help="consistency: how the noise level of each sample is drawn (iCT's log-normal, or "
+    "uniformly over the levels as the first consistency models did).",
+)
+@click.option(
     "--target-ema",
     type=click.FloatRange(0, 1, max_open=True),
     callback=finite,
@@ -197,7 +206,8 @@ def resumed_settings(path: Path) -> dict:
 @device_option
 def distill(
     teacher, method, steps, teacher_steps, teacher_solver, schedule, guidance, metric,
-    target_ema, train_steps, batch_size, lr, ema, checkpoint_every, out, resume, seed, device,
+    level_weights, target_ema, train_steps, batch_size, lr, ema, checkpoint_every, out, resume,
+    seed, device,
 ):  # fmt: skip
     """Train a student that samples in few steps from a score model.
 
@@ -230,6 +240,7 @@ def distill(
             method, steps, teacher_steps = "consistency", record["sampling_steps"], record["s1"]
             teacher_solver, metric = record["teacher_solver"], record["metric"]
             target_ema = record["target_ema"]
+            level_weights = record.get("level_weights", "lognormal")
         else:
             method = "guided" if "guidance" in record else "progressive"
             steps, teacher_steps = record["student_steps"], record["teacher_steps"]
@@ -294,7 +305,8 @@ def distill(
         )
         plan = Plan(model, teacher, data, train, out, resume is not None)
         if method == "consistency":
-            plan.consistency(steps, teacher_steps, teacher_solver, metric, target_ema)
+            plan.consistency(steps, teacher_steps, teacher_solver, metric, level_weights,
+                             target_ema)  # fmt: skip
         else:
             record = {"student_steps": steps, "teacher_steps": teacher_steps, "schedule": schedule}
             start = int(settings["record"]["round"]) if settings else None
@@ -321,7 +333,7 @@ class Plan:
         run_trainer(trainer, self.out)
         return trainer
 
-    def consistency(self, steps, teacher_steps, solver, metric, target_ema) -> None:
+    def consistency(self, steps, teacher_steps, solver, metric, weights, target_ema) -> None:
         student = student_of(self.teacher, parametrization="consistency")
         objective = ConsistencyObjective(
             student,
@@ -331,6 +343,7 @@ class Plan:
             s0=min(10, teacher_steps),
             s1=teacher_steps,
             metric=metric,
+            level_weights=weights,
             target_ema=target_ema,
             sampling_steps=steps,
             record={"teacher": self.name, "sampling_steps": steps},

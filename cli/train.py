@@ -21,7 +21,7 @@ from sde_diffusion.sdes import sde_names
 from sde_diffusion.training import NonFiniteLossError, TrainConfig, Trainer
 from sde_diffusion.training.building import NETWORKS, build_model
 from sde_diffusion.training.checkpoint import CheckpointError
-from sde_diffusion.training.consistency import ConsistencyObjective
+from sde_diffusion.training.consistency import LEVEL_WEIGHTS, ConsistencyObjective
 from sde_diffusion.training.data import load_data, split_held_out
 from sde_diffusion.training.log import curves_path, metrics_path
 from sde_diffusion.training.lora import LORA_TARGETS, add_lora, weights_hash
@@ -243,6 +243,14 @@ def resume_defaults(ctx: click.Context, param: click.Parameter, path: Path | Non
     "over the run.",
 )
 @click.option(
+    "--level-weights",
+    type=click.Choice(LEVEL_WEIGHTS),
+    default="lognormal",
+    show_default=True,
+    help="consistency-training: how each sample's noise level is drawn (iCT's log-normal or "
+    "uniform over the levels).",
+)
+@click.option(
     "--conditional",
     is_flag=True,
     help="Class-conditional on the data's labels (digits, 8gaussians), for guidance.",
@@ -386,6 +394,7 @@ def train(
     loss_weighting,
     method,
     levels,
+    level_weights,
     conditional,
     cond_drop,
     steps,
@@ -512,7 +521,9 @@ def train(
         objective = None
         if method == "consistency-training":
             s0, s1 = parse_levels(levels)
-            objective = ConsistencyObjective(model, steps, s0=s0, s1=s1)
+            objective = ConsistencyObjective(
+                model, steps, s0=s0, s1=s1, level_weights=level_weights
+            )
         trainer = Trainer(model, dataset, config, metric, objective)
         if resume is not None:
             trainer.resume(resume)

@@ -19,7 +19,8 @@ with ``x_{n+1} = alpha_{n+1} x_0 + sigma_{n+1} eps`` and
 stop-gradient copy, Song & Dhariwal 2023).  ``d`` is the squared L2 distance or iCT's
 pseudo-Huber ``sqrt(||x - y||^2 + c^2) - c`` with ``c = 0.00054 sqrt(dim)``.  The level
 count follows iCT's curriculum ``N(k) = min(s0 2^floor(k / K'), s1) + 1`` over the run's
-``K`` steps, and the level index is drawn with iCT's log-normal weights.  A batch uses
+``K`` steps, and the level index is drawn with iCT's log-normal weights (or uniformly,
+as the original consistency models draw it: ``level_weights="uniform"``).  A batch uses
 ``groups`` levels (each for a slice of the batch) so that the teacher's solver steps one
 grid per group.
 """
@@ -51,6 +52,7 @@ __all__ = [
 ]
 
 METRICS = ("pseudo-huber", "l2")
+LEVEL_WEIGHTS = ("lognormal", "uniform")
 
 
 def karras_levels(sde: SDE, count: int, rho: float = 7.0) -> tuple[Tensor, Tensor]:
@@ -114,12 +116,17 @@ class ConsistencyObjective(Objective):
         rho: float = 7.0,
         metric: str = "pseudo-huber",
         target_ema: float = 0.0,
+        level_weights: str = "lognormal",
         p_mean: float = -1.1,
         p_std: float = 2.0,
         groups: int = 8,
         sampling_steps: int = 1,
         record: dict[str, Any] | None = None,
     ):
+        if level_weights not in LEVEL_WEIGHTS:
+            raise ArgumentError(
+                f"unknown level weights {level_weights!r}; choose {', '.join(LEVEL_WEIGHTS)}"
+            )
         if metric not in METRICS:
             raise ArgumentError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
         if not (1 <= s0 <= s1) or not 0 <= target_ema < 1 or groups < 1 or total < 1:
@@ -137,6 +144,7 @@ class ConsistencyObjective(Objective):
         self.method = "consistency-distillation" if teacher is not None else "consistency-training"
         self.s0, self.s1, self.rho, self.metric = s0, s1, rho, metric
         self.p_mean, self.p_std, self.groups = p_mean, p_std, groups
+        self.level_weights = level_weights
         self.target_ema, self.sampling_steps = target_ema, sampling_steps
         self.record = dict(record or {})
         self.target = copy.deepcopy(student).requires_grad_(False) if target_ema else None
@@ -147,7 +155,11 @@ class ConsistencyObjective(Objective):
         count = curriculum(step, self.total, self.s0, self.s1)
         if count not in self._levels:
             nu, t = karras_levels(self.sde, count, self.rho)
-            self._levels[count] = (nu, t, level_probabilities(nu, self.p_mean, self.p_std))
+            if self.level_weights == "uniform":  # Song et al. 2023: every interval alike
+                probs = torch.full((count - 1,), 1 / (count - 1), dtype=torch.float64)
+            else:
+                probs = level_probabilities(nu, self.p_mean, self.p_std)
+            self._levels[count] = (nu, t, probs)
         return self._levels[count]
 
     def draw(self, size, generator, step, like):
@@ -224,6 +236,7 @@ class ConsistencyObjective(Objective):
     def config(self):
         settings = {"s0": self.s0, "s1": self.s1, "rho": self.rho, "metric": self.metric,
                     "target_ema": self.target_ema, "total": self.total,
+                    "level_weights": self.level_weights,
                     "sampling_steps": self.sampling_steps}  # fmt: skip
         if self.solver is not None:
             settings["teacher_solver"] = self.solver.name
