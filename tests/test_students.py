@@ -199,6 +199,11 @@ def test_curriculum_levels_and_their_weights():
     torch.testing.assert_close((-SDE.log_snr(t[1:-1])).exp(), nu[1:-1])
     probs = level_probabilities(nu)
     assert abs(float(probs.sum()) - 1) < 1e-12 and bool((probs > 0).all())
+    student = ScoreModel(ResidualMLP(2, width=8, depth=1, emb_dim=8), SDE, "consistency")
+    uniform = ConsistencyObjective(student, 100, s0=10, s1=10, level_weights="uniform")
+    torch.testing.assert_close(uniform.levels(0)[2], torch.full((10,), 0.1, dtype=torch.float64))
+    with pytest.raises(sd.ArgumentError, match="level weights"):
+        ConsistencyObjective(student, 100, level_weights="flat")
     times = consistency_times(SDE, 3)
     assert times[0] == SDE.T and times[-1] == 0.0 and len(times) == 4
     assert consistency_times(SDE, 1) == [SDE.T, 0.0]
