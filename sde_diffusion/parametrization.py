@@ -53,8 +53,8 @@ Parametrization = Literal["eps", "x0", "v", "score", "edm", "consistency"]
 Prediction = Literal["eps", "x0", "v", "score", "velocity"]
 PARAMETRIZATIONS = ("eps", "x0", "v", "score", "velocity", "edm", "consistency")
 PREDICTIONS = ("eps", "x0", "v", "score", "velocity")
-SKIP_PARAMETRIZATIONS = ("edm", "consistency")  # c_skip x + c_out F: they predict x0
 """What a model may declare it predicts (its ``prediction`` attribute)."""
+SKIP_PARAMETRIZATIONS = ("edm", "consistency")  # c_skip x + c_out F: they predict x0
 
 
 @dataclass(frozen=True)

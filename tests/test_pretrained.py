@@ -30,7 +30,8 @@ def test_shipped_moons_model_is_within_three_noise_floors():
 def test_unknown_pretrained_name():
     with pytest.raises(
         ValueError,
-        match="no shipped model 'cats'; available: digits, digits-cond, digits-cond-guide, moons",
+        match="no shipped model 'cats'; available: digits, digits-cond, digits-cond-guide, "
+        "digits-fast, moons",
     ):
         load_pretrained("cats")
 

@@ -44,7 +44,8 @@ def test_analytic_problem_takes_any_sde():
 
 def test_unknown_model_lists_the_names():
     with pytest.raises(
-        ProblemError, match="gmm8, gmm64, digits, digits-cond, digits-cond-guide, moons"
+        ProblemError,
+        match="gmm8, gmm64, digits, digits-cond, digits-cond-guide, digits-fast, moons",
     ):
         load_problem("nope")
 
