@@ -268,9 +268,8 @@ def distill(
             param_hint="--teacher-solver",
         )
     teacher_solver = teacher_solver or "heun"
-    if method == "consistency" and (get_solver(teacher_solver).stochastic or get_solver(
-        teacher_solver
-    ).adaptive):  # fmt: skip
+    step = get_solver(teacher_solver)
+    if method == "consistency" and (step.stochastic or step.adaptive):
         raise click.BadParameter(
             f"{teacher_solver} is not a deterministic fixed-grid solver; the teacher's ODE "
             "step needs one (heun, euler, dpmpp_2m, ...)",
