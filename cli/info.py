@@ -11,6 +11,7 @@ from rich.table import Table
 from sde_diffusion.pretrained import available, pretrained_path
 from sde_diffusion.training import load_score_model
 from sde_diffusion.training.checkpoint import load_checkpoint, prefixed
+from sde_diffusion.training.state import load_autoencoder
 
 from .common import console, friendly_errors, plural
 
@@ -19,7 +20,8 @@ from .common import console, friendly_errors, plural
 @click.argument("checkpoint")
 @click.option("--json", "as_json", is_flag=True, help="Print the full config as JSON.")
 def info(checkpoint: str, as_json: bool) -> None:
-    """Show a checkpoint's config, SDE, parameter count and training steps.
+    """Show a checkpoint's config, SDE, parameter count and training steps (an
+    autoencoder's: its latents, scale and reconstruction error).
 
     CHECKPOINT is a .safetensors path or a shipped model name (digits, digits-fast,
     digits-cond, moons).
@@ -32,9 +34,12 @@ def info(checkpoint: str, as_json: bool) -> None:
     if not path.exists():
         raise click.BadParameter(f"no checkpoint at {checkpoint}", param_hint="CHECKPOINT")
     with friendly_errors("reading the checkpoint"):
-        tensors, _ = load_checkpoint(path)
-        model, config = load_score_model(path)  # rebuilt: metadata must match the tensors
-        sde = model.sde
+        tensors, config = load_checkpoint(path)
+        if config.get("network", {}).get("type") == "autoencoder":
+            model, sde = load_autoencoder(path), None
+        else:
+            model, config = load_score_model(path)  # rebuilt: metadata must match the tensors
+            sde = model.sde
     if as_json:
         click.echo(json.dumps(config, indent=2))
         return
@@ -66,6 +71,21 @@ def info(checkpoint: str, as_json: bool) -> None:
         rows["student"] = (
             f"{objective['method']}{teacher}; samples with {sampling['solver']}, "
             f"{steps} {plural(steps, 'step')} on its own times"
+        )
+    if sde is None:  # an autoencoder: no SDE, its latents instead
+        shape = model.latent_shape(tuple(data.get("event_shape", (1, 8, 8))))
+        for key in ("SDE", "parametrization", "loss weighting"):
+            rows.pop(key)
+        rows["latents"] = (
+            f"{shape}, x{network['factor']} smaller; scale {network['latent_scale']:.4g}, "
+            f"shift {network['latent_shift']:.4g}; reconstruction MSE "
+            f"{config.get('reconstruction_mse', float('nan')):.4g} (model units)"
+        )
+    latent = data.get("latent")
+    if latent is not None:
+        rows["latent space"] = (
+            f"of the autoencoder {latent['autoencoder']} (looked for beside this file, then "
+            f"at {latent['autoencoder_path']}); decodes to images {tuple(latent['image_shape'])}"
         )
     for key, value in rows.items():
         table.add_row(key, value)

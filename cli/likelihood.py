@@ -26,6 +26,7 @@ from sde_diffusion.evaluation.likelihood import (
     nll_batched,
     pixel_range,
 )
+from sde_diffusion.latent import latent_model_of
 from sde_diffusion.training.data import load_data
 
 from .common import (
@@ -42,21 +43,29 @@ Z95 = 1.959964
 
 
 def _data(problem, spec: str | None, n: int, seed: int) -> tuple[torch.Tensor, dict]:
-    """Data in model units and its description (``levels`` for integer pixels)."""
+    """Data in model units and its description (``levels`` for integer pixels); a latent
+    model's data are encoded into its latent space (continuous: no ``levels``)."""
+    latent = latent_model_of(problem.model)
+    expected = tuple(problem.event_shape if latent is None else latent.image_shape)
     if spec is None:
         if problem.reference is None:
             raise click.UsageError("this model names no data set of its own; pass --data")
         x = problem.reference(n, seed)[:n]
         info = problem.config.get("data", {}) if problem.mixture is None else {}
-        return x, info
-    with friendly_errors("loading the data"):
-        dataset = load_data(spec, n, seed)
-    if tuple(dataset.x.shape[1:]) != tuple(problem.event_shape):
-        raise click.UsageError(
-            f"--data {spec} has events of shape {tuple(dataset.x.shape[1:])}; the model expects "
-            f"{tuple(problem.event_shape)}"
-        )
-    return dataset.x[:n], dataset.config()
+    else:
+        with friendly_errors("loading the data"):
+            dataset = load_data(spec, n, seed)
+        if tuple(dataset.x.shape[1:]) != expected:
+            raise click.UsageError(
+                f"--data {spec} has events of shape {tuple(dataset.x.shape[1:])}; the model "
+                f"expects {expected}"
+            )
+        x, info = dataset.x[:n], dataset.config()
+    if latent is not None:
+        with torch.no_grad():
+            x = latent.encode(x.to(next(latent.autoencoder.parameters())))
+        info = {k: v for k, v in info.items() if k != "levels"}
+    return x, info
 
 
 def _summary(values: torch.Tensor) -> tuple[float, float]:
@@ -243,3 +252,9 @@ def likelihood(
     console.print(table)
     kind = "dequantised integer data" if levels else "continuous density at t_min"
     console.print(f"± is a 95% interval over samples; bits/dim of the {kind}, D = {dim}.")
+    latent = latent_model_of(problem.model)
+    if latent is not None:
+        console.print(
+            f"In latent space: the density of the encoded latents {latent.latent_shape} (the "
+            f"autoencoder's posterior means), not of the images {latent.image_shape}."
+        )

@@ -12,6 +12,7 @@ from rich.table import Table
 import sde_diffusion as sd
 from sde_diffusion.evaluation.benchmark import fixed_grid
 
+from .autoencoder import train_autoencoder
 from .bench import bench
 from .common import console
 from .distill import distill
@@ -89,7 +90,10 @@ def solvers(kind: str | None) -> None:
     console.print(table)
 
 
-for command in (sample, restore, edit, train, distill, ema, tune, bench, likelihood, info_command):
+for command in (
+    sample, restore, edit, train, train_autoencoder, distill, ema, tune, bench, likelihood,
+    info_command,
+):  # fmt: skip
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def image_view(event: tuple[int, ...]) -> tuple[int, ...]:
 def read_inputs(problem, source: Path | None, count: int, seed: int) -> torch.Tensor:
     """``count`` inputs in model units: from an .npz's ``samples`` (data units), a folder of
     images, or (no ``--input``) held-out data."""
-    event = tuple(problem.event_shape)
+    event = tuple(problem.output_shape)
     if source is None:
         if problem.reference is None:
             raise click.UsageError(f"{problem.name} has no held-out data; give --input")
@@ -236,7 +236,7 @@ def restore(
     writable_output(out, suffixes=OUT_SUFFIXES)
     options = parse_options(method_options)
     problem, device = open_problem(model, sde, device, dtype)
-    event = image_view(tuple(problem.event_shape))
+    event = image_view(tuple(problem.output_shape))
     try:
         op = build_measurement(task, event, mask=mask, factor=factor, blur_std=blur_std, seed=seed)
     except sd.ArgumentError as err:
@@ -302,8 +302,8 @@ def restore(
 def _write(out, problem, op, obs, x, truth, event, settings, per: int) -> None:
     if out.suffix.lower() == ".npz":
         arrays = {
-            "samples": problem.to_data_units(x.reshape(-1, *problem.event_shape)).numpy(),
-            "truth": problem.to_data_units(truth.reshape(-1, *problem.event_shape)).numpy(),
+            "samples": problem.to_data_units(x.reshape(-1, *problem.output_shape)).numpy(),
+            "truth": problem.to_data_units(truth.reshape(-1, *problem.output_shape)).numpy(),
             "y": obs.y.numpy(),
             "settings": np.array(json.dumps(settings)),
         }

@@ -580,7 +580,7 @@ def check_output_size(problem, out: Path, num_samples: int) -> None:
             param_hint="--num-samples",
         )
     if out.suffix.lower() == ".npz":
-        need = num_samples * math.prod(problem.event_shape) * 4  # float32
+        need = num_samples * math.prod(problem.output_shape) * 4  # float32
         existing = out.parent  # the folder may not exist yet: ask the disk it will be on
         while not existing.exists():
             existing = existing.parent
@@ -599,7 +599,7 @@ def npz_output(problem, out: Path, num_samples: int) -> Iterator[NpzWriter | Non
     if out.suffix.lower() != ".npz" or rank_and_world()[0] != 0:
         yield None
         return
-    shape = (num_samples, *problem.event_shape)
+    shape = (num_samples, *problem.output_shape)
     with atomic_path(out) as tmp, NpzWriter(tmp, "samples", shape) as npz:
         yield npz
 

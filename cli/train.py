@@ -19,6 +19,7 @@ from sde_diffusion.plotting import save_samples
 from sde_diffusion.pretrained import available, pretrained_path
 from sde_diffusion.sdes import sde_names
 from sde_diffusion.training import NonFiniteLossError, TrainConfig, Trainer
+from sde_diffusion.training.autoencoding import encode_dataset
 from sde_diffusion.training.building import NETWORKS, build_model
 from sde_diffusion.training.checkpoint import CheckpointError
 from sde_diffusion.training.consistency import LEVEL_WEIGHTS, ConsistencyObjective
@@ -26,7 +27,12 @@ from sde_diffusion.training.data import load_data, split_held_out
 from sde_diffusion.training.log import curves_path, metrics_path
 from sde_diffusion.training.lora import LORA_TARGETS, add_lora, weights_hash
 from sde_diffusion.training.losses import WEIGHTINGS
-from sde_diffusion.training.state import load_score_model, run_settings
+from sde_diffusion.training.state import (
+    autoencoder_source,
+    load_autoencoder,
+    load_score_model,
+    run_settings,
+)
 from sde_diffusion.training.trainer import LR_SCHEDULES
 
 from .common import (
@@ -205,6 +211,13 @@ def resume_defaults(ctx: click.Context, param: click.Parameter, path: Path | Non
 )
 @click.option(
     "--data", default="moons", show_default=True, help="A toy name, digits, .npy/.npz or a folder."
+)
+@click.option(
+    "--latent",
+    type=SafePath(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Train in the latent space of this autoencoder (sdediff train-autoencoder): the "
+    "data are encoded once; the checkpoint names the autoencoder, so sampling decodes.",
 )
 @click.option(
     "--sde", type=click.Choice(sde_names()), default=model_default("sde"), show_default=True
@@ -387,6 +400,7 @@ def resume_defaults(ctx: click.Context, param: click.Parameter, path: Path | Non
 @speed_options
 def train(
     data,
+    latent,
     sde,
     network,
     width,
@@ -431,6 +445,7 @@ def train(
       sdediff train --data digits --conditional --cond-drop 0.1 --out runs/digits.safetensors
       sdediff train --data moons --ema posthoc --eval-every 500 --out runs/moons.safetensors
       sdediff train --resume-weights digits --lora-rank 4 --data threes.npz --steps 800
+      sdediff train --latent ae.safetensors --data digits32 --out runs/latent.safetensors
 
     Every run logs OUT.metrics.jsonl and draws OUT.curves.png beside the checkpoint.
     """
@@ -462,7 +477,8 @@ def train(
         )
     if resume is not None:
         given = {
-            "data": data, "sde": sde, "network": network, "width": width,
+            "data": data, "latent": None if latent is None else str(latent.resolve()),
+            "sde": sde, "network": network, "width": width,
             "parametrization": parametrization, "conditional": conditional,
         }  # fmt: skip
         check_resumed_model(resume, given)
@@ -477,6 +493,10 @@ def train(
     with friendly_errors("training"):
         dataset = load_data(data, 20000, seed)
         dataset.info["source"] = data  # what --resume loads again
+        autoencoder = None
+        if latent is not None:
+            autoencoder = latent_autoencoder(latent, dataset, device)
+            dataset = encode_dataset(dataset, autoencoder, autoencoder_source(latent))
         metric = quality_metric(dataset, seed=seed) if eval_every else None
         if eval_every and metric is None:  # user data: keep 5% unseen to score against
             dataset, held_out = split_held_out(dataset, HELD_OUT, seed)
@@ -543,6 +563,8 @@ def train(
 
         def on_samples(step: int, x: torch.Tensor) -> None:
             picture = out.with_name(f"{out.stem}_samples_{step:06d}.png")
+            if autoencoder is not None:
+                x = autoencoder.decode(x.to(device)).clamp(-1, 1)
             data_units = x if x.ndim == 4 else dataset.to_data_units(x)
             save_samples(data_units.float().cpu(), picture, f"step {step}")
 
@@ -600,6 +622,23 @@ def run_trainer(trainer: Trainer, out: Path, **options) -> list[dict[str, float]
             )
             raise SystemExit(TERMINATED)
     return history
+
+
+def latent_autoencoder(path: Path, dataset, device):
+    """The autoencoder ``--latent`` names, checked to take ``dataset``'s images."""
+    try:
+        autoencoder = load_autoencoder(path, device=device)
+    except CheckpointError as err:
+        raise click.BadParameter(str(err), param_hint="--latent") from None
+    shape, config = tuple(dataset.x.shape[1:]), autoencoder.config
+    f = config["factor"]
+    if len(shape) != 3 or shape[0] != config["in_channels"] or shape[1] % f or shape[2] % f:
+        raise click.BadParameter(
+            f"{path} encodes images ({config['in_channels']}, H, W) with H and W divisible by "
+            f"{f}; {dataset.name} holds {shape}",
+            param_hint="--latent",
+        )
+    return autoencoder
 
 
 def parse_levels(value: str) -> tuple[int, int]:

@@ -32,6 +32,7 @@ import torch._inductor
 from torch import Tensor, nn
 
 from .errors import ArgumentError
+from .latent import LatentModel
 from .models import as_model
 from .parametrization import ScoreModel
 
@@ -168,6 +169,9 @@ def accelerate(model: Any, compile: bool | str = False, precision: str = "fp32")
             return model
         fast = FastNetwork(model.net, compile, precision)
         return ScoreModel(fast, model.sde, model.parametrization, model.sigma_data)
+    if isinstance(model, LatentModel):  # the score model accelerated, the decoder as it is
+        fast = accelerate(model.model, compile, precision)
+        return LatentModel(fast, model.autoencoder, model.image_shape, model.latent_shape)
     inner = getattr(model, "model", None)
     if inner is not None and hasattr(model, "keep_unconditional"):  # guidance wrappers
         guided = copy.copy(model)

@@ -8,6 +8,9 @@
   ``class_labels``, and the prediction kind is the scheduler's ``prediction_type``.
 - :func:`scheduler_grid` is our time grid for the timesteps a diffusers scheduler
   visits after ``set_timesteps``, so our solvers can run on exactly its grid.
+- :class:`DiffusersAutoencoder` is a diffusers ``AutoencoderKL`` as a latent model's
+  autoencoder (:class:`~sde_diffusion.latent.LatentModel`): ``encode`` and ``decode`` in
+  the score model's units, through the VAE's ``scaling_factor`` and ``shift_factor``.
 - :func:`from_kdiffusion` turns a k-diffusion denoiser ``D(x, sigma, **extra)`` into
   ``(model, EDMSDE)``: ``sigma = t``, ``x0``-prediction.
 - :class:`DiffusersScheduler` runs our one-evaluation-per-step solvers as a
@@ -36,6 +39,7 @@ from .models import Cond, ConditionError
 from .sdes import EDMSDE, DiscreteVPSDE, RectifiedFlow, append_dims
 
 __all__ = [
+    "DiffusersAutoencoder",
     "DiffusersModel",
     "KDiffusionModel",
     "from_diffusers",
@@ -146,6 +150,36 @@ def from_diffusers(
         )
     sde, prediction = _schedule(scheduler)
     return DiffusersModel(unet, sde, prediction), sde
+
+
+class DiffusersAutoencoder(torch.nn.Module):
+    """A diffusers ``AutoencoderKL`` (or any VAE with ``encode(x).latent_dist`` and
+    ``decode(z).sample``) as a latent model's autoencoder.
+
+    ``encode(x) = (mean - shift_factor) * scaling_factor`` of the posterior (a sample with
+    ``generator``), ``decode(z) = vae.decode(z / scaling_factor + shift_factor)``: the
+    latents Stable Diffusion's UNets are trained on.
+    """
+
+    def __init__(self, vae: torch.nn.Module):
+        super().__init__()
+        config = getattr(vae, "config", None)
+        if config is None or not hasattr(vae, "encode") or not hasattr(vae, "decode"):
+            raise TypeError(f"vae must be a diffusers AutoencoderKL, got {type(vae).__name__}")
+        self.vae = vae
+        self.scaling_factor = float(getattr(config, "scaling_factor", None) or 1.0)
+        self.shift_factor = float(getattr(config, "shift_factor", None) or 0.0)
+
+    def encode(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Scaled latents of images ``x`` (in ``[-1, 1]``)."""
+        posterior = self.vae.encode(x.to(self.vae.dtype)).latent_dist
+        z = posterior.mean if generator is None else posterior.sample(generator=generator)
+        return ((z - self.shift_factor) * self.scaling_factor).to(x.dtype)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Images (in ``[-1, 1]``) of scaled latents ``z``."""
+        raw = z / self.scaling_factor + self.shift_factor
+        return self.vae.decode(raw.to(self.vae.dtype), return_dict=False)[0].to(z.dtype)
 
 
 def _final_time(scheduler: Any, sde: DiscreteVPSDE) -> float:

@@ -23,6 +23,7 @@ from .acceleration import accelerate, compile_seconds
 from .devices import checked_device, checked_dtype
 from .distributed import map_batches, stream_batches, sum_over_ranks
 from .errors import ArgumentError, NonFiniteError
+from .latent import latent_model_of
 from .loop import StepHook, integrate
 from .models import Cond, slice_cond
 from .noise import GeneratorNoise, NoiseSource, PerSampleNoise, seeded_generator
@@ -90,6 +91,7 @@ class SampleResult:
     options: dict[str, Any] = field(default_factory=dict)
     batches: int = 1
     compile_time: float = 0.0
+    latent: Tensor | None = None
 
     @property
     def sampling_time(self) -> float:
@@ -239,6 +241,7 @@ def sample(
     sink: Callable[[int, int, Tensor], None] | None = None,
     compile: bool | str = False,
     precision: str = "fp32",
+    decode: bool = True,
     **options: Any,
 ) -> SampleResult:
     """Draw ``x_T`` from the prior and solve down to the data side: in one batch, or in
@@ -269,6 +272,11 @@ def sample(
     rows)`` in global order as it arrives and keeps nothing (``x = None``): memory holds a
     batch per rank, whatever ``shape[0]``.  ``compile`` and ``precision``: see :func:`solve`
     (the network compiles once, for the first batch; ``res.compile_time`` says how long).
+
+    A latent model (:class:`~sde_diffusion.latent.LatentModel`, or a guidance wrapper of
+    one) samples ``shape`` in its latent space (``(B, *model.latent_shape)``) and ``x`` is
+    the decoded images (``res.latent`` the latents in one batch); ``decode=False`` returns
+    the latents as ``x``.
     """
     device, dtype = checked_device(device), checked_dtype(dtype)
     shape = _sample_shape(shape)
@@ -276,6 +284,7 @@ def sample(
         isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63
     ):
         raise ArgumentError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    latent = latent_model_of(model) if decode else None
     model = accelerate(model, compile, precision)
     solver = _resolve(solver, options)
     steps = default_steps(solver) if steps is None else steps
@@ -290,6 +299,7 @@ def sample(
         dtype=dtype,
         denoise=denoise,
         callback=callback,
+        decoder=None if latent is None else latent.decode,
     )
     if batch_size is None and sink is None and on_batch is None:
         if noise is None and generator is None:
@@ -311,15 +321,16 @@ def sample(
 
 def _sample_once(
     model, sde, shape, cond, noise, generator, return_trajectory, *, solver, ts, device, dtype,
-    denoise, callback,
+    denoise, callback, decoder,
 ) -> SampleResult:  # fmt: skip
-    """One batch: ``x_T`` from ``noise`` or ``generator``, then :func:`solve`."""
+    """One batch: ``x_T`` from ``noise`` or ``generator``, then :func:`solve` (and the
+    latent model's ``decoder``)."""
     if noise is None:
         noise = GeneratorNoise(generator)
         x_T = sde.prior_sample(tuple(shape), generator=generator, device=device, dtype=dtype)
     else:
         x_T = noise.fresh(torch.empty(tuple(shape), device=device, dtype=dtype)) * sde.prior_std
-    return solve(
+    res = solve(
         model,
         sde,
         x_T,
@@ -331,6 +342,11 @@ def _sample_once(
         denoise=denoise,
         return_trajectory=return_trajectory,
     )
+    if decoder is not None:
+        start = time.perf_counter()
+        res.latent, res.x = res.x, decoder(res.x)
+        res.wall_time += time.perf_counter() - start
+    return res
 
 
 def _sample_in_batches(

@@ -22,12 +22,13 @@ from torch import Tensor
 
 from ..analytic import GaussianMixture, eight_gaussians, high_dim_mixture
 from ..errors import ArgumentError
+from ..latent import latent_model_of
 from ..noise import seeded_generator
 from ..pretrained import available, load_pretrained
 from ..reverse import ScoreFn
 from ..sdes import SDE, build_sde, sde_names
 from ..training.checkpoint import CheckpointError
-from ..training.data import TOY_DATASETS, digits, toy_2d
+from ..training.data import TOY_DATASETS, digits, digits32, digits32_to_8, toy_2d
 from ..training.state import load_score_model
 from .digits_eval import digits_fid
 from .metrics import sliced_wasserstein
@@ -77,8 +78,17 @@ class Problem:
         return names
 
     @property
+    def output_shape(self) -> tuple[int, ...]:
+        """The shape of one sample as sampling returns it: the event, or a latent model's
+        decoded image (its ``event_shape`` is the latent's)."""
+        latent = latent_model_of(self.model)
+        return tuple(self.event_shape if latent is None else latent.image_shape)
+
+    @property
     def is_digits(self) -> bool:
-        return tuple(self.event_shape) == (1, 8, 8)
+        """8x8 digits, or the 32x32 digits (judged mapped back to 8x8)."""
+        name = self.config.get("data", {}).get("name")
+        return tuple(self.event_shape) == (1, 8, 8) or name == "digits32"
 
     @property
     def metric_name(self) -> str:
@@ -92,7 +102,8 @@ class Problem:
         real = self.reference(len(x), seed + 1)
         x = x.detach().float().cpu()
         if self.is_digits:
-            return digits_fid(x.clamp(-1, 1), real)
+            small = [digits32_to_8(v) if v.shape[-1] == 32 else v for v in (x.clamp(-1, 1), real)]
+            return digits_fid(*small)
         generator = seeded_generator(seed)
         return sliced_wasserstein(x.flatten(1), real.flatten(1).float(), generator=generator)
 
@@ -118,8 +129,8 @@ def _analytic(name: str, sde_name: str) -> Problem:
 def _reference_data(data: dict[str, Any]) -> Callable[[int, int], Tensor] | None:
 
     name = data.get("name")
-    if name == "digits":
-        test = digits("test").x
+    if name in ("digits", "digits32"):
+        test = (digits if name == "digits" else digits32)("test").x
         return lambda n, seed: test
     if name in TOY_DATASETS:
         scale, shift = data.get("scale", 1.0), data.get("shift", 0.0)

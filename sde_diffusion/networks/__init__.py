@@ -1,4 +1,4 @@
-"""Score networks: noise embeddings, a residual MLP and a small U-Net."""
+"""Networks: noise embeddings, a residual MLP, a small U-Net and a KL autoencoder."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from typing import Any
 from torch import nn
 
 from ..errors import ArgumentError
+from .autoencoder import Autoencoder
 from .embeddings import GaussianFourierFeatures, NoiseEmbedding, SinusoidalEmbedding
 from .mlp import ResidualMLP
 from .unet import UNet
 
 __all__ = [
+    "Autoencoder",
     "GaussianFourierFeatures",
     "NoiseEmbedding",
     "ResidualMLP",
@@ -20,7 +22,7 @@ __all__ = [
     "build_network",
 ]
 
-_NETWORKS = {"mlp": ResidualMLP, "unet": UNet}
+_NETWORKS = {"mlp": ResidualMLP, "unet": UNet, "autoencoder": Autoencoder}
 
 
 def build_network(config: dict[str, Any]) -> nn.Module:

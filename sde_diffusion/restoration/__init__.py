@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..devices import checked_dtype
 from ..errors import ArgumentError
+from ..latent import DecodedMeasurement, latent_model_of
 from ..measurements import Measurement
 from ..models import Cond
 from ..noise import seeded_generator
@@ -121,9 +122,15 @@ def restore(
     ``solver`` (a registry name or a ``Solver``) runs methods that take one; by default
     each method's own choice.  ``res.nfe`` counts model calls and ``res.network_passes``
     forward and backward passes (a vector–Jacobian product costs two).  No autograd graph
-    is kept: the result does not require a gradient.
+    is kept: the result does not require a gradient.  On a latent model
+    (:class:`~sde_diffusion.latent.LatentModel`) ``measurement`` measures images, the method
+    runs on latents through :class:`~sde_diffusion.latent.DecodedMeasurement` (``dps``: the
+    others need a linear operator) and ``x`` is the decoded images (``latent`` the latents).
     """
     method = get_method(method, **options)
+    latent = latent_model_of(model)
+    if latent is not None:  # the methods run on latents, measured through the decoder
+        measurement = DecodedMeasurement(measurement, latent)
     obs = Observation(measurement, y, sigma_y)
     dtype = checked_dtype(dtype)
     solver = _solver_for(method, solver)
@@ -140,4 +147,7 @@ def restore(
                 f"here ({err}); dps needs none"
             ) from None
     with torch.no_grad():  # methods that need a gradient ask for it themselves
-        return method.run(model, sde, obs, x_T, grid, solver, generator, cond)
+        res = method.run(model, sde, obs, x_T, grid, solver, generator, cond)
+        if latent is not None:
+            res.latent, res.x = res.x, latent.decode(res.x)
+    return res

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..analytic import eight_gaussians
@@ -24,6 +25,8 @@ __all__ = [
     "Dataset",
     "UnknownDataError",
     "digits",
+    "digits32",
+    "digits32_to_8",
     "labelled_8gaussians",
     "load_data",
     "split_held_out",
@@ -146,6 +149,26 @@ def digits(split: str = "train", test_fraction: float = 0.2, seed: int = 0) -> D
     )
 
 
+def digits32(split: str = "train") -> Dataset:
+    """The 8x8 digits upsampled to 32x32, ``(N, 1, 32, 32)`` in the same units (``[-1, 1]``,
+    data units ``[0, 16]``): ``F.interpolate(x, size=32, mode="bilinear",
+    align_corners=False)``, fixed.  :func:`digits32_to_8` maps samples back for the judge."""
+    small = digits(split)
+    x = F.interpolate(small.x, size=32, mode="bilinear", align_corners=False)
+    info = {**small.info, "upsampled": "bilinear 8->32 (align_corners=False)"}
+    return Dataset(x, small.labels, "digits32", small.scale, small.shift, info)
+
+
+def digits32_to_8(x: Tensor) -> Tensor:
+    """32x32 digits back to 8x8 for the 8x8 judge: the least-squares inverse of the
+    upsampling, ``P x P^T`` with ``P`` the pseudo-inverse of its 1-D ``(32, 8)`` matrix, so
+    the data set maps back exactly (a block mean would blur it)."""
+    basis = torch.eye(8, dtype=torch.float64)[:, None, :]
+    up = F.interpolate(basis, size=32, mode="linear", align_corners=False)[:, 0].T  # (32, 8)
+    p = torch.linalg.pinv(up).to(x)
+    return p @ x @ p.T
+
+
 def _checked(x: np.ndarray, source: str) -> Tensor:
     if x.dtype.kind not in "fiu":
         raise DataError(f"{source}: expected a numeric array, got dtype {x.dtype}")
@@ -204,11 +227,13 @@ def load_data(spec: str, n: int = 10000, seed: int = 0) -> Dataset:
         return Dataset(toy_2d(spec, n, seed), name=spec)
     if spec == "digits":
         return digits("train")
+    if spec == "digits32":
+        return digits32("train")
     path = Path(spec)
     if not spec.strip() or "\0" in spec or not path.exists():
         raise UnknownDataError(
             f"no data set {spec!r}: not a toy name ({', '.join(TOY_DATASETS)}), "
-            "not 'digits', and no such file or folder"
+            "not 'digits' or 'digits32', and no such file or folder"
         )
     if path.is_dir():
         return Dataset(

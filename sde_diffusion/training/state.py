@@ -14,6 +14,7 @@ the :class:`~sde_diffusion.training.TrainConfig` (``train``), the ``step``, Adam
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,9 +22,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ..latent import LatentModel
 from ..networks import build_network
+from ..networks.autoencoder import Autoencoder
 from ..parametrization import ScoreModel
 from ..sdes import sde_config, sde_from_config
+from .autoencoding import AutoencoderModel, measured_config
 from .checkpoint import CheckpointError, load_checkpoint, prefixed, save_checkpoint
 from .lora import add_lora, merge_lora, save_lora
 
@@ -34,6 +38,7 @@ __all__ = [
     "ema_weights",
     "export_lora",
     "export_model",
+    "load_autoencoder",
     "load_score_model",
     "load_training_state",
     "model_config",
@@ -48,6 +53,14 @@ _EMA_PREFIX = "module.net."  # where AveragedModel keeps the averaged network's 
 def model_config(trainer: Trainer) -> dict[str, Any]:
     """The metadata of a checkpoint: what rebuilds the model, the data and the run."""
     model = trainer.model
+    if isinstance(model, AutoencoderModel):  # the EMA autoencoder's latent statistics
+        measured = measured_config(trainer.ema.module.net, trainer._x)
+        return measured | {
+            "data": trainer.data.config(),
+            "train": asdict(trainer.config),
+            "step": trainer.step,
+            "objective": trainer.objective.config(),
+        }
     return (
         {
             "network": trainer.net.config,
@@ -164,6 +177,7 @@ def run_settings(path: str | Path) -> dict[str, Any]:
         net, data = config["network"], config["data"]
         return {
             "data": data.get("source", data["name"]),
+            "latent": data.get("latent", {}).get("autoencoder_path"),
             "sde": config["sde"]["type"],
             "network": net["type"],
             "width": net.get("width", net.get("channels")),
@@ -180,9 +194,10 @@ def run_settings(path: str | Path) -> dict[str, Any]:
 
 def load_score_model(
     path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu", merge: bool = True
-) -> tuple[ScoreModel, dict[str, Any]]:
+) -> tuple[ScoreModel | LatentModel, dict[str, Any]]:
     """Rebuild the ``ScoreModel`` a checkpoint describes (EMA weights by default); a LoRA
-    run's adapter is merged into its base weights unless ``merge=False``."""
+    run's adapter is merged into its base weights unless ``merge=False``; a latent model
+    comes back as a :class:`~sde_diffusion.latent.LatentModel` with its autoencoder."""
     tensors, config = load_checkpoint(path, device)
     try:
         net = build_network(config["network"])
@@ -196,6 +211,11 @@ def load_score_model(
         net.load_state_dict(prefixed(tensors, "ema" if ema else "model"))
         if "lora" in config and merge:
             merge_lora(net)
+        latent = config.get("data", {}).get("latent")
+        if latent is not None:  # a latent model carries its autoencoder
+            autoencoder = load_autoencoder(autoencoder_path(path, latent), device=device)
+            shapes = latent["image_shape"], config["data"]["event_shape"]
+            model = LatentModel(model, autoencoder, *shapes)
     except (KeyError, TypeError, RuntimeError, ValueError) as err:
         hint = ""
         if "emb.weight" in str(err) and "size mismatch" in str(err):
@@ -207,3 +227,49 @@ def load_score_model(
             f"{path}: cannot rebuild the model it describes ({str(err)[:300]}){hint}"
         ) from None
     return model.to(device).eval(), config
+
+
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (how a latent model names its autoencoder's version)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def autoencoder_source(path: str | Path) -> dict[str, str]:
+    """How a latent model's checkpoint names its autoencoder: the file's name (looked for
+    beside the checkpoint first, so the two move together), its absolute path and digest."""
+    path = Path(path).resolve()
+    return {"autoencoder": path.name, "autoencoder_path": str(path),
+            "autoencoder_sha256": file_digest(path)}  # fmt: skip
+
+
+def autoencoder_path(checkpoint: str | Path, latent: dict[str, Any]) -> Path:
+    """The autoencoder a latent checkpoint names: beside it, else at its recorded path; a
+    missing file or one whose digest differs is a :class:`CheckpointError`."""
+    beside = Path(checkpoint).resolve().parent / latent["autoencoder"]
+    candidates = [beside, Path(latent["autoencoder_path"])]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise CheckpointError(
+            f"{checkpoint} is a latent model whose autoencoder {latent['autoencoder']} is "
+            f"neither beside it nor at {latent['autoencoder_path']}; put it beside the checkpoint"
+        )
+    if file_digest(found) != latent["autoencoder_sha256"]:
+        raise CheckpointError(
+            f"{found} is not the autoencoder {checkpoint} was trained on (its SHA-256 differs)"
+        )
+    return found
+
+
+def load_autoencoder(path: str | Path, *, device: str | torch.device = "cpu") -> Autoencoder:
+    """The EMA autoencoder of an autoencoder run's checkpoint, with its latent statistics."""
+    tensors, config = load_checkpoint(path, device)
+    if config.get("network", {}).get("type") != "autoencoder":
+        raise CheckpointError(f"{path} holds no autoencoder (it is not a train-autoencoder run)")
+    try:
+        net = build_network(config["network"])
+        net.load_state_dict(prefixed(tensors, "ema"))
+    except (KeyError, TypeError, RuntimeError, ValueError) as err:
+        raise CheckpointError(
+            f"{path}: cannot rebuild its autoencoder ({str(err)[:300]})"
+        ) from None
+    return net.to(device).eval()

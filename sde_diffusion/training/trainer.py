@@ -37,6 +37,7 @@ from ..errors import ArgumentError
 from ..noise import seeded_generator
 from ..parametrization import ScoreModel
 from ..sampling import sample
+from .autoencoding import AutoencoderModel
 from .data import Dataset
 from .log import QualityMetric, TrainingLog
 from .losses import DenoisingScoreMatching, immiscible_noise
@@ -152,7 +153,7 @@ class Trainer:
 
     def __init__(
         self,
-        model: ScoreModel,
+        model: ScoreModel | AutoencoderModel,
         data: Dataset,
         config: TrainConfig,
         metric: QualityMetric | None = None,
@@ -174,10 +175,13 @@ class Trainer:
                 f"the global batch size {config.batch_size} does not split evenly over "
                 f"{self.world} processes; use a multiple of {self.world}"
             )
-        self.loss = DenoisingScoreMatching(
-            model.sde, config.loss_weighting, min_snr_gamma=config.min_snr_gamma
-        )
-        self.objective = objective if objective is not None else DenoisingObjective(self.loss)
+        if objective is None:
+            objective = DenoisingObjective(
+                DenoisingScoreMatching(
+                    model.sde, config.loss_weighting, min_snr_gamma=config.min_snr_gamma
+                )
+            )
+        self.objective = objective
         if config.immiscible and not isinstance(self.objective, DenoisingObjective):
             raise ArgumentError("immiscible noise pairs denoising score matching's noise only")
         self.net = self.model.net  # the bare network: saved, averaged, exported

@@ -1,0 +1,121 @@
+"""Latent diffusion: a score model in an autoencoder's latent space that carries its decoder.
+
+A :class:`LatentModel` is a :class:`~sde_diffusion.parametrization.ScoreModel` whose
+``x`` is a scaled latent ``z`` (Rombach et al. 2022): solvers, guidance, tuned grids and
+the likelihood see only the latent space, and :func:`sde_diffusion.sample` decodes the
+sampled latents into images through ``model.decode`` (``decode=False`` keeps them).  The
+autoencoder is any module with ``encode(x) -> z`` and ``decode(z) -> x`` in the score
+model's units: ours (:class:`~sde_diffusion.networks.Autoencoder`) or diffusers'
+``AutoencoderKL`` through :class:`~sde_diffusion.adapters.DiffusersAutoencoder`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ArgumentError
+from .measurements import Measurement
+
+__all__ = ["DecodedMeasurement", "LatentModel", "latent_model_of"]
+
+
+class LatentModel:
+    """``model`` (any model, trained on latents) with the ``autoencoder`` of its latents.
+
+    Called as ``model(x, t, cond)`` on latents; every other attribute (``sde``, ``net``,
+    ``prediction``, ``denoise``, ...) is the inner model's.  ``image_shape`` is the decoded
+    image's ``(C, H, W)``, ``latent_shape`` what is sampled.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        autoencoder: nn.Module,
+        image_shape: tuple[int, ...],
+        latent_shape: tuple[int, ...],
+    ):
+        self.model, self.autoencoder = model, autoencoder
+        self.image_shape, self.latent_shape = tuple(image_shape), tuple(latent_shape)
+
+    @property
+    def prediction(self) -> str:
+        return self.model.prediction
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        return self.model(x, t, cond)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["model"], name)
+
+    def encode(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Scaled latents of images ``x`` (the posterior mean; a sample with ``generator``)."""
+        return self.autoencoder.encode(x, generator=generator)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Images of scaled latents ``z``."""
+        return self.autoencoder.decode(z)
+
+    def to(self, *args: Any, **kwargs: Any) -> LatentModel:
+        """Both parts moved or cast as ``nn.Module.to`` does."""
+        self.model.to(*args, **kwargs)
+        self.autoencoder.to(*args, **kwargs)
+        return self
+
+    def eval(self) -> LatentModel:
+        self.model.eval()
+        self.autoencoder.eval()
+        return self
+
+    def __repr__(self) -> str:
+        return f"LatentModel({self.model!r}, latents {self.latent_shape} -> {self.image_shape})"
+
+
+def latent_model_of(model: Any) -> LatentModel | None:
+    """The :class:`LatentModel` inside ``model`` (itself, or the model a guidance or other
+    wrapper holds as ``.model``), or ``None``."""
+    seen = 0
+    while model is not None and seen < 8:
+        if isinstance(model, LatentModel):
+            return model
+        model, seen = getattr(model, "model", None), seen + 1
+    return None
+
+
+class DecodedMeasurement(Measurement):
+    """A measurement of images read through a latent model's decoder: ``z -> A D(z)``.
+
+    What :func:`sde_diffusion.restore` measures when its model is a latent model: the
+    methods run in latent space and the measurement of a latent is that of its decoded
+    image (latent DPS: the gradient of ``‖y − A D(ẑ_0)‖`` runs back through the decoder).
+    The map is not linear, so it has no adjoint and no SVD: methods that need them refuse.
+    """
+
+    def __init__(self, measurement: Measurement, model: LatentModel):
+        if tuple(measurement.event) != tuple(model.image_shape):
+            raise ArgumentError(
+                f"the measurement takes images of shape {measurement.event}; the latent model "
+                f"decodes to {model.image_shape}"
+            )
+        super().__init__(model.latent_shape)
+        self.measurement, self.model = measurement, model
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.measurement.forward(self.model.decode(z))
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        raise ArgumentError(self._nonlinear("an adjoint"))
+
+    def svd(self, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, Tensor]:
+        raise ArgumentError(self._nonlinear("an SVD"))
+
+    def _nonlinear(self, what: str) -> str:
+        return (
+            f"a measurement through the decoder is not linear and has no {what}; on a latent "
+            "model use dps"
+        )
+
+    def __repr__(self) -> str:
+        return f"DecodedMeasurement({self.measurement!r} of decoded latents {self.event})"

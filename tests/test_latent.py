@@ -1,0 +1,320 @@
+"""Latent diffusion: the KL autoencoder, its training, latent score models that decode, the
+U-Net's cross-attention, and the command line around them."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import run_in
+from safetensors.torch import load_file, save_file
+
+import sde_diffusion as sd
+from sde_diffusion.latent import DecodedMeasurement, LatentModel, latent_model_of
+from sde_diffusion.measurements import Inpaint
+from sde_diffusion.networks import Autoencoder, UNet
+from sde_diffusion.networks.autoencoder import kl_to_standard_normal
+from sde_diffusion.training import TrainConfig, Trainer
+from sde_diffusion.training.autoencoding import (
+    AutoencoderModel,
+    AutoencoderObjective,
+    encode_dataset,
+    latent_statistics,
+    reconstruction_error,
+)
+from sde_diffusion.training.checkpoint import CheckpointError, load_checkpoint
+from sde_diffusion.training.data import Dataset, digits, digits32, digits32_to_8
+from sde_diffusion.training.losses import DenoisingScoreMatching
+from sde_diffusion.training.state import autoencoder_source, load_autoencoder, load_score_model
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_the_autoencoder_maps_images_to_latents_f_times_smaller_and_back(factor):
+    ae = Autoencoder(1, factor=factor, latent_channels=3, channels=4)
+    x = torch.randn(2, 1, 16, 16)
+    mean, logvar = ae.posterior(x)
+    assert mean.shape == logvar.shape == (2, 3, 16 // factor, 16 // factor)
+    assert ae.latent_shape((1, 16, 16)) == (3, 16 // factor, 16 // factor)
+    assert ae.decode_raw(mean).shape == x.shape
+    with pytest.raises(sd.ArgumentError, match="divisible by"):
+        ae.posterior(torch.randn(2, 1, 12, 10) if factor == 8 else torch.randn(2, 1, 9, 9))
+    with pytest.raises(sd.ArgumentError, match="factor must be one of 2, 4, 8"):
+        Autoencoder(1, factor=3)
+
+
+def test_scaled_latents_invert_to_the_raw_ones():
+    torch.manual_seed(0)
+    ae = Autoencoder(1, 2, 2, 4, latent_scale=2.5, latent_shift=0.3).eval()
+    x = torch.randn(3, 1, 8, 8)
+    mean, _ = ae.posterior(x)
+    z = ae.encode(x)
+    torch.testing.assert_close(z, (mean - 0.3) * 2.5)
+    torch.testing.assert_close(ae.decode(z), ae.decode_raw(mean))
+    sampled = ae.encode(x, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(sampled, z)
+
+
+def test_the_kl_term_is_torchs_and_the_loss_is_reconstruction_plus_weighted_kl():
+    torch.manual_seed(0)
+    mean, logvar = torch.randn(4, 2, 3, 3), torch.randn(4, 2, 3, 3)
+    q = torch.distributions.Normal(mean, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros_like(mean), torch.ones_like(mean))
+    expected = torch.distributions.kl_divergence(q, p).flatten(1).sum(1)
+    torch.testing.assert_close(kl_to_standard_normal(mean, logvar), expected)
+    ae = Autoencoder(1, 2, 2, 4)
+    model, x = AutoencoderModel(ae), torch.randn(4, 1, 6, 6)
+    objective = AutoencoderObjective(ae, kl_weight=0.1, reconstruction="l2")
+    draws = objective.draw(4, torch.Generator().manual_seed(1), 0, x)
+    recon, m, lv = ae(x, draws["eps"])
+    manual = (recon - x).square().flatten(1).mean(1) + 0.1 * kl_to_standard_normal(m, lv) / 36
+    torch.testing.assert_close(objective.loss(model, x, draws, None), manual)
+    with pytest.raises(sd.ArgumentError, match="l1, l2"):
+        AutoencoderObjective(ae, reconstruction="lpips")
+
+
+def _ae_trainer(data, steps, seed=0):
+    torch.manual_seed(seed)
+    ae = Autoencoder(1, factor=2, latent_channels=2, channels=8)
+    config = TrainConfig(steps=steps, batch_size=32, lr=2e-3, warmup=10, ema_decay=0.9)
+    return Trainer(AutoencoderModel(ae), data, config, objective=AutoencoderObjective(ae))
+
+
+def test_training_learns_to_reconstruct_and_records_the_latent_statistics(tmp_path):
+    data = digits("train")
+    trainer = _ae_trainer(data, 150)
+    untrained = reconstruction_error(trainer.net.eval(), data.x)
+    trainer.net.train()
+    trainer.train(checkpoint=tmp_path / "ae.safetensors", progress=False)
+    ae = load_autoencoder(tmp_path / "ae.safetensors")
+    error = reconstruction_error(ae, data.x)
+    assert error < 0.15 * float(data.x.var()) < untrained  # most of the variance is kept
+    _, config = load_checkpoint(tmp_path / "ae.safetensors")
+    assert config["reconstruction_mse"] == pytest.approx(error, rel=1e-5)
+    shift, scale = latent_statistics(ae, data.x)
+    assert (ae.config["latent_shift"], ae.config["latent_scale"]) == pytest.approx((shift, scale))
+    latents = encode_dataset(data, ae, autoencoder_source(tmp_path / "ae.safetensors"))
+    assert latents.x.shape == (len(data.x), 2, 4, 4)
+    assert float(latents.x.mean()) == pytest.approx(0.0, abs=1e-5)
+    assert float(latents.x.std()) == pytest.approx(1.0, abs=1e-5)
+    assert latents.info["latent"]["image_shape"] == [1, 8, 8]
+    assert torch.equal(latents.labels, data.labels)
+
+
+def test_an_autoencoder_run_resumes_as_if_uninterrupted(tmp_path):
+    data = digits("train")
+    whole = _ae_trainer(data, 8)
+    whole.train(progress=False)
+    first = _ae_trainer(data, 8)
+    first.train(4, checkpoint=tmp_path / "ae.safetensors", progress=False)
+    second = _ae_trainer(data, 8, seed=5)  # other initial weights: all come from the file
+    second.resume(tmp_path / "ae.safetensors")
+    second.train(progress=False)
+    for a, b in zip(whole.net.parameters(), second.net.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+class Doubling(torch.nn.Module):
+    """An exact linear 'autoencoder': latents are the image halved, decoding doubles."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # something to move and cast
+
+    def encode(self, x, generator=None):
+        return x / 2
+
+    def decode(self, z):
+        return 2 * z + self.anchor
+
+
+def _exact_latent_model():
+    """N(0, 0.25 I) latents: the exact score, so decoded samples are N(0, I) images."""
+    sde = sd.VPSDE()
+    model = sd.FunctionModel(
+        lambda x, t: -x / sd.append_dims(sde.alpha(t) ** 2 * 0.25 + sde.sigma(t) ** 2, x.ndim),
+        "score",
+        conditional=False,
+    )
+    return LatentModel(model, Doubling(), (1, 4, 4), (1, 4, 4)), sde
+
+
+@torch.no_grad()
+def test_sampling_a_latent_model_returns_decoded_images_and_the_latents():
+    model, sde = _exact_latent_model()
+    res = sd.sample(model, sde, (4000, 1, 4, 4), "heun", 20, seed=0)
+    torch.testing.assert_close(res.x, 2 * res.latent)
+    assert float(res.latent.std()) == pytest.approx(0.5, rel=0.03)
+    assert float(res.x.std()) == pytest.approx(1.0, rel=0.03)
+    kept = sd.sample(model, sde, (4000, 1, 4, 4), "heun", 20, seed=0, decode=False)
+    torch.testing.assert_close(kept.x, res.latent)
+    batched = sd.sample(model, sde, (10, 1, 4, 4), "heun", 5, seed=0, batch_size=4)
+    whole = sd.sample(model, sde, (10, 1, 4, 4), "heun", 5, seed=0, batch_size=10)
+    torch.testing.assert_close(batched.x, whole.x)
+    assert float(batched.x.std()) > 0.5  # decoded: images of std 1, not latents of 0.5
+
+
+def test_a_guided_latent_model_still_decodes():
+    sde = sd.VPSDE()
+    net = UNet(1, channels=8, channel_mult=(1,), num_res_blocks=1, image_size=4, num_classes=3)
+    inner = sd.ScoreModel(net, sde, "edm", 1.0)
+    model = LatentModel(inner, Doubling(), (1, 4, 4), (1, 4, 4))
+    guided = sd.ClassifierFreeGuidance(model, 2.0, null=3)
+    assert latent_model_of(guided) is model and latent_model_of(inner) is None
+    labels = torch.tensor([0, 1])
+    with torch.no_grad():
+        res = sd.sample(guided, sde, (2, 1, 4, 4), "dpmpp_2m", 4, cond=labels, seed=0)
+    torch.testing.assert_close(res.x, 2 * res.latent)
+    fast = sd.sample(guided, sde, (2, 1, 4, 4), "dpmpp_2m", 4, cond=labels, seed=0,
+                     precision="bf16")  # fmt: skip
+    assert fast.x.shape == (2, 1, 4, 4) and torch.allclose(fast.x, 2 * fast.latent)
+
+
+def test_restoring_with_a_latent_model_measures_through_the_decoder():
+    """Inpainting N(0, I) images with the exact latent model: DPS pulls the kept pixels to
+    the measurement (within about its step, as in pixel space), and methods that need a
+    linear operator say to use dps."""
+    model, sde = _exact_latent_model()
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[:, :2] = True
+    measurement = Inpaint(mask)
+    truth = torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = measurement.forward(truth)
+    res = sd.restore(model, sde, measurement, y, 0.0, "dps", steps=200, scale=0.5)
+    with torch.no_grad():
+        free = sd.sample(model, sde, (64, 1, 4, 4), "ddim", 200, seed=0, eta=1.0)
+    error = float((measurement.forward(res.x) - y).square().mean())
+    assert error < 0.15 * float((measurement.forward(free.x) - y).square().mean())
+    torch.testing.assert_close(res.x, 2 * res.latent)
+    with pytest.raises(sd.ArgumentError, match="on a latent model use dps"):
+        sd.restore(model, sde, measurement, y, 0.0, "ddrm", steps=10)
+    with pytest.raises(sd.ArgumentError, match="takes images of shape"):
+        DecodedMeasurement(Inpaint(torch.ones(1, 8, 8, dtype=torch.bool)), model)
+
+
+def _cross_attention_task(n, generator):
+    """Images whose top or bottom half is bright, told apart only by a sequence condition:
+    three tokens near one of two class vectors."""
+    classes = torch.randint(0, 2, (n,), generator=generator)
+    images = torch.full((n, 1, 8, 8), -0.5)
+    images[classes == 0, :, :4] = 0.5
+    images[classes == 1, :, 4:] = 0.5
+    codes = torch.tensor([[1.0, -1.0, 0.5, 0.0], [-1.0, 1.0, 0.0, 0.5]])
+    tokens = codes[classes][:, None] + 0.3 * torch.randn(n, 3, 4, generator=generator)
+    return images, tokens, classes
+
+
+def test_cross_attention_reads_a_sequence_condition_and_learns_a_toy_task():
+    torch.manual_seed(0)
+    net = UNet(1, channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_below=4,
+               image_size=8, context_dim=4)  # fmt: skip
+    model = sd.ScoreModel(net, sd.VPSDE(), "edm", 0.5)
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 1, 8, 8), torch.full((2,), 0.5)
+    a, b = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    with torch.no_grad():  # the projections start at zero: the context is not read yet
+        torch.testing.assert_close(model(x, t, a), model(x, t, b))
+        torch.testing.assert_close(model(x, t, {"context": a}), model(x, t, None))
+    loss = DenoisingScoreMatching(model.sde, "edm")
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        images, tokens, _ = _cross_attention_task(64, g)
+        value = loss(model, images, cond=tokens, generator=g).mean()
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+    images, tokens, classes = _cross_attention_task(200, g)
+    with torch.no_grad():
+        assert not torch.allclose(model(x, t, a), model(x, t, b), atol=1e-3)
+        res = sd.sample(model, model.sde, (200, 1, 8, 8), "heun", 10, cond=tokens, seed=1)
+    top_brighter = res.x[:, 0, :4].mean((1, 2)) > res.x[:, 0, 4:].mean((1, 2))
+    accuracy = float((top_brighter == (classes == 0)).float().mean())
+    assert accuracy > 0.95
+    with pytest.raises(sd.ArgumentError, match=r"shape \(2, L, 4\)"):
+        model(x, t, torch.randn(2, 3, 5))
+    plain = sd.ScoreModel(UNet(1, 8, (1,), 1, image_size=8), sd.VPSDE(), "edm")
+    with pytest.raises(sd.ArgumentError, match="no sequence condition"):
+        plain(x, t, a)
+
+
+def test_a_latent_checkpoint_finds_its_autoencoder_beside_it_or_says_what_is_wrong(tmp_path):
+    data = digits("train")
+    ae_trainer = _ae_trainer(data, 2)
+    ae_trainer.train(checkpoint=tmp_path / "ae.safetensors", progress=False)
+    latents = encode_dataset(data, load_autoencoder(tmp_path / "ae.safetensors"),
+                             autoencoder_source(tmp_path / "ae.safetensors"))  # fmt: skip
+    net = UNet(2, channels=8, channel_mult=(1,), num_res_blocks=1, image_size=4)
+    trainer = Trainer(sd.ScoreModel(net, sd.VPSDE(), "edm", 1.0), latents, TrainConfig(steps=1))
+    trainer.train(progress=False)
+    trainer.export(tmp_path / "latent.safetensors")
+    model, _ = load_score_model(tmp_path / "latent.safetensors")
+    assert isinstance(model, LatentModel) and model.image_shape == (1, 8, 8)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("ae.safetensors", "latent.safetensors"):
+        (tmp_path / name).rename(moved / name)
+    assert isinstance(load_score_model(moved / "latent.safetensors")[0], LatentModel)
+    tensors = load_file(moved / "ae.safetensors")
+    name = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[name] += 1.0
+    save_file(tensors, moved / "ae.safetensors", metadata=_metadata(moved / "ae.safetensors"))
+    with pytest.raises(CheckpointError, match="SHA-256 differs"):
+        load_score_model(moved / "latent.safetensors")
+    (moved / "ae.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="put it beside the checkpoint"):
+        load_score_model(moved / "latent.safetensors")
+
+
+def _metadata(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
+def test_digits32_is_the_8x8_set_upsampled_and_maps_back_exactly():
+    small, large = digits("test"), digits32("test")
+    assert large.x.shape == (len(small.x), 1, 32, 32)
+    assert (large.scale, large.shift) == (small.scale, small.shift)
+    torch.testing.assert_close(digits32_to_8(large.x), small.x, atol=1e-5, rtol=0)
+    assert float(large.x.min()) >= -1.0 and float(large.x.max()) <= 1.0
+
+
+def test_the_command_line_trains_an_autoencoder_then_a_latent_model_and_samples_images(tmp_path):
+    images = digits("train").x[:200].numpy()
+    np.save(tmp_path / "small.npy", images)
+    r = run_in(tmp_path, "train-autoencoder", "--data", "small.npy", "--factor", "2",
+               "--channels", "2", "--width", "4", "--steps", "6", "--batch-size", "16",
+               "--out", "ae.safetensors")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "reconstruction MSE" in r.output and "latent scale" in r.output
+    r = run_in(tmp_path, "train-autoencoder", "--resume", "ae.safetensors", "--factor", "4")
+    assert r.exit_code == 2 and "trained with factor 2, not 4" in r.output
+    r = run_in(tmp_path, "train-autoencoder", "--resume", "ae.safetensors", "--steps", "8")
+    assert r.exit_code == 0 and "resumed from ae.safetensors at step 6" in r.output
+    r = run_in(tmp_path, "train-autoencoder", "--data", "moons", "--steps", "2")
+    assert r.exit_code == 2 and "needs images (C, H, W)" in r.output
+    r = run_in(tmp_path, "train", "--latent", "ae.safetensors", "--data", "small.npy",
+               "--steps", "3", "--batch-size", "16", "--out", "latent.safetensors")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = run_in(tmp_path, "train", "--latent", "ae.safetensors", "--data", "moons")
+    assert r.exit_code == 2 and "encodes images (1, H, W)" in r.output
+    for out in ("s.png", "s.npz"):
+        r = run_in(tmp_path, "sample", "--model", "latent.safetensors", "-n", "4", "--steps",
+                   "3", "--out", out)  # fmt: skip
+        assert r.exit_code == 0, r.output
+    assert np.load(tmp_path / "s.npz")["samples"].shape == (4, 1, 8, 8)  # decoded images
+    r = run_in(tmp_path, "likelihood", "--model", "latent.safetensors", "--data", "small.npy",
+               "-n", "4", "--solver", "heun", "--steps", "3")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "In latent space" in r.output
+    r = run_in(tmp_path, "info", "latent.safetensors")
+    assert r.exit_code == 0 and "ae.safetensors" in r.output
+    r = run_in(tmp_path, "info", "ae.safetensors")
+    assert r.exit_code == 0 and "reconstruction MSE" in r.output
+
+
+def test_a_dataset_of_latents_keeps_the_image_units():
+    data = Dataset(torch.randn(10, 1, 4, 4), None, "x", scale=3.0, shift=1.0)
+    ae = Autoencoder(1, 2, 1, 4).eval()
+    latents = encode_dataset(data, ae, {"autoencoder": "a", "autoencoder_path": "/a",
+                                        "autoencoder_sha256": "0"})  # fmt: skip
+    assert (latents.scale, latents.shift) == (3.0, 1.0)
+    assert latents.config()["event_shape"] == [1, 2, 2]
