@@ -19,7 +19,7 @@ from sde_diffusion.plotting import save_samples
 from sde_diffusion.pretrained import available, pretrained_path
 from sde_diffusion.sdes import sde_names
 from sde_diffusion.training import NonFiniteLossError, TrainConfig, Trainer
-from sde_diffusion.training.autoencoding import encode_dataset
+from sde_diffusion.training.autoencoding import ENCODINGS, encode_dataset
 from sde_diffusion.training.building import NETWORKS, build_model
 from sde_diffusion.training.checkpoint import CheckpointError
 from sde_diffusion.training.consistency import LEVEL_WEIGHTS, ConsistencyObjective
@@ -180,6 +180,8 @@ def resume_defaults(ctx: click.Context, param: click.Parameter, path: Path | Non
             ctx,
             param,
         )
+    if settings["encode"] is None:  # not a latent run: the flag's own default
+        settings.pop("encode")
     if objective is not None:
         settings |= {
             "method": objective["method"],
@@ -218,6 +220,14 @@ def resume_defaults(ctx: click.Context, param: click.Parameter, path: Path | Non
     default=None,
     help="Train in the latent space of this autoencoder (sdediff train-autoencoder): the "
     "data are encoded once; the checkpoint names the autoencoder, so sampling decodes.",
+)
+@click.option(
+    "--encode",
+    type=click.Choice(ENCODINGS),
+    default="mean",
+    show_default=True,
+    help="With --latent: train on the posterior means, or on a fresh posterior sample of each "
+    "image every step (LDM's encoding; the encoder still runs once).",
 )
 @click.option(
     "--sde", type=click.Choice(sde_names()), default=model_default("sde"), show_default=True
@@ -401,6 +411,7 @@ def resume_defaults(ctx: click.Context, param: click.Parameter, path: Path | Non
 def train(
     data,
     latent,
+    encode,
     sde,
     network,
     width,
@@ -453,6 +464,8 @@ def train(
     if resume is not None and source == click.core.ParameterSource.DEFAULT:
         out = resume  # continue in place unless --out says otherwise
     writable_output(out, suffixes=(".safetensors",))
+    if encode != "mean" and latent is None:
+        raise click.BadParameter("--encode goes with --latent", param_hint="--encode")
     if lora_rank and not resume_weights:
         raise click.BadParameter(
             "LoRA adapts a trained model: name it with --resume-weights MODEL",
@@ -478,6 +491,7 @@ def train(
     if resume is not None:
         given = {
             "data": data, "latent": None if latent is None else str(latent.resolve()),
+            "encode": encode if latent is not None else None,
             "sde": sde, "network": network, "width": width,
             "parametrization": parametrization, "conditional": conditional,
         }  # fmt: skip
@@ -496,7 +510,7 @@ def train(
         autoencoder = None
         if latent is not None:
             autoencoder = latent_autoencoder(latent, dataset, device)
-            dataset = encode_dataset(dataset, autoencoder, autoencoder_source(latent))
+            dataset = encode_dataset(dataset, autoencoder, autoencoder_source(latent), encode)
         metric = quality_metric(dataset, seed=seed) if eval_every else None
         if eval_every and metric is None:  # user data: keep 5% unseen to score against
             dataset, held_out = split_held_out(dataset, HELD_OUT, seed)

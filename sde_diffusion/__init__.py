@@ -22,6 +22,7 @@ from .evaluation.likelihood import (
     nll_batched,
 )
 from .guidance import APG, ClassifierFreeGuidance, ClassifierGuidance
+from .latent import LatentModel
 from .models import ConditionError, FunctionModel, Model, as_model
 from .noise import BrownianNoise, GeneratorNoise, NoiseSource, PerSampleNoise
 from .parametrization import PREDICTIONS, ScoreModel
@@ -66,6 +67,7 @@ __all__ = [
     "FunctionModel",
     "GaussianMixture",
     "GeneratorNoise",
+    "LatentModel",
     "LikelihoodResult",
     "MixtureScore",
     "Model",

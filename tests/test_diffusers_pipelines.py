@@ -224,3 +224,73 @@ def test_from_diffusers_takes_a_flow_transformer_and_its_scheduler():
     with torch.no_grad():
         ours = sd.solve(model, sde, x, sd.adapters.scheduler_grid(scheduler), "euler", cond=cond)
     assert relative(ours.x, expected) < 1e-5
+
+
+def tiny_text_encoder():
+    """A seeded one-layer CLIP text encoder of width 16 (the UNet's cross-attention width)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.CLIPTextConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=8,
+    )  # fmt: skip
+    return transformers.CLIPTextModel(config).eval()
+
+
+def test_a_tiny_stable_diffusion_pipeline_runs_our_solvers_both_ways(parts):
+    """StableDiffusionPipeline (UNet2DConditionModel, AutoencoderKL, a CLIP text encoder;
+    the prompts' token ids encoded here, so no tokenizer files) with guidance 3: diffusers'
+    DPMSolverMultistepScheduler, our dpmpp_2m as its scheduler, and our dpmpp_2m through
+    from_diffusers + sd.sample on a latent model whose autoencoder is the pipeline's VAE
+    give the same images from the same starting latents."""
+    unet, vae, _, _ = parts
+    encoder = tiny_text_encoder()
+    ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        prompt = encoder(ids)[0]
+        negative = encoder(torch.zeros_like(ids))[0]
+    scheduler = diffusers.DPMSolverMultistepScheduler(**SD_TABLE, steps_offset=1)
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=vae, text_encoder=encoder, tokenizer=None, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    model, sde = sd.adapters.from_diffusers(unet, scheduler)
+    x_T = sde.prior_sample((2, 4, 8, 8), generator=torch.Generator().manual_seed(5))
+
+    def images(**options):
+        return pipe(
+            prompt_embeds=prompt, negative_prompt_embeds=negative, latents=x_T.clone(),
+            guidance_scale=3.0, num_inference_steps=10, output_type="pt", **options,
+        ).images  # fmt: skip
+
+    theirs = images()
+    timesteps = pipe.scheduler.timesteps.tolist()
+    pipe.scheduler = DiffusersScheduler.from_config(scheduler.config, solver="dpmpp_2m")
+    assert relative(images(timesteps=timesteps), theirs) < 1e-4
+
+    latent = sd.LatentModel(model, sd.adapters.DiffusersAutoencoder(vae), (3, 16, 16), (4, 8, 8))
+    guided = sd.ClassifierFreeGuidance(latent, 3.0, null=lambda cond: negative)
+    probe = diffusers.DPMSolverMultistepScheduler.from_config(scheduler.config)
+    probe.set_timesteps(10)
+    grid = sd.adapters.scheduler_grid(probe, sde)
+    with torch.no_grad():
+        res = sd.sample(guided, sde, (2, 4, 8, 8), "dpmpp_2m", grid=grid, cond=prompt, seed=5,
+                        return_trajectory=True)  # fmt: skip
+    assert torch.equal(res.trajectory[0], x_T)  # sd.sample's own start: the pipeline's latents
+    ours = (res.x / 2 + 0.5).clamp(0, 1)  # the pipeline's postprocessing of decoded images
+    assert ours.shape == theirs.shape == (2, 3, 16, 16)
+    assert relative(ours, theirs) < 1e-4
+
+
+def test_the_vae_adapter_encodes_and_decodes_in_the_unets_units():
+    vae = tiny_vae()
+    adapter = sd.adapters.DiffusersAutoencoder(vae)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        z = adapter.encode(x)
+        raw = vae.encode(x).latent_dist.mean
+        torch.testing.assert_close(z, raw * vae.config.scaling_factor)
+        torch.testing.assert_close(adapter.decode(z), vae.decode(raw).sample)
+    with pytest.raises(TypeError, match="AutoencoderKL"):
+        sd.adapters.DiffusersAutoencoder(torch.nn.Linear(2, 2))

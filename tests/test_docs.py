@@ -98,7 +98,7 @@ def sdediff_lines(page: Path) -> list[tuple[str, bool]]:
 def quick(args: list[str]) -> list[str]:
     """The command with its long runs shortened (the DOCS_QUICK switch of the examples)."""
     out = list(args)
-    if out[0] == "train" and "--steps" not in out and "--resume" not in out:
+    if out[0] in ("train", "train-autoencoder") and "--steps" not in out and "--resume" not in out:
         out += ["--steps", str(QUICK["--steps"])]  # instead of the default 2000
     if out[0] == "distill" and "--resume" not in out:  # instead of 2000 steps a round
         out += [f for flag in ("--train-steps", "--teacher-steps") if flag not in out

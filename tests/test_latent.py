@@ -318,3 +318,35 @@ def test_a_dataset_of_latents_keeps_the_image_units():
                                         "autoencoder_sha256": "0"})  # fmt: skip
     assert (latents.scale, latents.shift) == (3.0, 1.0)
     assert latents.config()["event_shape"] == [1, 2, 2]
+
+
+def test_posterior_sample_encoding_draws_a_fresh_latent_of_each_image_every_step():
+    """encode="sample" keeps each image's posterior spread; the trainer then trains on
+    z = mean + spread * noise, a new draw each step (the noise from its own generator)."""
+    torch.manual_seed(0)
+    ae = Autoencoder(1, 2, 2, 4, latent_scale=2.0).eval()
+    images = digits("train")
+    latents = encode_dataset(images, ae, {"autoencoder": "a"}, "sample")
+    mean, logvar = ae.posterior(images.x[:3])
+    torch.testing.assert_close(latents.spread[:3], 2.0 * (0.5 * logvar).exp())
+    assert encode_dataset(images, ae, {"autoencoder": "a"}).spread is None
+    with pytest.raises(sd.ArgumentError, match="mean, sample"):
+        encode_dataset(images, ae, {}, "median")
+
+    seen = []
+
+    class Recording(sd.training.objectives.DenoisingObjective):
+        def loss(self, model, x0, draws, cond):
+            seen.append(x0.detach().clone())
+            return super().loss(model, x0, draws, cond)
+
+    one = Dataset(torch.full((1, 1, 4, 4), 0.5), spread=torch.full((1, 1, 4, 4), 0.2))
+    net = UNet(1, channels=8, channel_mult=(1,), num_res_blocks=1, image_size=4)
+    model = sd.ScoreModel(net, sd.VPSDE(), "edm", 1.0)
+    config = TrainConfig(steps=40, batch_size=64, lr=1e-4)
+    trainer = Trainer(model, one, config, objective=Recording(DenoisingScoreMatching(model.sde)))
+    trainer.train(progress=False)
+    drawn = torch.stack(seen)
+    assert float(drawn.mean()) == pytest.approx(0.5, abs=0.005)
+    assert float(drawn.std()) == pytest.approx(0.2, rel=0.02)
+    assert not torch.equal(drawn[0], drawn[1])

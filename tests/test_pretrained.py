@@ -31,7 +31,7 @@ def test_unknown_pretrained_name():
     with pytest.raises(
         ValueError,
         match="no shipped model 'cats'; available: digits, digits-cond, digits-cond-guide, "
-        "digits-fast, moons",
+        "digits-fast, digits32, digits32-latent, moons",
     ):
         load_pretrained("cats")
 

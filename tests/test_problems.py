@@ -45,7 +45,8 @@ def test_analytic_problem_takes_any_sde():
 def test_unknown_model_lists_the_names():
     with pytest.raises(
         ProblemError,
-        match="gmm8, gmm64, digits, digits-cond, digits-cond-guide, digits-fast, moons",
+        match="gmm8, gmm64, digits, digits-cond, digits-cond-guide, digits-fast, digits32, "
+        "digits32-latent, moons",
     ):
         load_problem("nope")
 

@@ -5,11 +5,14 @@
 digits, trained by ``python benchmarks/train_digits_model.py --steps 5000``.
 ``digits-cond``: the same U-Net, class-conditional with a null label (condition dropout
 0.1), trained by ``python benchmarks/train_digits_model.py --conditional``.
-``digits-fast``: a few-step student of ``digits`` (progressive distillation; its metadata
-names the DDIM grid it samples on), made by ``python benchmarks/distillation.py --train``
-then ``--ship STEPS``.  Their metrics are in
-``<name>.json`` and ``docs/benchmarks.md``.  ``digits_classifier.safetensors`` is the
-evaluator behind digits-FID (``python benchmarks/train_digits_classifier.py``).
+``digits-fast``: a two-step student of ``digits`` (consistency distillation; its metadata
+names the times it samples on), made by ``python benchmarks/distillation.py --train`` then
+``--ship 2``.  ``digits32``: a U-Net on the digits upsampled to 32x32; ``digits32-latent``:
+a U-Net on the 4x8x8 latents of ``digits32-autoencoder.safetensors`` (which it names and
+decodes through), the two trained for equal wall time by ``python
+benchmarks/latent_digits.py --budget 900``.  Their metrics are in ``<name>.json`` and
+``docs/benchmarks.md``.  ``digits_classifier.safetensors`` is the evaluator behind
+digits-FID (``python benchmarks/train_digits_classifier.py``).
 """
 
 from __future__ import annotations

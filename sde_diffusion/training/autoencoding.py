@@ -25,6 +25,7 @@ from .data import Dataset
 from .objectives import Objective
 
 __all__ = [
+    "ENCODINGS",
     "RECONSTRUCTION_LOSSES",
     "AutoencoderModel",
     "AutoencoderObjective",
@@ -123,15 +124,31 @@ def measured_config(net: Autoencoder, x: Tensor) -> dict[str, Any]:
             "reconstruction_mse": error}  # fmt: skip
 
 
+ENCODINGS = ("mean", "sample")
+
+
 @torch.no_grad()
-def encode_dataset(data: Dataset, autoencoder: Autoencoder, source: dict[str, Any]) -> Dataset:
-    """``data`` as the scaled latents (posterior means) of ``autoencoder``: what a latent
-    score model trains on.  The labels and the image units (``scale``, ``shift``) stay;
-    ``info["latent"]`` holds ``source`` (how to find the autoencoder) and the image shape."""
+def encode_dataset(
+    data: Dataset, autoencoder: Autoencoder, source: dict[str, Any], encoding: str = "mean"
+) -> Dataset:
+    """``data`` as the scaled latents of ``autoencoder``: what a latent score model trains
+    on.  ``encoding="mean"`` encodes once, to the posterior means; ``"sample"`` also keeps
+    the posterior's standard deviations (``spread``), so that each training step draws a
+    fresh latent ``z ~ q(z | x)`` of every image (LDM's encoding, an augmentation) at the
+    cost of none of the encoder.  The labels and the image units (``scale``, ``shift``)
+    stay; ``info["latent"]`` holds ``source`` (how to find the autoencoder), the encoding
+    and the image shape."""
+    if encoding not in ENCODINGS:
+        raise ArgumentError(f"unknown encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
     autoencoder.eval()
     device = next(autoencoder.parameters()).device
-    z = torch.cat([autoencoder.encode(chunk.to(device)).cpu() for chunk in _batches(data.x)])
-    latent = {**source, "image_shape": list(data.x.shape[1:])}
-    return Dataset(
-        z, data.labels, data.name, data.scale, data.shift, {**data.info, "latent": latent}
-    )
+    scale = autoencoder.config["latent_scale"]
+    means, spreads = [], []
+    for chunk in _batches(data.x):
+        mean, logvar = autoencoder.posterior(chunk.to(device))
+        means.append(((mean - autoencoder.config["latent_shift"]) * scale).cpu())
+        spreads.append(((0.5 * logvar).exp() * scale).cpu())
+    latent = {**source, "encoding": encoding, "image_shape": list(data.x.shape[1:])}
+    info = {**data.info, "latent": latent}
+    spread = torch.cat(spreads) if encoding == "sample" else None
+    return Dataset(torch.cat(means), data.labels, data.name, data.scale, data.shift, info, spread)

@@ -53,6 +53,8 @@ class Dataset:
     scale: float = 1.0
     shift: float = 0.0
     info: dict = field(default_factory=dict)
+    # latents encoded with their posterior's spread: a step trains on x + spread * noise
+    spread: Tensor | None = None
 
     def to_data_units(self, x: Tensor) -> Tensor:
         return x * self.scale + self.shift
@@ -257,5 +259,6 @@ def split_held_out(data: Dataset, fraction: float = 0.05, seed: int = 0) -> tupl
     for rows in (order[cut:], order[:cut]):
         labels = None if data.labels is None else data.labels[rows]
         info = {**data.info, "held_out": fraction}
-        parts.append(Dataset(data.x[rows], labels, data.name, data.scale, data.shift, info))
+        spread = None if data.spread is None else data.spread[rows]
+        parts.append(Dataset(data.x[rows], labels, data.name, data.scale, data.shift, info, spread))
     return parts[0], parts[1]

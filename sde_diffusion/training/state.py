@@ -178,6 +178,7 @@ def run_settings(path: str | Path) -> dict[str, Any]:
         return {
             "data": data.get("source", data["name"]),
             "latent": data.get("latent", {}).get("autoencoder_path"),
+            "encode": data.get("latent", {}).get("encoding"),
             "sde": config["sde"]["type"],
             "network": net["type"],
             "width": net.get("width", net.get("channels")),

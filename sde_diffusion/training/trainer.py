@@ -215,6 +215,7 @@ class Trainer:
         # the data sets here are small: keep them on the device, index there (no host sync)
         self._x = data.x.to(self.device)
         self._labels = data.labels.to(self.device) if data.labels is not None else None
+        self._spread = data.spread.to(self.device) if data.spread is not None else None
 
     # -- the loop ---------------------------------------------------------------
 
@@ -244,7 +245,13 @@ class Trainer:
         mine = slice(self.rank * size // self.world, (self.rank + 1) * size // self.world)
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step)
+        if self._spread is not None:  # latents: a fresh draw of each posterior, z ~ q(z | x)
+            posterior = torch.randn(
+                (size, *self._x.shape[1:]), generator=gen, device=device, dtype=self._x.dtype
+            )
         x0, cond = self._x[idx[mine]], None if cond is None else cond[mine]
+        if self._spread is not None:
+            x0 = x0 + self._spread[idx[mine]] * posterior[mine]
         draws = {k: v[mine] for k, v in draws.items()}
         loss = self.objective.loss(self.forward_model, x0, draws, cond).mean()
         self.optimizer.zero_grad(set_to_none=True)
