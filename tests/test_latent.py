@@ -328,6 +328,7 @@ def test_posterior_sample_encoding_draws_a_fresh_latent_of_each_image_every_step
     images = digits("train")
     latents = encode_dataset(images, ae, {"autoencoder": "a"}, "sample")
     mean, logvar = ae.posterior(images.x[:3])
+    torch.testing.assert_close(latents.x[:3], 2.0 * mean)
     torch.testing.assert_close(latents.spread[:3], 2.0 * (0.5 * logvar).exp())
     assert encode_dataset(images, ae, {"autoencoder": "a"}).spread is None
     with pytest.raises(sd.ArgumentError, match="mean, sample"):
