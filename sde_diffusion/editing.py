@@ -6,7 +6,9 @@ last ``round(strength · steps)`` intervals, which start at ``t_s``; the input b
 data.  Strength 1 starts from the prior itself (``prior_std · z``, the same draw
 ``sd.sample`` makes from the same seed: the same samples); strength 0 returns the input.
 The edit keeps what the noise did not wash out: coarse layout at medium strengths, only
-the data manifold at high ones.
+the data manifold at high ones.  On a latent model
+(:class:`~sde_diffusion.latent.LatentModel`) ``x`` is images: they are encoded (posterior
+means), edited in latent space and decoded (``res.latent`` the edited latents).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import Tensor
 
 from .devices import checked_dtype
 from .errors import ArgumentError
+from .latent import latent_model_of
 from .models import Cond
 from .noise import seeded_generator
 from .reverse import ScoreFn
@@ -54,6 +57,10 @@ def sdedit(
     if not isinstance(x, Tensor) or x.ndim < 2:
         raise ArgumentError("x must be a batch of inputs, a tensor of shape (B, *event)")
     checked_dtype(x.dtype)
+    images, latent = x, latent_model_of(model)
+    if latent is not None:
+        with torch.no_grad():
+            x = latent.encode(x)
     solver = get_solver(solver, **options) if isinstance(solver, str) else solver  # at once
     grid = timesteps(sde, steps, schedule, to_zero=to_zero)
     first = len(grid) - 1 - round(strength * (len(grid) - 1))
@@ -61,7 +68,7 @@ def sdedit(
     z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     if first >= len(grid) - 1:  # strength 0 (or too small for one step): nothing to do
         return SampleResult(
-            x=x.clone(), nfe=0, network_passes=0, solver=solver.name, ts=grid[-1:],
+            x=images.clone(), nfe=0, network_passes=0, solver=solver.name, ts=grid[-1:],
             wall_time=0.0, options={}, batches=1,
         )  # fmt: skip
     t_s = float(grid[first])
@@ -69,4 +76,7 @@ def sdedit(
     x_t = z * sde.prior_std if first == 0 else noised  # strength 1: the prior itself
     if not math.isfinite(float(x_t.abs().max())):
         raise ArgumentError("the input holds inf or NaN")
-    return solve(model, sde, x_t, grid[first:], solver, cond=cond, generator=generator, **options)
+    res = solve(model, sde, x_t, grid[first:], solver, cond=cond, generator=generator, **options)
+    if latent is not None:
+        res.latent, res.x = res.x, latent.decode(res.x)
+    return res

@@ -106,14 +106,14 @@ class DecodedMeasurement(Measurement):
         return self.measurement.forward(self.model.decode(z))
 
     def adjoint(self, y: Tensor) -> Tensor:
-        raise ArgumentError(self._nonlinear("an adjoint"))
+        raise ArgumentError(self._nonlinear("adjoint"))
 
     def svd(self, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, Tensor]:
-        raise ArgumentError(self._nonlinear("an SVD"))
+        raise ArgumentError(self._nonlinear("SVD"))
 
     def _nonlinear(self, what: str) -> str:
         return (
-            f"a measurement through the decoder is not linear and has no {what}; on a latent "
+            f"a measurement through the decoder is not linear: it has no {what}; on a latent "
             "model use dps"
         )
 

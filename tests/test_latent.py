@@ -351,3 +351,14 @@ def test_posterior_sample_encoding_draws_a_fresh_latent_of_each_image_every_step
     assert float(drawn.mean()) == pytest.approx(0.5, abs=0.005)
     assert float(drawn.std()) == pytest.approx(0.2, rel=0.02)
     assert not torch.equal(drawn[0], drawn[1])
+
+
+@torch.no_grad()
+def test_sdedit_on_a_latent_model_encodes_edits_in_latent_space_and_decodes():
+    model, sde = _exact_latent_model()
+    x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    res = sd.sdedit(model, sde, x, 0.5, "heun", 10, seed=1)
+    inner = sd.sdedit(model.model, sde, x / 2, 0.5, "heun", 10, seed=1)  # the latent edit
+    torch.testing.assert_close(res.latent, inner.x)
+    torch.testing.assert_close(res.x, 2 * inner.x)
+    assert torch.equal(sd.sdedit(model, sde, x, 0.0).x, x)

@@ -149,7 +149,9 @@ def _adamw(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim
 class Trainer:
     """Trains ``model`` on ``data`` (a ``Dataset``) under ``config``: denoising score
     matching, or another ``objective`` (:mod:`.objectives`: a student's distillation or
-    consistency loss)."""
+    consistency loss; :mod:`.autoencoding`: an :class:`AutoencoderModel`'s reconstruction
+    and KL).  Latent data encoded with their posterior spread (``data.spread``) are drawn
+    afresh, ``x + spread * noise``, every step."""
 
     def __init__(
         self,
