@@ -362,3 +362,23 @@ def test_sdedit_on_a_latent_model_encodes_edits_in_latent_space_and_decodes():
     torch.testing.assert_close(res.latent, inner.x)
     torch.testing.assert_close(res.x, 2 * inner.x)
     assert torch.equal(sd.sdedit(model, sde, x, 0.0).x, x)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", [info.name for info in sd.list_solvers()])
+def test_every_solver_samples_a_latent_model_as_its_score_model_then_decodes(name):
+    """Every registered solver (the CFG++ ones under guidance): the latents are the inner
+    score model's samples from the same seed, bit for bit, and the images their decoding."""
+    latent, sde = _exact_latent_model()
+    solver, cond = sd.get_solver(name), None
+    model, inner = latent, latent.model
+    if "guided" in solver.uses:  # CFG++ reads both branches of a guided call
+        conditional = sd.FunctionModel(lambda x, t, c: latent(x, t), "score")
+        wrapped = LatentModel(conditional, latent.autoencoder, (1, 4, 4), (1, 4, 4))
+        model = sd.ClassifierFreeGuidance(wrapped, 1.5, null=0)
+        inner = sd.ClassifierFreeGuidance(conditional, 1.5, null=0)
+        cond = torch.ones(64, dtype=torch.long)
+    res = sd.sample(model, sde, (64, 1, 4, 4), solver, 8, seed=0, cond=cond)
+    plain = sd.sample(inner, sde, (64, 1, 4, 4), solver, 8, seed=0, cond=cond)
+    assert torch.equal(res.latent, plain.x) and res.nfe == plain.nfe
+    torch.testing.assert_close(res.x, 2 * plain.x)
