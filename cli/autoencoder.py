@@ -20,18 +20,26 @@ from sde_diffusion.training.data import load_data
 from sde_diffusion.training.log import metrics_path
 
 from .common import (
-    SafePath,
     console,
     finite,
     friendly_errors,
+    library_default,
+    out_option,
     parse_device,
+    resume_option,
     start_ranks,
     writable_output,
 )
 from .sample import device_option, seed_option
 from .train import run_trainer
 
-DEFAULTS = {"factor": 4, "channels": 4, "width": 32, "kl_weight": 1e-6, "reconstruction": "l1"}
+DEFAULTS = {  # the library's: the flags show them
+    "factor": library_default(Autoencoder, "factor"),
+    "channels": library_default(Autoencoder, "latent_channels"),
+    "width": library_default(Autoencoder, "channels"),
+    "kl_weight": library_default(AutoencoderObjective, "kl_weight"),
+    "reconstruction": library_default(AutoencoderObjective, "reconstruction"),
+}
 MODEL_SETTINGS = ("data", "factor", "channels", "width", "kl_weight", "reconstruction")
 
 
@@ -121,20 +129,8 @@ def resume_defaults(ctx: click.Context, param: click.Parameter, path: Path | Non
     show_default=True,
 )
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option(
-    "--out",
-    type=SafePath(dir_okay=False, path_type=Path),
-    default=Path("runs/autoencoder.safetensors"),
-    show_default=True,
-)
-@click.option(
-    "--resume",
-    type=SafePath(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    callback=resume_defaults,
-    is_eager=True,
-    help="Continue from this checkpoint; its settings are the defaults.",
-)
+@out_option("runs/autoencoder.safetensors")
+@resume_option("Continue from this checkpoint; its settings are the defaults.", resume_defaults)
 @seed_option
 @device_option
 def train_autoencoder(data, factor, channels, width, kl_weight, reconstruction, steps,

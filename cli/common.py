@@ -306,3 +306,27 @@ def not_nan(ctx, param, value: float) -> float:
     if value is not None and math.isnan(value):
         raise click.BadParameter("must be a number, got nan", ctx, param)
     return value
+
+
+def out_option(default: str, help: str | None = None):
+    """``--out FILE`` (a file, not a folder) with ``default``."""
+    return click.option(
+        "--out",
+        type=SafePath(dir_okay=False, path_type=Path),
+        default=Path(default),
+        show_default=True,
+        help=help,
+    )
+
+
+def resume_option(help: str, callback=None):
+    """``--resume CHECKPOINT`` (an existing file); with ``callback``, read first (eager),
+    so the run's settings can become the other flags' defaults."""
+    return click.option(
+        "--resume",
+        type=SafePath(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        callback=callback,
+        is_eager=callback is not None,
+        help=help,
+    )

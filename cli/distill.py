@@ -25,12 +25,13 @@ from sde_diffusion.training.distillation import (
 from sde_diffusion.training.log import metrics_path
 
 from .common import (
-    SafePath,
     SolverName,
     console,
     finite,
     friendly_errors,
+    out_option,
     parse_device,
+    resume_option,
     start_ranks,
     writable_output,
 )
@@ -190,18 +191,8 @@ def resumed_settings(path: Path) -> dict:
     help="EMA decay of the student's weights (what it exports).",
 )
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option(
-    "--out",
-    type=SafePath(dir_okay=False, path_type=Path),
-    default=Path("runs/student.safetensors"),
-    show_default=True,
-)
-@click.option(
-    "--resume",
-    type=SafePath(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="Continue an interrupted run from its checkpoint (the run's own settings).",
-)
+@out_option("runs/student.safetensors")
+@resume_option("Continue an interrupted run from its checkpoint (the run's own settings).")
 @seed_option
 @device_option
 def distill(

@@ -49,10 +49,12 @@ from .common import (
     library_default,
     not_nan,
     on_sigterm,
+    out_option,
     parse_device,
     peer_failure,
     peer_story,
     rank_prefix,
+    resume_option,
     speed_options,
     start_ranks,
     writable_output,
@@ -371,20 +373,11 @@ def resume_defaults(ctx: click.Context, param: click.Parameter, path: Path | Non
     default=None,
     help="Also write the metrics as TensorBoard scalars to this folder.",
 )
-@click.option(
-    "--out",
-    type=SafePath(dir_okay=False, path_type=Path),
-    default=Path("runs/model.safetensors"),
-    show_default=True,
-)
-@click.option(
-    "--resume",
-    type=SafePath(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    callback=resume_defaults,
-    is_eager=True,
-    help="Continue from this checkpoint (weights, EMA, optimiser, RNG); its settings are "
-    "the defaults, so --resume FILE alone runs on to the step it was started for.",
+@out_option("runs/model.safetensors")
+@resume_option(
+    "Continue from this checkpoint (weights, EMA, optimiser, RNG); its settings are the "
+    "defaults, so --resume FILE alone runs on to the step it was started for.",
+    resume_defaults,
 )
 @click.option(
     "--resume-weights",
