@@ -176,3 +176,34 @@ def test_samples_do_not_depend_on_import_order(tmp_path):
         for order in orders
     }
     assert len(digests) == 1, digests
+
+
+def test_shipped_latent_digits32_samples_decode_to_legible_32x32_digits():
+    """digits32-latent loads with the autoencoder shipped beside it; sd.sample returns 32x32
+    images whose 8x8 versions reach its recorded digits-FID (median of three seeds) and
+    the judge reads with confidence."""
+    from sde_diffusion.evaluation.digits_eval import confident_fraction, digits_fid
+    from sde_diffusion.training.data import digits, digits32_to_8
+
+    model, config = load_pretrained("digits32-latent")
+    assert isinstance(model, sd.LatentModel)
+    assert (model.latent_shape, model.image_shape) == ((4, 8, 8), (1, 32, 32))
+    with torch.no_grad():
+        res = sd.sample(model, model.sde, (1000, *model.latent_shape), "heun", 25, seed=1)
+    assert res.x.shape == (1000, 1, 32, 32) and res.latent.shape == (1000, 4, 8, 8)
+    small = digits32_to_8(res.x.clamp(-1, 1))
+    assert digits_fid(small, digits("test").x) < 1.1 * config["metrics"]["fid"]
+    assert confident_fraction(small) >= 0.9
+
+
+def test_shipped_pixel_digits32_samples_are_legible():
+    """digits32, the pixel-space model of the same budget: 300 samples at 12 steps are
+    32x32 digits the judge reads with confidence (0.90 measured; 0.875 at NFE 50 on 1000)."""
+    from sde_diffusion.evaluation.digits_eval import confident_fraction
+    from sde_diffusion.training.data import digits32_to_8
+
+    model, config = load_pretrained("digits32")
+    assert config["data"]["name"] == "digits32" and config["data"]["event_shape"] == [1, 32, 32]
+    with torch.no_grad():
+        res = sd.sample(model, model.sde, (300, 1, 32, 32), "dpmpp_2m", 12, seed=1)
+    assert confident_fraction(digits32_to_8(res.x.clamp(-1, 1))) >= 0.8
