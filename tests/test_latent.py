@@ -305,6 +305,19 @@ def test_the_command_line_trains_an_autoencoder_then_a_latent_model_and_samples_
                "-n", "4", "--solver", "heun", "--steps", "3")  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "In latent space" in r.output
+    r = run_in(tmp_path, "tune", "--model", "latent.safetensors", "--solver", "dpmpp_2m", "--nfe",
+               "3", "--samples", "4", "--max-evaluations", "6", "--out", "g.json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = run_in(tmp_path, "sample", "--model", "latent.safetensors", "--grid", "g.json", "-n",
+               "4", "--out", "g.npz")  # fmt: skip
+    assert r.exit_code == 0 and np.load(tmp_path / "g.npz")["samples"].shape == (4, 1, 8, 8)
+    r = run_in(tmp_path, "restore", "--model", "latent.safetensors", "--input", "s.npz",
+               "--task", "inpaint", "--method", "dps", "--steps", "4", "-n", "2", "--out",
+               "r.png")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = run_in(tmp_path, "restore", "--model", "latent.safetensors", "--input", "s.npz",
+               "--task", "inpaint", "--method", "ddrm", "--steps", "4", "-n", "2")  # fmt: skip
+    assert r.exit_code == 2 and "on a latent model use dps" in r.output
     r = run_in(tmp_path, "info", "latent.safetensors")
     assert r.exit_code == 0 and "ae.safetensors" in r.output
     r = run_in(tmp_path, "info", "ae.safetensors")
