@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 import torch
 
-from sde_diffusion.distributed import rank_and_world
 from sde_diffusion.networks.autoencoder import FACTORS, Autoencoder
 from sde_diffusion.training import TrainConfig, Trainer
 from sde_diffusion.training.autoencoding import (
@@ -25,13 +24,11 @@ from .common import (
     friendly_errors,
     library_default,
     out_option,
-    parse_device,
     resume_option,
-    start_ranks,
     writable_output,
 )
 from .sample import device_option, seed_option
-from .train import run_trainer
+from .train import resume_run, run_trainer, training_device
 
 DEFAULTS = {  # the library's: the flags show them
     "factor": library_default(Autoencoder, "factor"),
@@ -159,14 +156,7 @@ def train_autoencoder(data, factor, channels, width, kl_weight, reconstruction, 
                 param_hint="--" + changed[0].replace("_", "-"),
             )
     writable_output(out, suffixes=(".safetensors",))
-    device = start_ranks(parse_device(device))
-    world = rank_and_world()[1]
-    if batch_size % world:
-        raise click.BadParameter(
-            f"the global batch {batch_size} does not split evenly over {world} processes; "
-            f"use a multiple of {world}",
-            param_hint="--batch-size",
-        )
+    device = training_device(device, batch_size)
     with friendly_errors("training"):
         dataset = load_data(data, 20000, seed)
         dataset.info["source"] = data
@@ -187,14 +177,7 @@ def train_autoencoder(data, factor, channels, width, kl_weight, reconstruction, 
         objective = AutoencoderObjective(net, kl_weight, reconstruction)
         trainer = Trainer(model, dataset, config, objective=objective)
         if resume is not None:
-            trainer.resume(resume)
-            if trainer.step >= steps:
-                raise click.BadParameter(
-                    f"{resume} is at step {trainer.step} already; ask for more steps to "
-                    "continue it",
-                    param_hint="--steps",
-                )
-            console.print(f"resumed from {resume} at step {trainer.step}")
+            resume_run(trainer, resume, steps)
         params = sum(p.numel() for p in net.parameters())
         latent = net.latent_shape(shape)
         console.print(

@@ -489,14 +489,7 @@ def train(
             "parametrization": parametrization, "conditional": conditional,
         }  # fmt: skip
         check_resumed_model(resume, given)
-    device = start_ranks(parse_device(device))
-    world = rank_and_world()[1]
-    if batch_size % world:
-        raise click.BadParameter(
-            f"the global batch {batch_size} does not split evenly over {world} processes; "
-            f"use a multiple of {world}",
-            param_hint="--batch-size",
-        )
+    device = training_device(device, batch_size)
     with friendly_errors("training"):
         dataset = load_data(data, 20000, seed)
         dataset.info["source"] = data  # what --resume loads again
@@ -553,14 +546,7 @@ def train(
             )
         trainer = Trainer(model, dataset, config, metric, objective)
         if resume is not None:
-            trainer.resume(resume)
-            if trainer.step >= steps:
-                raise click.BadParameter(
-                    f"{resume} is at step {trainer.step} already; ask for more steps to "
-                    "continue it",
-                    param_hint="--steps",
-                )
-            console.print(f"resumed from {resume} at step {trainer.step}")
+            resume_run(trainer, resume, steps)
         params = sum(p.numel() for p in model.parameters())
         ranks = "" if trainer.world == 1 else f" on {trainer.world} processes"
         console.print(
@@ -584,6 +570,31 @@ def train(
     console.print(f"[bold green]done[/]: step {trainer.step}, last loss {last:.4f} -> {out}")
     if trainer.rank == 0:
         console.print(f"log: {metrics_path(out)}, curves: {curves_path(out)}")
+
+
+def training_device(device: str, batch_size: int) -> torch.device:
+    """This rank's device (joining torchrun's group), after checking that the global batch
+    splits evenly over the ranks (a usage error otherwise)."""
+    device = start_ranks(parse_device(device))
+    world = rank_and_world()[1]
+    if batch_size % world:
+        raise click.BadParameter(
+            f"the global batch {batch_size} does not split evenly over {world} processes; "
+            f"use a multiple of {world}",
+            param_hint="--batch-size",
+        )
+    return device
+
+
+def resume_run(trainer: Trainer, resume: Path, steps: int) -> None:
+    """``trainer`` restored from ``resume``; a run already at ``steps`` is a usage error."""
+    trainer.resume(resume)
+    if trainer.step >= steps:
+        raise click.BadParameter(
+            f"{resume} is at step {trainer.step} already; ask for more steps to continue it",
+            param_hint="--steps",
+        )
+    console.print(f"resumed from {resume} at step {trainer.step}")
 
 
 def run_trainer(trainer: Trainer, out: Path, **options) -> list[dict[str, float]]:
