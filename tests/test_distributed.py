@@ -112,12 +112,21 @@ def test_batched_sampling_keys_noise_and_condition_by_global_index():
 # -- SIGTERM ------------------------------------------------------------------------
 
 
-def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
-    """What SLURM and torchrun send: stop after the step in hand, save, exit 143."""
-    args = ["train", "--data", "moons", "--steps", "100000", "--batch-size", "32"]
-    proc = start(*args, "--checkpoint-every", "5", "--out", "m.safetensors", cwd=tmp_path)
+SIGTERM_RUNS = {
+    "train": ["--data", "moons", "--batch-size", "32", "--checkpoint-every", "5"],
+    "train-autoencoder": ["--data", "digits", "--factor", "2", "--width", "4",
+                          "--batch-size", "16", "--checkpoint-every", "3"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", list(SIGTERM_RUNS))
+def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, command):
+    """What SLURM and torchrun send: stop after the step in hand, save, exit 143 (a score
+    model's run and an autoencoder's alike)."""
+    args = [command, *SIGTERM_RUNS[command], "--steps", "100000"]
+    proc = start(*args, "--out", "m.safetensors", cwd=tmp_path)
     try:
-        wait_until(proc, (tmp_path / "m.safetensors").exists)  # the state: 5 steps are done
+        wait_until(proc, (tmp_path / "m.safetensors").exists)  # the state: steps are done
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
@@ -126,26 +135,8 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
     assert "stopped by SIGTERM at step" in err and "Traceback" not in err
     step = load_checkpoint(tmp_path / "m.safetensors")[1]["step"]
     assert 0 < step < 100000 and run_files(tmp_path) == {"m.safetensors", "m.metrics.jsonl"}
-    resumed = sdediff("train", "--resume", "m.safetensors", "--steps", str(step + 3), cwd=tmp_path)
-    assert resumed.returncode == 0 and f"at step {step}" in resumed.stdout
-
-
-def test_sigterm_saves_an_autoencoder_run_that_resumes(tmp_path):
-    """train-autoencoder stops as train does: after the step in hand, saved, exit 143."""
-    args = ["train-autoencoder", "--data", "digits", "--factor", "2", "--width", "4",
-            "--steps", "100000", "--batch-size", "16", "--checkpoint-every", "3"]  # fmt: skip
-    proc = start(*args, "--out", "ae.safetensors", cwd=tmp_path)
-    try:
-        wait_until(proc, (tmp_path / "ae.safetensors").exists)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        stop(proc)
-    assert proc.returncode == 143, err
-    assert "stopped by SIGTERM at step" in err and "Traceback" not in err
-    step = load_checkpoint(tmp_path / "ae.safetensors")[1]["step"]
-    resumed = sdediff("train-autoencoder", "--resume", "ae.safetensors", "--steps",
-                      str(step + 2), cwd=tmp_path)  # fmt: skip
+    resumed = sdediff(command, "--resume", "m.safetensors", "--steps", str(step + 3),
+                      cwd=tmp_path)  # fmt: skip
     assert resumed.returncode == 0 and f"at step {step}" in resumed.stdout
 
 
