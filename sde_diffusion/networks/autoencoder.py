@@ -18,15 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ArgumentError
+from .unet import group_norm
 
 __all__ = ["FACTORS", "Autoencoder", "kl_to_standard_normal"]
 
 FACTORS = (2, 4, 8)
 LOGVAR_RANGE = (-30.0, 20.0)  # the posterior's log-variance is clamped here (as LDM's)
-
-
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(channels, 32), channels)
 
 
 class ConvBlock(nn.Module):
@@ -35,8 +32,8 @@ class ConvBlock(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
         self.body = nn.Sequential(
-            _norm(cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1),
-            _norm(cout), nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1),
+            group_norm(cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1),
+            group_norm(cout), nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1),
         )  # fmt: skip
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
@@ -89,7 +86,7 @@ class Autoencoder(nn.Module):
                 ConvBlock(widths[i], widths[i + 1]),
                 nn.Conv2d(widths[i + 1], widths[i + 1], 3, 2, 1),
             ]
-        down += [ConvBlock(widths[-1], widths[-1]), _norm(widths[-1]), nn.SiLU()]
+        down += [ConvBlock(widths[-1], widths[-1]), group_norm(widths[-1]), nn.SiLU()]
         down.append(nn.Conv2d(widths[-1], 2 * latent_channels, 3, padding=1))
         self.encoder = nn.Sequential(*down)
         up: list[nn.Module] = [nn.Conv2d(latent_channels, widths[-1], 3, padding=1)]
@@ -100,7 +97,7 @@ class Autoencoder(nn.Module):
                 nn.Conv2d(widths[i + 1], widths[i + 1], 3, padding=1),
                 ConvBlock(widths[i + 1], widths[i]),
             ]
-        up += [_norm(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], in_channels, 3, padding=1)]
+        up += [group_norm(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], in_channels, 3, padding=1)]
         self.decoder = nn.Sequential(*up)
 
     @property
@@ -134,13 +131,19 @@ class Autoencoder(nn.Module):
         mean, logvar = self.posterior(x)
         return self.decode_raw(mean + (0.5 * logvar).exp() * eps), mean, logvar
 
+    def scaled_posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and standard deviation of ``q(z | x)`` in the scaled units."""
+        mean, logvar = self.posterior(x)
+        scale = self.config["latent_scale"]
+        return (mean - self.config["latent_shift"]) * scale, (0.5 * logvar).exp() * scale
+
     def encode(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Scaled latents of ``x``: the posterior mean, or a posterior sample with ``generator``."""
-        mean, logvar = self.posterior(x)
-        if generator is not None:
-            eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-            mean = mean + (0.5 * logvar).exp() * eps
-        return (mean - self.config["latent_shift"]) * self.config["latent_scale"]
+        mean, std = self.scaled_posterior(x)
+        if generator is None:
+            return mean
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + std * eps
 
     def decode(self, z: Tensor) -> Tensor:
         """Images from scaled latents (the score model's units)."""

@@ -15,7 +15,7 @@ from .embeddings import ConditionEmbedding, NoiseEmbedding
 __all__ = ["UNet"]
 
 
-def _norm(channels: int) -> nn.GroupNorm:
+def group_norm(channels: int) -> nn.GroupNorm:
     """GroupNorm with up to 32 groups that divide ``channels``."""
     return nn.GroupNorm(math.gcd(channels, 32), channels)
 
@@ -30,9 +30,9 @@ class ResBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float):
         super().__init__()
-        self.norm1, self.conv1 = _norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm1, self.conv1 = group_norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * cout)
-        self.norm2, self.conv2 = _norm(cout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.norm2, self.conv2 = group_norm(cout), nn.Conv2d(cout, cout, 3, padding=1)
         self.dropout = nn.Dropout(dropout)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
         nn.init.zeros_(self.conv2.weight)
@@ -52,7 +52,7 @@ class Attention(nn.Module):
     def __init__(self, channels: int, heads: int = 4):
         super().__init__()
         self.heads = heads if channels % heads == 0 else 1
-        self.norm = _norm(channels)
+        self.norm = group_norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.proj.weight)
@@ -73,7 +73,7 @@ class CrossAttention(nn.Module):
     def __init__(self, channels: int, context_dim: int, heads: int = 4):
         super().__init__()
         self.heads = heads if channels % heads == 0 else 1
-        self.norm = _norm(channels)
+        self.norm = group_norm(channels)
         self.query = nn.Conv2d(channels, channels, 1)
         self.key_value = nn.Linear(context_dim, 2 * channels)
         self.proj = nn.Conv2d(channels, channels, 1)
@@ -179,7 +179,9 @@ class UNet(nn.Module):
                     )
                 )
                 res *= 2
-        self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(ch, in_channels, 3, padding=1))
+        self.out = nn.Sequential(
+            group_norm(ch), nn.SiLU(), nn.Conv2d(ch, in_channels, 3, padding=1)
+        )
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 

@@ -95,30 +95,37 @@ def _batches(x: Tensor):
 
 
 @torch.no_grad()
-def latent_statistics(net: Autoencoder, x: Tensor) -> tuple[float, float]:
+def posterior_means(net: Autoencoder, x: Tensor) -> Tensor:
+    """The raw posterior means of ``x``, encoded in batches."""
+    return torch.cat([net.posterior(chunk)[0] for chunk in _batches(x)])
+
+
+def latent_statistics(net: Autoencoder, x: Tensor, means: Tensor | None = None):
     """``(shift, scale)``: the mean of the posterior means over ``x`` and one over their
-    standard deviation, so ``(mean - shift) * scale`` has zero mean and unit variance."""
-    means = torch.cat([net.posterior(chunk)[0] for chunk in _batches(x)]).double()
+    standard deviation, so ``(mean - shift) * scale`` has zero mean and unit variance
+    (``means``: those of ``x``, if already encoded)."""
+    means = (posterior_means(net, x) if means is None else means).double()
     return float(means.mean()), float(1.0 / means.std().clamp_min(1e-12))
 
 
 @torch.no_grad()
-def reconstruction_error(net: Autoencoder, x: Tensor) -> float:
-    """Mean squared error per pixel (model units) of decoding the posterior means of ``x``."""
-    total = sum(
-        float((net.decode_raw(net.posterior(chunk)[0]) - chunk).square().sum())
-        for chunk in _batches(x)
-    )
-    return total / x.numel()
+def reconstruction_error(net: Autoencoder, x: Tensor, means: Tensor | None = None) -> float:
+    """Mean squared error per pixel (model units) of decoding the posterior means of ``x``
+    (``means``, if already encoded)."""
+    means = posterior_means(net, x) if means is None else means
+    squared = [(net.decode_raw(z) - chunk).square().sum()
+               for z, chunk in zip(_batches(means), _batches(x), strict=True)]  # fmt: skip
+    return float(torch.stack(squared).sum()) / x.numel()
 
 
 def measured_config(net: Autoencoder, x: Tensor) -> dict[str, Any]:
     """``net.config`` with its latent statistics measured on ``x``, and the reconstruction
-    error there (what a checkpoint records)."""
+    error there (what a checkpoint records): one pass of the encoder."""
     was_training = net.training
     net.eval()
-    shift, scale = latent_statistics(net, x)
-    error = reconstruction_error(net, x)
+    means = posterior_means(net, x)
+    shift, scale = latent_statistics(net, x, means)
+    error = reconstruction_error(net, x, means)
     net.train(was_training)
     return {"network": net.config | {"latent_shift": shift, "latent_scale": scale},
             "reconstruction_mse": error}  # fmt: skip
@@ -142,12 +149,11 @@ def encode_dataset(
         raise ArgumentError(f"unknown encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
     autoencoder.eval()
     device = next(autoencoder.parameters()).device
-    scale = autoencoder.config["latent_scale"]
     means, spreads = [], []
     for chunk in _batches(data.x):
-        mean, logvar = autoencoder.posterior(chunk.to(device))
-        means.append(((mean - autoencoder.config["latent_shift"]) * scale).cpu())
-        spreads.append(((0.5 * logvar).exp() * scale).cpu())
+        mean, std = autoencoder.scaled_posterior(chunk.to(device))
+        means.append(mean.cpu())
+        spreads.append(std.cpu())
     latent = {**source, "encoding": encoding, "image_shape": list(data.x.shape[1:])}
     info = {**data.info, "latent": latent}
     spread = torch.cat(spreads) if encoding == "sample" else None

@@ -212,11 +212,6 @@ def load_score_model(
         net.load_state_dict(prefixed(tensors, "ema" if ema else "model"))
         if "lora" in config and merge:
             merge_lora(net)
-        latent = config.get("data", {}).get("latent")
-        if latent is not None:  # a latent model carries its autoencoder
-            autoencoder = load_autoencoder(autoencoder_path(path, latent), device=device)
-            shapes = latent["image_shape"], config["data"]["event_shape"]
-            model = LatentModel(model, autoencoder, *shapes)
     except (KeyError, TypeError, RuntimeError, ValueError) as err:
         hint = ""
         if "emb.weight" in str(err) and "size mismatch" in str(err):
@@ -227,6 +222,11 @@ def load_score_model(
         raise CheckpointError(
             f"{path}: cannot rebuild the model it describes ({str(err)[:300]}){hint}"
         ) from None
+    latent = config.get("data", {}).get("latent")
+    if latent is not None:  # a latent model carries its autoencoder
+        autoencoder = load_autoencoder(autoencoder_path(path, latent), device=device)
+        shapes = latent["image_shape"], config["data"]["event_shape"]
+        model = LatentModel(model, autoencoder, *shapes)
     return model.to(device).eval(), config
 
 
@@ -247,18 +247,18 @@ def autoencoder_path(checkpoint: str | Path, latent: dict[str, Any]) -> Path:
     """The autoencoder a latent checkpoint names: beside it, else at its recorded path; a
     missing file or one whose digest differs is a :class:`CheckpointError`."""
     beside = Path(checkpoint).resolve().parent / latent["autoencoder"]
-    candidates = [beside, Path(latent["autoencoder_path"])]
-    found = next((p for p in candidates if p.is_file()), None)
-    if found is None:
+    found = [p for p in (beside, Path(latent["autoencoder_path"])) if p.is_file()]
+    if not found:
         raise CheckpointError(
             f"{checkpoint} is a latent model whose autoencoder {latent['autoencoder']} is "
             f"neither beside it nor at {latent['autoencoder_path']}; put it beside the checkpoint"
         )
-    if file_digest(found) != latent["autoencoder_sha256"]:
-        raise CheckpointError(
-            f"{found} is not the autoencoder {checkpoint} was trained on (its SHA-256 differs)"
-        )
-    return found
+    for path in found:
+        if file_digest(path) == latent["autoencoder_sha256"]:
+            return path
+    raise CheckpointError(
+        f"{found[0]} is not the autoencoder {checkpoint} was trained on (its SHA-256 differs)"
+    )
 
 
 def load_autoencoder(path: str | Path, *, device: str | torch.device = "cpu") -> Autoencoder:

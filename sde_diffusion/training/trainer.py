@@ -247,12 +247,10 @@ class Trainer:
         mine = slice(self.rank * size // self.world, (self.rank + 1) * size // self.world)
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step)
-        if self._spread is not None:  # latents: a fresh draw of each posterior, z ~ q(z | x)
-            posterior = torch.randn(
-                (size, *self._x.shape[1:]), generator=gen, device=device, dtype=self._x.dtype
-            )
         x0, cond = self._x[idx[mine]], None if cond is None else cond[mine]
-        if self._spread is not None:
+        if self._spread is not None:  # latents: a fresh draw of each posterior, z ~ q(z | x)
+            shape = (size, *self._x.shape[1:])  # the global batch's, alike on every rank
+            posterior = torch.randn(shape, generator=gen, device=device, dtype=self._x.dtype)
             x0 = x0 + self._spread[idx[mine]] * posterior[mine]
         draws = {k: v[mine] for k, v in draws.items()}
         loss = self.objective.loss(self.forward_model, x0, draws, cond).mean()
