@@ -108,8 +108,8 @@ class DecodedMeasurement(Measurement):
     def adjoint(self, y: Tensor) -> Tensor:
         raise ArgumentError(self._nonlinear("adjoint"))
 
-    def svd(self, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, Tensor]:
-        raise ArgumentError(self._nonlinear("SVD"))
+    def matrix(self, dtype: torch.dtype = torch.float64) -> Tensor:
+        raise ArgumentError(self._nonlinear("matrix (so no SVD)"))
 
     def _nonlinear(self, what: str) -> str:
         return (
