@@ -17,9 +17,17 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ArgumentError
-from .measurements import Measurement
+from .measurements import Inpaint, Measurement, check_sigma_y
 
-__all__ = ["DecodedMeasurement", "LatentModel", "latent_model_of"]
+__all__ = [
+    "DecodedMeasurement",
+    "LatentModel",
+    "latent_inpainting",
+    "latent_mask",
+    "latent_model_of",
+]
+
+GAIN_ROWS = 256  # observed latent entries the encoder's gain is measured on
 
 
 class LatentModel:
@@ -114,8 +122,67 @@ class DecodedMeasurement(Measurement):
     def _nonlinear(self, what: str) -> str:
         return (
             f"a measurement through the decoder is not linear: it has no {what}; on a latent "
-            "model use dps"
+            "model dps restores any measurement and every method inpaints"
         )
 
     def __repr__(self) -> str:
         return f"DecodedMeasurement({self.measurement!r} of decoded latents {self.event})"
+
+
+def latent_mask(mask: Tensor, model: LatentModel) -> Tensor:
+    """The latent cells an image ``mask`` observes: a cell (all latent channels at one
+    position) is observed when every pixel of its ``f × f`` block, in every channel, is."""
+    c, h, w = model.latent_shape
+    _, height, width = model.image_shape
+    if height % h or width % w or height // h != width // w:
+        raise ArgumentError(
+            f"latent inpainting needs images a whole factor larger than the latents; "
+            f"{model.image_shape} decodes from {model.latent_shape}"
+        )
+    f = height // h
+    blocks = mask.reshape(-1, h, f, w, f).all(dim=(0, 2, 4))
+    return blocks.expand(c, h, w).clone()
+
+
+def latent_inpainting(
+    measurement: Inpaint, model: LatentModel, y: Tensor, sigma_y: float = 0.0
+) -> tuple[Inpaint, Tensor, float]:
+    """Inpainting of images as inpainting of their latents (the Stable Diffusion way):
+    the operator keeps the latent cells of :func:`latent_mask`, its reading is the encoded
+    image with the hidden pixels at zero, ``E(Aᵀ y)`` at those cells, and its noise
+    ``σ_y g``, with ``g`` the encoder's gain (the root-mean-square norm of the rows of
+    ``∂E/∂x`` at the zero image over up to 256 observed entries: exact for a linear
+    encoder).  Returns ``(latent operator, latent reading, latent noise)``; every
+    restoration method runs on it."""
+    if tuple(measurement.event) != tuple(model.image_shape):
+        raise ArgumentError(
+            f"the mask covers images of shape {measurement.event}; the latent model decodes "
+            f"to {model.image_shape}"
+        )
+    cells = latent_mask(measurement.mask, model)
+    if not bool(cells.any()):
+        f = model.image_shape[1] // model.latent_shape[1]
+        raise ArgumentError(
+            f"no {f}×{f} block of the mask is wholly observed, so inpainting latents keeps "
+            "nothing; dps measures the pixels through the decoder"
+        )
+    operator = Inpaint(cells)
+    sigma_y = check_sigma_y(sigma_y)
+    with torch.no_grad():
+        reading = operator.forward(model.encode(measurement.adjoint(y)))
+    if sigma_y > 0:
+        sigma_y *= _encoder_gain(model, operator.observed, y)
+    return operator, reading, sigma_y
+
+
+def _encoder_gain(model: LatentModel, observed: Tensor, like: Tensor) -> float:
+    """The root-mean-square row norm of the encoder's Jacobian at the zero image, over up to
+    ``GAIN_ROWS`` evenly spaced observed latent entries (one batched backward pass)."""
+    rows = observed[torch.linspace(0, len(observed) - 1, min(GAIN_ROWS, len(observed))).long()]
+    rows = rows.unique().to(like.device)
+    images = torch.zeros(len(rows), *model.image_shape, dtype=like.dtype, device=like.device)
+    images.requires_grad_(True)
+    with torch.enable_grad():
+        latents = model.encode(images).flatten(1)
+        (grad,) = torch.autograd.grad(latents[torch.arange(len(rows)), rows].sum(), images)
+    return float(grad.flatten(1).square().sum(1).mean().sqrt())

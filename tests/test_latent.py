@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 import sde_diffusion as sd
 from sde_diffusion.latent import DecodedMeasurement, LatentModel, latent_model_of
-from sde_diffusion.measurements import Inpaint
+from sde_diffusion.measurements import Downsample, Inpaint, half_mask
 from sde_diffusion.networks import Autoencoder, UNet
 from sde_diffusion.networks.autoencoder import kl_to_standard_normal
 from sde_diffusion.training import TrainConfig, Trainer
@@ -169,8 +169,8 @@ def test_a_guided_latent_model_still_decodes():
 
 def test_restoring_with_a_latent_model_measures_through_the_decoder():
     """Inpainting N(0, I) images with the exact latent model: DPS pulls the kept pixels to
-    the measurement (within about its step, as in pixel space), and methods that need a
-    linear operator say to use dps."""
+    the measurement (within about its step, as in pixel space); methods that need a linear
+    operator refuse any other measurement with a sentence naming what runs."""
     model, sde = _exact_latent_model()
     mask = torch.zeros(1, 4, 4, dtype=torch.bool)
     mask[:, :2] = True
@@ -183,10 +183,80 @@ def test_restoring_with_a_latent_model_measures_through_the_decoder():
     error = float((measurement.forward(res.x) - y).square().mean())
     assert error < 0.15 * float((measurement.forward(free.x) - y).square().mean())
     torch.testing.assert_close(res.x, 2 * res.latent)
-    with pytest.raises(sd.ArgumentError, match="on a latent model use dps"):
-        sd.restore(model, sde, measurement, y, 0.0, "ddrm", steps=10)
+    small = Downsample((1, 4, 4), 2)
+    with pytest.raises(sd.ArgumentError, match="dps restores any measurement"):
+        sd.restore(model, sde, small, small.forward(truth), 0.0, "ddrm", steps=10)
     with pytest.raises(sd.ArgumentError, match="takes images of shape"):
         DecodedMeasurement(Inpaint(torch.ones(1, 8, 8, dtype=torch.bool)), model)
+
+
+class Blocks(torch.nn.Module):
+    """An exact linear autoencoder with f = 2: a latent is the image's 2×2 block means, an
+    image the latent's cells repeated over their blocks."""
+
+    def encode(self, x, generator=None):
+        return torch.nn.functional.avg_pool2d(x, 2)
+
+    def decode(self, z):
+        return z.repeat_interleave(2, 2).repeat_interleave(2, 3)
+
+
+def _latent_problem(prior, sigma_y, n, mask=None):
+    """Block images of a 1×4×4 latent ``prior``, inpainted with the upper half (whole blocks)
+    observed; the latent reading of the same draw; the image and latent operators."""
+    model = LatentModel(prior.score_fn(SDE), Blocks(), (1, 8, 8), (1, 4, 4))
+    op = Inpaint(half_mask((1, 8, 8)) if mask is None else mask)
+    z = prior.sample(1, generator=torch.Generator().manual_seed(1)).reshape(1, 1, 4, 4)
+    y1 = op.measure(Blocks().decode(z.double()), sigma_y, torch.Generator().manual_seed(2))
+    cells = Inpaint(half_mask((1, 4, 4)))
+    reading = cells.forward(Blocks().encode(op.adjoint(y1)))
+    return model, op, cells, y1.expand(n, -1).float(), reading
+
+
+SDE = sd.EDMSDE()
+
+
+def test_inpainting_a_latent_model_is_inpainting_its_latents_exactly():
+    """With a linear block autoencoder and a block-aligned mask, every method but DPS runs
+    the latent problem itself: the observed cells, the encoded reading, the noise carried
+    through the encoder (σ_y/2 for a 2×2 mean). ΠGDM on a Gaussian latent prior then
+    samples the exact latent posterior (as in pixel space), and its decoded images are
+    those of the latent run."""
+    prior = sd.GaussianMixture(torch.zeros(1, 16), 0.49 * torch.eye(16)[None], [1.0])
+    n = 4000
+    model, op, cells, y, reading = _latent_problem(prior, 0.1, n)
+    options = dict(solver="heun", steps=100, data_std=0.7, seed=3, dtype=torch.float64)
+    res = sd.restore(model, SDE, op, y, 0.1, "pigdm", **options)
+    direct = sd.restore(prior.score_fn(SDE), SDE, cells, reading.expand(n, -1).float(), 0.05,
+                        "pigdm", **options)  # fmt: skip
+    torch.testing.assert_close(res.latent, direct.x, rtol=0, atol=1e-6)
+    torch.testing.assert_close(res.x, Blocks().decode(res.latent))
+    post = prior.posterior(cells, reading, 0.05)
+    x, mean, cov = res.latent.flatten(1), post.mean()[0], post.covariance()[0]
+    assert ((x.mean(0) - mean).abs() / (cov.diagonal() / n).sqrt()).max() < 5
+    assert ((x.var(0) - cov.diagonal()).abs() / (cov.diagonal() * (2 / n) ** 0.5)).max() < 5
+
+
+@pytest.mark.parametrize("method", ["replacement", "repaint", "mcg", "pigdm", "ddrm", "diffpir",
+                                    "daps"])  # fmt: skip
+def test_every_linear_method_inpaints_a_latent_model_keeping_the_observed_pixels(method):
+    """Noise-free latent inpainting meets the observed cells exactly, so the decoded images
+    keep the observed pixels (a block decoder: each pixel is its cell)."""
+    prior = sd.GaussianMixture(torch.zeros(1, 16), 0.49 * torch.eye(16)[None], [1.0])
+    model, op, _, y, _ = _latent_problem(prior, 0.0, 16)
+    options = {"jump": 2, "resample": 2} if method == "repaint" else {}
+    res = sd.restore(model, SDE, op, y, 0.0, method, steps=12, **options)
+    assert res.x.shape == (16, 1, 8, 8) and res.latent.shape == (16, 1, 4, 4)
+    assert (op.forward(res.x) - y).abs().max() < 1e-4
+
+
+def test_latent_inpainting_refuses_a_mask_that_observes_no_whole_block():
+    prior = sd.GaussianMixture(torch.zeros(1, 16), 0.49 * torch.eye(16)[None], [1.0])
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None]) % 2 == 0
+    model, op, _, y, _ = _latent_problem(prior, 0.0, 4, checker[None])
+    with pytest.raises(sd.ArgumentError, match="no 2×2 block of the mask is wholly observed"):
+        sd.restore(model, SDE, op, y, 0.0, "ddrm", steps=4)
+    assert sd.restore(model, SDE, op, y, 0.0, "dps", steps=4).x.shape == (4, 1, 8, 8)
 
 
 def _cross_attention_task(n, generator):
@@ -316,8 +386,12 @@ def test_the_command_line_trains_an_autoencoder_then_a_latent_model_and_samples_
                "r.png")  # fmt: skip
     assert r.exit_code == 0, r.output
     r = run_in(tmp_path, "restore", "--model", "latent.safetensors", "--input", "s.npz",
-               "--task", "inpaint", "--method", "ddrm", "--steps", "4", "-n", "2")  # fmt: skip
-    assert r.exit_code == 2 and "on a latent model use dps" in r.output
+               "--task", "inpaint", "--method", "ddrm", "--steps", "4", "-n", "2", "--out",
+               "d.npz")  # fmt: skip
+    assert r.exit_code == 0 and np.load(tmp_path / "d.npz")["samples"].shape == (2, 1, 8, 8)
+    r = run_in(tmp_path, "restore", "--model", "latent.safetensors", "--input", "s.npz",
+               "--task", "deblur", "--method", "ddrm", "--steps", "4", "-n", "2")  # fmt: skip
+    assert r.exit_code == 2 and "dps restores any measurement" in r.output
     r = run_in(tmp_path, "info", "latent.safetensors")
     assert r.exit_code == 0 and "ae.safetensors" in r.output
     r = run_in(tmp_path, "info", "ae.safetensors")

@@ -18,8 +18,8 @@ from torch import Tensor
 
 from ..devices import checked_dtype
 from ..errors import ArgumentError
-from ..latent import DecodedMeasurement, latent_model_of
-from ..measurements import Measurement
+from ..latent import DecodedMeasurement, latent_inpainting, latent_model_of
+from ..measurements import Inpaint, Measurement
 from ..models import Cond
 from ..noise import seeded_generator
 from ..reverse import ScoreFn
@@ -122,15 +122,22 @@ def restore(
     ``solver`` (a registry name or a ``Solver``) runs methods that take one; by default
     each method's own choice.  ``res.nfe`` counts model calls and ``res.network_passes``
     forward and backward passes (a vector–Jacobian product costs two).  No autograd graph
-    is kept: the result does not require a gradient.  On a latent model
-    (:class:`~sde_diffusion.latent.LatentModel`) ``measurement`` measures images, the method
-    runs on latents through :class:`~sde_diffusion.latent.DecodedMeasurement` (``dps``: the
-    others need a linear operator) and ``x`` is the decoded images (``latent`` the latents).
+    is kept: the result does not require a gradient.
+
+    On a latent model (:class:`~sde_diffusion.latent.LatentModel`) ``measurement`` measures
+    images, the method runs on latents and ``x`` is the decoded images (``latent`` the
+    latents): ``dps`` measures the latents through the decoder
+    (:class:`~sde_diffusion.latent.DecodedMeasurement`, any operator); the other methods
+    need a linear operator and run inpainting as latent inpainting
+    (:func:`~sde_diffusion.latent.latent_inpainting`).
     """
     method = get_method(method, **options)
     latent = latent_model_of(model)
-    if latent is not None:  # the methods run on latents, measured through the decoder
-        measurement = DecodedMeasurement(measurement, latent)
+    if latent is not None:
+        if isinstance(measurement, Inpaint) and not method.through_decoder:
+            measurement, y, sigma_y = latent_inpainting(measurement, latent, y, sigma_y)
+        else:
+            measurement = DecodedMeasurement(measurement, latent)
     obs = Observation(measurement, y, sigma_y)
     dtype = checked_dtype(dtype)
     solver = _solver_for(method, solver)

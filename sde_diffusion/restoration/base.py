@@ -81,6 +81,9 @@ class Method:
     default_solver_options: ClassVar[dict[str, Any]] = {}
     takes_solver: ClassVar[bool] = True
     """Whether a registered solver may run the method (else only its own rule)."""
+    through_decoder: ClassVar[bool] = False
+    """Whether the method needs only ``A``'s forward map and its gradient, so that on a
+    latent model it measures the decoded images (else it needs a linear operator)."""
 
     def options(self) -> dict[str, Any]:
         """The method's settings, as results and reports show them."""

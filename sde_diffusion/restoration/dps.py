@@ -65,6 +65,7 @@ class DPS(Method):
     reference = "Chung et al. 2023, Algorithm 1"
     default_solver = "ddim"
     default_solver_options: ClassVar[dict[str, Any]] = {"eta": 1.0}
+    through_decoder = True
 
     def __init__(self, scale: float = 1.0):
         self.scale = number("scale", scale, 0.0, 1e4)

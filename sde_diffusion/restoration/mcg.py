@@ -26,6 +26,7 @@ class MCG(DPS):
     name = "mcg"
     reference = "Chung, Sim, Ryu & Ye 2022, Algorithm 1"
     needs_svd = True
+    through_decoder = False
 
     def hook(self, guided: DataGradient, sde, obs, x_T, generator) -> StepHook:
         """What follows each solver step: DPS's gradient step, then replacement."""
