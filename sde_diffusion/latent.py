@@ -151,8 +151,8 @@ def latent_inpainting(
     the operator keeps the latent cells of :func:`latent_mask`, its reading is the encoded
     image with the hidden pixels at zero, ``E(Aᵀ y)`` at those cells, and its noise
     ``σ_y g``, with ``g`` the encoder's gain (the root-mean-square norm of the rows of
-    ``∂E/∂x`` at the zero image over up to 256 observed entries: exact for a linear
-    encoder).  Returns ``(latent operator, latent reading, latent noise)``; every
+    ``∂E/∂x`` over up to 256 observed entries, at decoded standard-normal latents: exact
+    for a linear encoder).  Returns ``(latent operator, latent reading, latent noise)``; every
     restoration method runs on it."""
     if tuple(measurement.event) != tuple(model.image_shape):
         raise ArgumentError(
@@ -176,13 +176,18 @@ def latent_inpainting(
 
 
 def _encoder_gain(model: LatentModel, observed: Tensor, like: Tensor) -> float:
-    """The root-mean-square row norm of the encoder's Jacobian at the zero image, over up to
-    ``GAIN_ROWS`` evenly spaced observed latent entries (one batched backward pass)."""
+    """The root-mean-square row norm of the encoder's Jacobian over up to ``GAIN_ROWS``
+    evenly spaced observed latent entries, each at its own decoded standard-normal latent
+    (fixed seed: images like the model's, whatever the batch); one batched backward pass."""
     rows = observed[torch.linspace(0, len(observed) - 1, min(GAIN_ROWS, len(observed))).long()]
-    rows = rows.unique().to(like.device)
-    images = torch.zeros(len(rows), *model.image_shape, dtype=like.dtype, device=like.device)
-    images.requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), torch.inference_mode(False):
+        rows = rows.unique().to(like.device).clone()  # a normal tensor, even from inference
+        eps = torch.randn(
+            len(rows), *model.latent_shape, generator=torch.Generator().manual_seed(0)
+        )
+        with torch.no_grad():
+            images = model.decode(eps.to(like)).detach()
+        images.requires_grad_(True)
         latents = model.encode(images).flatten(1)
         (grad,) = torch.autograd.grad(latents[torch.arange(len(rows)), rows].sum(), images)
     return float(grad.flatten(1).square().sum(1).mean().sqrt())

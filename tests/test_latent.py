@@ -8,7 +8,12 @@ from helpers import run_in
 from safetensors.torch import load_file, save_file
 
 import sde_diffusion as sd
-from sde_diffusion.latent import DecodedMeasurement, LatentModel, latent_model_of
+from sde_diffusion.latent import (
+    DecodedMeasurement,
+    LatentModel,
+    latent_inpainting,
+    latent_model_of,
+)
 from sde_diffusion.measurements import Downsample, Inpaint, half_mask
 from sde_diffusion.networks import Autoencoder, UNet
 from sde_diffusion.networks.autoencoder import kl_to_standard_normal
@@ -248,6 +253,27 @@ def test_every_linear_method_inpaints_a_latent_model_keeping_the_observed_pixels
     res = sd.restore(model, SDE, op, y, 0.0, method, steps=12, **options)
     assert res.x.shape == (16, 1, 8, 8) and res.latent.shape == (16, 1, 4, 4)
     assert (op.forward(res.x) - y).abs().max() < 1e-4
+
+
+def test_measurement_noise_reaches_the_latents_through_the_encoders_gain_whatever_the_batch():
+    """σ_y becomes σ_y·g: g = 1/2 for the 2×2 block mean; for a trained-style network
+    encoder a positive number that one row alone gets as a whole batch does, also under
+    inference mode; the reading is the encoded image at the observed cells."""
+    prior = sd.GaussianMixture(torch.zeros(1, 16), 0.49 * torch.eye(16)[None], [1.0])
+    model, op, cells, y, reading = _latent_problem(prior, 0.1, 3)
+    operator, latent_y, sigma = latent_inpainting(op, model, y, 0.1)
+    assert torch.equal(operator.mask, cells.mask) and sigma == pytest.approx(0.05, rel=1e-6)
+    torch.testing.assert_close(latent_y, reading.float().expand(3, -1))
+    ae = Autoencoder(1, 4, 2, 8).eval()
+    network = LatentModel(model.model, ae, (1, 16, 16), (2, 4, 4))
+    op = Inpaint(half_mask((1, 16, 16)))
+    y = op.forward(torch.randn(5, 1, 16, 16, generator=torch.Generator().manual_seed(0)))
+    with torch.inference_mode():
+        _, latent_y, many = latent_inpainting(op, network, y, 0.1)
+        _, first, one = latent_inpainting(op, network, y[:1], 0.1)
+    assert 0 < many == one
+    torch.testing.assert_close(first, latent_y[:1])  # one row alone reads as in the batch
+    assert latent_y.shape == (5, 16)  # the upper two rows of 4×4 cells, 2 channels
 
 
 def test_latent_inpainting_refuses_a_mask_that_observes_no_whole_block():
