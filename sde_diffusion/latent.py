@@ -132,16 +132,27 @@ class DecodedMeasurement(Measurement):
 def latent_mask(mask: Tensor, model: LatentModel) -> Tensor:
     """The latent cells an image ``mask`` observes: a cell (all latent channels at one
     position) is observed when every pixel of its ``f × f`` block, in every channel, is."""
+    f = _factor(model)
     c, h, w = model.latent_shape
+    blocks = mask.reshape(-1, h, f, w, f).all(dim=(0, 2, 4))
+    return blocks.expand(c, h, w).clone()
+
+
+def _factor(model: LatentModel) -> int:
+    """``f``: how many pixels of the image one latent cell spans on each side."""
+    if len(model.latent_shape) != 3 or len(model.image_shape) != 3:
+        raise ArgumentError(
+            f"latent inpainting needs images and latents of shape (C, H, W); this model "
+            f"decodes {model.latent_shape} to {model.image_shape}; dps needs neither"
+        )
+    _, h, w = model.latent_shape
     _, height, width = model.image_shape
     if height % h or width % w or height // h != width // w:
         raise ArgumentError(
             f"latent inpainting needs images a whole factor larger than the latents; "
             f"{model.image_shape} decodes from {model.latent_shape}"
         )
-    f = height // h
-    blocks = mask.reshape(-1, h, f, w, f).all(dim=(0, 2, 4))
-    return blocks.expand(c, h, w).clone()
+    return height // h
 
 
 def latent_inpainting(
@@ -161,7 +172,7 @@ def latent_inpainting(
         )
     cells = latent_mask(measurement.mask, model)
     if not bool(cells.any()):
-        f = model.image_shape[1] // model.latent_shape[1]
+        f = _factor(model)
         raise ArgumentError(
             f"no {f}×{f} block of the mask is wholly observed, so inpainting latents keeps "
             "nothing; dps measures the pixels through the decoder"
@@ -181,7 +192,7 @@ def _encoder_gain(model: LatentModel, observed: Tensor, like: Tensor) -> float:
     (fixed seed: images like the model's, whatever the batch); one batched backward pass."""
     rows = observed[torch.linspace(0, len(observed) - 1, min(GAIN_ROWS, len(observed))).long()]
     with torch.enable_grad(), torch.inference_mode(False):
-        rows = rows.unique().to(like.device).clone()  # a normal tensor, even from inference
+        rows = rows.unique().to(like.device)  # a normal tensor here, even from inference mode
         eps = torch.randn(
             len(rows), *model.latent_shape, generator=torch.Generator().manual_seed(0)
         )
@@ -189,5 +200,6 @@ def _encoder_gain(model: LatentModel, observed: Tensor, like: Tensor) -> float:
             images = model.decode(eps.to(like)).detach()
         images.requires_grad_(True)
         latents = model.encode(images).flatten(1)
-        (grad,) = torch.autograd.grad(latents[torch.arange(len(rows)), rows].sum(), images)
+        picked = latents[torch.arange(len(rows), device=rows.device), rows]
+        (grad,) = torch.autograd.grad(picked.sum(), images)
     return float(grad.flatten(1).square().sum(1).mean().sqrt())

@@ -283,6 +283,13 @@ def test_latent_inpainting_refuses_a_mask_that_observes_no_whole_block():
     with pytest.raises(sd.ArgumentError, match="no 2×2 block of the mask is wholly observed"):
         sd.restore(model, SDE, op, y, 0.0, "ddrm", steps=4)
     assert sd.restore(model, SDE, op, y, 0.0, "dps", steps=4).x.shape == (4, 1, 8, 8)
+    vectors = LatentModel(model.model, Doubling(), (16,), (16,))
+    line = Inpaint(torch.arange(16) < 8)
+    with pytest.raises(sd.ArgumentError, match="latents of shape \\(C, H, W\\)"):
+        sd.restore(vectors, SDE, line, torch.zeros(2, 8), 0.0, "ddrm", steps=4)
+    odd = LatentModel(model.model, Blocks(), (1, 8, 6), (1, 4, 4))
+    with pytest.raises(sd.ArgumentError, match="a whole factor larger"):
+        sd.restore(odd, SDE, Inpaint(half_mask((1, 8, 6))), torch.zeros(2, 24), 0.0, "ddrm")
 
 
 def _cross_attention_task(n, generator):
