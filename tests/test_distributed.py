@@ -378,14 +378,17 @@ def test_the_surviving_rank_names_the_rank_that_failed_and_why(tmp_path):
     ids=["sample", "likelihood", "train", "tune"],
 )
 def test_under_torchrun_a_usage_error_ends_every_rank_with_one_line_naming_it(tmp_path, args):
-    """Each rank prints its error once, prefixed with its rank, and every rank ends."""
+    """Each rank that reaches the error prints it once, prefixed with its rank, and every
+    rank ends. torchrun ends the other ranks as soon as one fails, so a rank still starting
+    (importing torch) may be ended before it gets there: which ranks print depends on the
+    machine's speed, so the test asks that one does and none prints twice."""
     grid = sd.timesteps(sd.VPSDE(), 4, to_zero=True).tolist()[:-2]  # stops short of the data
     sd.TunedGrid(grid, "euler", {}, 3, repr(sd.VPSDE())).save(tmp_path / "mid.json")
     assert sdediff(*TRAIN, "--steps", "2", "--out", "m.safetensors", cwd=tmp_path).returncode == 0
     run = sdediff(*args, cwd=tmp_path, ranks=2, timeout=600)
     assert run.returncode != 0
     errors = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
-    assert sorted(line[:15] for line in errors) == ["Error: rank 0: ", "Error: rank 1: "], (
-        run.stderr[-3000:]
-    )
+    prefixes = [line[:15] for line in errors]
+    assert errors and len(set(prefixes)) == len(prefixes), run.stderr[-3000:]
+    assert set(prefixes) <= {"Error: rank 0: ", "Error: rank 1: "}, run.stderr[-3000:]
     assert not re.search(r'File ".*/(sde_diffusion|cli)/', run.stderr)  # the launcher's own only
